@@ -1,0 +1,33 @@
+# imgsim service image: CPU-only torch, non-root, gRPC health check.
+# Build: docker build -t imgsim .    Run: docker run -p 50051:50051 -v $PWD/var:/app/var imgsim
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+# CPU-only wheels of the pinned torch/torchvision first (the default wheels carry CUDA, ~5 GB).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
+
+COPY pyproject.toml README.md ./
+COPY training ./training
+COPY indexer ./indexer
+COPY service ./service
+COPY imgsim ./imgsim
+COPY protos ./protos
+RUN pip install . grpcio-tools==1.85.1 \
+ && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+      protos/imgsim/v1/similarity.proto \
+ && touch imgsim/v1/__init__.py \
+ && pip install --no-deps .
+
+RUN useradd --create-home --uid 10001 imgsim && mkdir -p /app/var && chown imgsim /app/var
+USER imgsim
+
+EXPOSE 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;s=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(),timeout=4).status;sys.exit(0 if s==h.HealthCheckResponse.SERVING else 1)"
+
+# Default: the demo (trains a small model on real digits on first start, then serves).
+# For your own model: docker run ... imgsim serve --checkpoint var/model.pt --host 0.0.0.0
+ENTRYPOINT ["imgsim"]
+CMD ["demo", "--host", "0.0.0.0", "--port", "50051"]

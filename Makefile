@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` and `make test`. Everything else is their plumbing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := protos/imgsim/v1/similarity.proto
+PROTO_OUT := imgsim/v1/similarity_pb2.py
+
+.PHONY: install proto run test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+proto: $(PROTO_OUT)
+
+$(PROTO_OUT): $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch imgsim/v1/__init__.py
+
+run: proto
+	$(VENV)/bin/imgsim demo --host 127.0.0.1 --port 50051
+
+test: proto
+	$(PY) -m pytest -q
+
+lint: proto
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf imgsim/v1 var .pytest_cache

@@ -1,0 +1,1 @@
+"""imgsim: the command line and the generated protobuf modules (imgsim.v1, built by `make proto`)."""

@@ -1,0 +1,1 @@
+"""Catalogue database and FAISS index versions for imgsim."""

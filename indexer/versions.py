@@ -1,0 +1,110 @@
+"""Index versions on disk: <root>/versions/<version>/{index.faiss,manifest.json} and a CURRENT pointer.
+
+Publishing is atomic: the version directory is written under a temporary name and renamed,
+then CURRENT is replaced with os.replace, so a reader never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+
+INDEX_FILE = "index.faiss"
+MANIFEST_FILE = "manifest.json"
+CURRENT_FILE = "CURRENT"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    factory: str
+    metric: str  # "l2": FAISS returns squared L2 distances
+    dimension: int
+    count: int
+    checkpoint_sha256: str
+    model_version: str
+    threshold: float | None
+    collection: str
+    recall_at_10: float | None = None  # measured against exact search; 1.0 for exact indexes
+    search_params: dict = field(default_factory=dict)
+    build_seconds: float = 0.0
+    created_at: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class IndexVersion:
+    path: Path
+    manifest: Manifest
+    index: faiss.Index
+
+
+def new_version_name() -> str:
+    return datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ")
+
+
+def publish_index_version(root: str | Path, index: faiss.Index, manifest: Manifest, *,
+                          keep: int = 5) -> Path:
+    """Write a version directory atomically, point CURRENT at it, prune old versions."""
+    root = Path(root)
+    versions = root / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    if not manifest.created_at:
+        manifest = Manifest(**{**asdict(manifest), "created_at": datetime.now(UTC).isoformat()})
+    tmp = Path(tempfile.mkdtemp(dir=versions, prefix=".tmp-"))
+    try:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+        final = versions / manifest.version
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_pointer(root, manifest.version)
+    _prune(versions, keep=keep, current=manifest.version)
+    return final
+
+
+def _write_pointer(root: Path, version: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".CURRENT.")
+    with os.fdopen(fd, "w") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / CURRENT_FILE)
+
+
+def _prune(versions: Path, *, keep: int, current: str) -> None:
+    names = sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names[:-keep] if keep > 0 else []:
+        if name != current:
+            shutil.rmtree(versions / name, ignore_errors=True)
+
+
+def current_version_name(root: str | Path) -> str:
+    pointer = Path(root) / CURRENT_FILE
+    if not pointer.is_file():
+        raise FileNotFoundError(f"no published index under {root} (missing {CURRENT_FILE})")
+    return pointer.read_text().strip()
+
+
+def load_index_version(root: str | Path, version: str | None = None) -> IndexVersion:
+    root = Path(root)
+    version = version or current_version_name(root)
+    path = root / "versions" / version
+    manifest = Manifest.from_dict(json.loads((path / MANIFEST_FILE).read_text()))
+    index = faiss.read_index(str(path / INDEX_FILE))
+    if index.ntotal != manifest.count or index.d != manifest.dimension:
+        raise ValueError(f"index {path} does not match its manifest "
+                         f"({index.ntotal}x{index.d} vs {manifest.count}x{manifest.dimension})")
+    return IndexVersion(path, manifest, index)

@@ -1,0 +1,1 @@
+"""imgsim's gRPC service: a plain-Python core and a thin gRPC adapter around it."""

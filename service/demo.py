@@ -1,0 +1,112 @@
+"""The demo that `make run` serves: real offline images, a small model trained here, an index.
+
+Default data: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside the package,
+so any fresh machine has them). ``IMGSIM_DEMO_DATA=PATH`` points at any image folder instead
+(``PATH/<label>/<image>``, e.g. LFW). A few images per class are held out as queries the model
+and the index never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from indexer.build import BuildConfig, build_index
+from training.data import Sample, list_image_folder
+from training.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Demo:
+    root: Path
+    checkpoint: Path
+    index_root: Path
+    catalog_url: str
+    queries: list[Path]
+    data: str
+
+
+def export_digits(dest: Path, *, size: int = 32) -> None:
+    """Write sklearn's digits as PNGs under dest/<digit>/NNNN.png (upscaled, white on black)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i, (img, label) in enumerate(zip(d.images, d.target, strict=True)):
+        out = dest / str(label)
+        out.mkdir(parents=True, exist_ok=True)
+        arr = (img / 16.0 * 255).astype(np.uint8)
+        Image.fromarray(arr, "L").resize((size, size), Image.BILINEAR).save(out / f"{i:04d}.png")
+
+
+def _hold_out(samples: list[Sample], *, per_class: int, max_classes: int, seed: int = 0):
+    by: dict[str, list[Sample]] = {}
+    for s in samples:
+        by.setdefault(s.label, []).append(s)
+    rng = np.random.default_rng(seed)
+    eligible = sorted(c for c, v in by.items() if len(v) >= per_class + 2)
+    chosen = set(rng.choice(eligible, size=min(max_classes, len(eligible)), replace=False))
+    queries = []
+    for c in sorted(chosen):
+        queries += [by[c][i] for i in rng.choice(len(by[c]), per_class, replace=False)]
+    qset = {q.path for q in queries}
+    return [s for s in samples if s.path not in qset], queries
+
+
+def prepare_demo(root: str | Path = "var/demo", *, data: str | None = None,
+                 epochs: int = 4) -> Demo:
+    """Build (once) the demo model and index under ``root``; later calls reuse them."""
+    root = Path(root)
+    done = root / "demo.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if info.get("data") == (data or "sklearn-digits"):
+            return _demo_from(root, info)
+        log.info("demo data changed: rebuilding %s", root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    if data is None:
+        src = root / "digits"
+        export_digits(src)
+        tcfg = dict(arch="smallcnn", input_size=32, embedding_dim=64, p=10, k=8,
+                    steps_per_epoch=40, epochs=epochs, num_workers=0, val_fraction=0.2)
+        per_class, max_classes = 3, 10
+    else:
+        src = Path(data)
+        tcfg = dict(arch="smallcnn", input_size=64, embedding_dim=128, p=16, k=4,
+                    steps_per_epoch=60, epochs=epochs, num_workers=2, val_fraction=0.1)
+        per_class, max_classes = 1, 20
+    samples = list_image_folder(src)
+    rest, queries = _hold_out(samples, per_class=per_class, max_classes=max_classes)
+    qdir = root / "queries"
+    qdir.mkdir()
+    qpaths = []
+    for q in queries:
+        dst = qdir / f"{q.label}__{Path(q.path).name}"
+        shutil.copyfile(q.path, dst)
+        qpaths.append(dst)
+    log.info("training the demo model on %d images (%d held out as queries)", len(rest), len(queries))
+    ckpt = train(TrainConfig(data=str(src), out=str(root / "model"), name="demo", **tcfg),
+                 samples=rest)
+    catalog_url = f"sqlite:///{(root / 'catalog.db').resolve()}"
+    build_index(BuildConfig(checkpoint=str(ckpt), images=str(src), index_root=str(root / "index"),
+                            catalog_url=catalog_url, num_workers=tcfg["num_workers"]),
+                samples=rest)
+    info = {"data": data or "sklearn-digits", "checkpoint": str(ckpt.resolve()),
+            "index_root": str((root / "index").resolve()), "catalog_url": catalog_url,
+            "queries": [str(p.resolve()) for p in qpaths]}
+    done.write_text(json.dumps(info, indent=2))
+    return _demo_from(root, info)
+
+
+def _demo_from(root: Path, info: dict) -> Demo:
+    return Demo(root, Path(info["checkpoint"]), Path(info["index_root"]), info["catalog_url"],
+                [Path(q) for q in info["queries"]], info["data"])

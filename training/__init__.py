@@ -1,0 +1,1 @@
+"""Metric learning for imgsim: embedding networks, losses, miners, samplers, training, evaluation."""

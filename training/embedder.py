@@ -1,0 +1,84 @@
+"""Embedder: the single inference path (evaluation, indexer and service all use it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from training.data import ImagePaths
+from training.spec import ModelSpec
+from training.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """Images -> embeddings with the preprocessing the checkpoint prescribes.
+
+    Outputs are (n, d) float32; L2-normalised rows when ``spec.metric == "cosine"``.
+    """
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, *, checkpoint_sha256: str = "",
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.spec = spec
+        self.device = torch.device(device)
+        self.transform = eval_transform(spec)
+        self.checkpoint_sha256 = checkpoint_sha256
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> Embedder:
+        ckpt: Checkpoint = load_checkpoint(path)
+        return cls(ckpt.build(), ckpt.spec, checkpoint_sha256=file_sha256(path), device=device)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.embedding_dim
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.spec.name}@{self.checkpoint_sha256[:12]}" if self.checkpoint_sha256 \
+            else self.spec.name
+
+    @torch.inference_mode()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """(n, C, H, W) preprocessed -> (n, d) float32."""
+        out = self.model(batch.to(self.device)).float()
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> np.ndarray:
+        """Decoded PIL images -> (n, d) float32."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.stack([self.transform(im) for im in images[i:i + batch_size]])
+            chunks.append(self.embed_tensors(batch))
+        return np.concatenate(chunks)
+
+    def embed_paths(self, paths: Sequence[str | Path], *, batch_size: int = 64,
+                    num_workers: int = 0, progress: bool = False) -> np.ndarray:
+        """Image files -> (n, d) float32 in the order given. Decoding runs in DataLoader
+        workers (when ``num_workers`` > 0) so that it overlaps the forward pass."""
+        paths = [str(p) for p in paths]
+        out = np.zeros((len(paths), self.dim), np.float32)
+        if not paths:
+            return out
+        loader = DataLoader(ImagePaths(paths, self.transform), batch_size=batch_size,
+                            num_workers=num_workers, shuffle=False,
+                            persistent_workers=False)
+        bar = tqdm(total=len(paths), unit="img", desc="embed", disable=not progress)
+        for batch, idx in loader:
+            out[idx.numpy()] = self.embed_tensors(batch)
+            bar.update(len(idx))
+        bar.close()
+        return out

@@ -1,0 +1,81 @@
+"""Image preprocessing derived from a ModelSpec: the one eval transform, and training augmentation."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from training.spec import ModelSpec
+
+# Decompression-bomb guard: refuse images above this many pixels before decoding them.
+MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can decode (or exceed the pixel limit)."""
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode encoded image bytes (JPEG, PNG, ...) into a loaded PIL image."""
+    if not data:
+        raise ImageDecodeError("empty image data")
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageDecodeError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels}")
+        img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"cannot decode image: {e}") from e
+    except Image.DecompressionBombError as e:  # pragma: no cover - caught by our own check first
+        raise ImageDecodeError(str(e)) from e
+    return img
+
+
+def _mode(spec: ModelSpec) -> str:
+    return "L" if spec.in_channels == 1 else "RGB"
+
+
+class ToMode:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+
+def eval_transform(spec: ModelSpec) -> T.Compose:
+    """PIL image -> (C, input_size, input_size) float32 tensor, as the model expects."""
+    resize = spec.resize_size or spec.input_size
+    return T.Compose(
+        [
+            ToMode(_mode(spec)),
+            T.Resize(resize, antialias=True),
+            T.CenterCrop(spec.input_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
+
+
+def train_transform(spec: ModelSpec, *, flip: bool = True, color_jitter: float = 0.2,
+                    scale: tuple[float, float] = (0.6, 1.0)) -> T.Compose:
+    """Augmentation for metric learning: random resized crop, flip, colour jitter."""
+    ops: list = [ToMode(_mode(spec)), T.RandomResizedCrop(spec.input_size, scale=scale,
+                                                          antialias=True)]
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    if color_jitter > 0 and spec.in_channels == 3:
+        ops.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
+    ops += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    return T.Compose(ops)
+
+
+def to_batch(images: list[Image.Image], spec: ModelSpec) -> torch.Tensor:
+    tf = eval_transform(spec)
+    return torch.stack([tf(im) for im in images])
