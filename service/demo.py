@@ -76,8 +76,10 @@ def prepare_demo(root: str | Path = "var/demo", *, data: str | None = None,
     if data is None:
         src = root / "digits"
         export_digits(src)
-        tcfg = dict(arch="smallcnn", input_size=32, embedding_dim=64, p=10, k=8,
-                    steps_per_epoch=40, epochs=epochs, num_workers=0, val_fraction=0.2)
+        # contrastive (margin 0.5) gives distances on a readable scale; batch-hard triplet at
+        # this learning rate collapsed the embedding on the digits (measured, see git log)
+        tcfg = dict(arch="smallcnn", input_size=32, embedding_dim=64, p=10, k=8, loss="contrastive",
+                    margin=0.5, steps_per_epoch=40, epochs=epochs, num_workers=0, val_fraction=0.2)
         per_class, max_classes = 3, 10
     else:
         src = Path(data)
