@@ -1,0 +1,267 @@
+"""Hierarchical triplet loss (Ge et al., ECCV 2018): a class tree, anchor-neighbour sampling, a tree margin.
+
+The three parts compose like the rest of the package:
+
+- ``ClassTree.rebuild(emb, labels, levels=L)`` builds the class hierarchy from the *current*
+  model's embeddings of the training set: class centres are merged agglomeratively (nearest
+  first, average linkage); level l merges nodes closer than the threshold d_l, with thresholds
+  spaced evenly from d_0 = the mean intra-class distance to d_L = the largest centre distance.
+- ``HierarchicalSampler`` draws batches of ``anchor_classes`` random classes, each with its
+  ``neighbours`` nearest classes in the tree, ``per_class`` images each, so that negatives are
+  hard at the class level. ``set_tree`` swaps in a rebuilt tree.
+- ``HierarchicalTripletLoss`` is a triplet loss whose margin depends on the pair of classes:
+  α = β + d_H(y_a, y_n) − s(y_a), with d_H the threshold of the level where the anchor's and the
+  negative's classes join and s(y_a) the anchor class's mean intra-class distance.
+
+``HTLCallback`` rebuilds the tree every epoch (or every N steps) from the model's own embeddings
+and writes the tree (JSON) and a dendrogram PNG per rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
+from torch.utils.data import Sampler
+
+from training.distances import LpDistance
+from training.miners import all_triplets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassTree:
+    """A hierarchy over classes 0..C-1.
+
+    ``node[l, c]`` is the id of the node holding class c at level l (level 0: each class alone);
+    ``thresholds[l]`` is the merge threshold of level l (thresholds[0] = d_0).
+    """
+
+    centers: np.ndarray  # (C, d) float32
+    intra: np.ndarray  # (C,) mean distance of a class's images to its centre
+    thresholds: np.ndarray  # (L+1,)
+    node: np.ndarray  # (L+1, C) int
+    linkage: np.ndarray  # scipy linkage matrix of the centres, for the dendrogram
+
+    @classmethod
+    def rebuild(cls, emb: np.ndarray, labels: np.ndarray, *, levels: int = 8) -> ClassTree:
+        """emb: (n, d) float32 embeddings of the training set; labels: (n,) ints in 0..C-1."""
+        emb = np.asarray(emb, np.float64)
+        labels = np.asarray(labels)
+        n_classes = int(labels.max()) + 1
+        centers = np.zeros((n_classes, emb.shape[1]))
+        intra = np.zeros(n_classes)
+        for c in range(n_classes):
+            members = emb[labels == c]
+            if len(members) == 0:
+                raise ValueError(f"class {c} has no images")
+            centers[c] = members.mean(0)
+            intra[c] = np.linalg.norm(members - centers[c], axis=1).mean()
+        d0 = float(intra.mean())
+        center_d = pdist(centers)
+        d_max = float(center_d.max()) if len(center_d) else d0
+        thresholds = np.linspace(d0, max(d_max, d0), levels + 1)
+        z = linkage(centers, method="average") if n_classes > 1 else np.zeros((0, 4))
+        node = np.zeros((levels + 1, n_classes), np.int64)
+        node[0] = np.arange(n_classes)
+        for lvl in range(1, levels + 1):
+            if n_classes == 1:
+                continue
+            # nodes joined below d_l merge; the top level always holds everything
+            t = thresholds[lvl] if lvl < levels else np.inf
+            node[lvl] = fcluster(z, t=t, criterion="distance") - 1 if np.isfinite(t) else 0
+        return cls(centers.astype(np.float32), intra.astype(np.float32), thresholds, node, z)
+
+    @property
+    def levels(self) -> int:
+        return len(self.thresholds) - 1
+
+    def join_level(self) -> np.ndarray:
+        """(C, C) int: the lowest level at which classes a and b share a node (0 on the diagonal)."""
+        same = self.node[:, :, None] == self.node[:, None, :]  # (L+1, C, C)
+        return np.argmax(same, axis=0)
+
+    def merge_distance(self) -> np.ndarray:
+        """(C, C) float32: d_H(a, b), the threshold of the level where a and b join."""
+        return self.thresholds[self.join_level()].astype(np.float32)
+
+    def nearest_classes(self, c: int, m: int) -> np.ndarray:
+        """The m classes nearest to c (by join level, then centre distance), c excluded."""
+        jl = self.join_level()[c]
+        d = np.linalg.norm(self.centers - self.centers[c], axis=1)
+        order = np.lexsort((d, jl))
+        return order[order != c][:m]
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
+        names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.intra))]
+        return {"thresholds": self.thresholds.tolist(), "intra": self.intra.tolist(),
+                "classes": names,
+                "levels": [{"threshold": float(self.thresholds[lvl]),
+                            "nodes": _group(self.node[lvl], names)}
+                           for lvl in range(self.levels + 1)]}
+
+    def write(self, out_dir: str | Path, tag: str, class_names: Sequence[str] | None = None) -> Path:
+        """Write ``tree_<tag>.json`` and ``dendrogram_<tag>.png``; returns the JSON path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"tree_{tag}.json"
+        path.write_text(json.dumps(self.to_dict(class_names), indent=1))
+        if len(self.linkage):
+            self.plot_dendrogram(out / f"dendrogram_{tag}.png", class_names)
+        return path
+
+    def plot_dendrogram(self, path: str | Path, class_names: Sequence[str] | None = None) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from scipy.cluster.hierarchy import dendrogram
+
+        n = len(self.intra)
+        fig, ax = plt.subplots(figsize=(max(6, n * 0.18), 5))
+        dendrogram(self.linkage, labels=list(class_names) if class_names else None, ax=ax,
+                   leaf_font_size=7)
+        for t in self.thresholds:
+            ax.axhline(t, color="grey", lw=0.5, ls="--")
+        ax.set_ylabel("centre distance (dashed: level thresholds)")
+        ax.set_title(f"class tree: {n} classes, {self.levels} levels")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def _group(node_ids: np.ndarray, names: list[str]) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for c, nid in enumerate(node_ids):
+        groups.setdefault(int(nid), []).append(names[c])
+    return list(groups.values())
+
+
+class HierarchicalSampler(Sampler[list[int]]):
+    """Anchor-neighbour batches: ``anchor_classes`` random classes plus, for each, its
+    ``neighbours`` nearest classes in the tree; ``per_class`` images of every class."""
+
+    def __init__(self, labels: Sequence[int], tree: ClassTree, *, anchor_classes: int = 4,
+                 neighbours: int = 3, per_class: int = 4, num_batches: int | None = None,
+                 seed: int = 0) -> None:
+        self.labels = np.asarray(labels)
+        self.by_class = {int(c): np.where(self.labels == c)[0] for c in np.unique(self.labels)}
+        self.anchor_classes, self.neighbours, self.per_class = anchor_classes, neighbours, per_class
+        batch = anchor_classes * (neighbours + 1) * per_class
+        self.num_batches = num_batches or max(1, len(self.labels) // batch)
+        self.seed, self.epoch = seed, 0
+        self.set_tree(tree)
+
+    def set_tree(self, tree: ClassTree) -> None:
+        self.tree = tree
+        self._neigh = {c: tree.nearest_classes(c, self.neighbours) for c in self.by_class}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch, 7))
+        classes = np.array(sorted(self.by_class))
+        for _ in range(self.num_batches):
+            chosen: list[int] = []
+            for a in rng.choice(classes, size=min(self.anchor_classes, len(classes)), replace=False):
+                for c in [int(a), *self._neigh[int(a)].tolist()]:
+                    if c not in chosen:
+                        chosen.append(c)
+            batch: list[int] = []
+            for c in chosen:
+                idx = self.by_class[c]
+                batch += rng.choice(idx, size=self.per_class, replace=len(idx) < self.per_class).tolist()
+            yield batch
+
+
+class HierarchicalTripletLoss:
+    """max(0, d(a,p) − d(a,n) + α) over all valid in-batch triplets, α = β + d_H(y_a,y_n) − s(y_a).
+
+    ``labels`` passed to the call are class indices 0..C-1 of the tree. The loss holds the tree
+    and is updated with ``set_tree`` when the tree is rebuilt.
+    """
+
+    tuple_kind = "triplets"
+
+    def __init__(self, tree: ClassTree, *, beta: float = 0.1, distance=None,
+                 reduction: str = "nonzero") -> None:
+        self.beta = beta
+        self.distance = distance or LpDistance()
+        self.reduction = reduction
+        self.set_tree(tree)
+        self.last_active = self.last_total = 0
+        self.last_margin_mean = 0.0
+
+    def set_tree(self, tree: ClassTree) -> None:
+        self.tree = tree
+        self._dh = torch.from_numpy(tree.merge_distance())
+        self._s = torch.from_numpy(tree.intra)
+
+    def margins(self, ya: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
+        return self.beta + self._dh[ya, yn] - self._s[ya]
+
+    def __call__(self, emb: torch.Tensor, labels: torch.Tensor, indices=None) -> torch.Tensor:
+        a, p, n = indices if indices is not None else all_triplets(labels)
+        y = labels.cpu()
+        alpha = self.margins(y[a.cpu()], y[n.cpu()]).to(emb)
+        terms = F.relu(self.distance.pair(emb[a], emb[p]) - self.distance.pair(emb[a], emb[n]) + alpha)
+        self.last_total = len(terms)
+        active = terms > 0
+        self.last_active = int(active.sum())
+        self.last_margin_mean = float(alpha.mean()) if len(alpha) else 0.0
+        if len(terms) == 0:
+            return emb.sum() * 0
+        if self.reduction == "nonzero":
+            return terms.sum() / active.sum().clamp_min(1)
+        return terms.mean()
+
+
+class HTLCallback:
+    """Rebuilds the class tree from the model's embeddings every ``every_steps`` steps (0: once
+    per epoch), hands it to the sampler and the loss, and writes tree JSON + dendrogram."""
+
+    def __init__(self, *, embed_fn, labels: np.ndarray, sampler: HierarchicalSampler,
+                 loss: HierarchicalTripletLoss, levels: int = 8, every_steps: int = 0,
+                 out_dir: str | Path | None = None, class_names: Sequence[str] | None = None):
+        self.embed_fn = embed_fn  # () -> (n, d) embeddings of the training set, in dataset order
+        self.labels = np.asarray(labels)
+        self.sampler, self.loss = sampler, loss
+        self.levels, self.every_steps = levels, every_steps
+        self.out_dir, self.class_names = out_dir, class_names
+        self.rebuild_seconds = 0.0
+        self.rebuilds = 0
+
+    def rebuild(self, tag: str) -> ClassTree:
+        t0 = time.perf_counter()
+        tree = ClassTree.rebuild(self.embed_fn(), self.labels, levels=self.levels)
+        self.sampler.set_tree(tree)
+        self.loss.set_tree(tree)
+        if self.out_dir is not None:
+            tree.write(self.out_dir, tag, self.class_names)
+        self.rebuild_seconds += time.perf_counter() - t0
+        self.rebuilds += 1
+        log.info("class tree rebuilt (%s): thresholds %.3f..%.3f", tag, tree.thresholds[0],
+                 tree.thresholds[-1])
+        return tree
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.every_steps == 0:
+            self.rebuild(f"epoch{epoch:03d}")
+
+    def on_step_end(self, step: int) -> None:
+        if self.every_steps and step % self.every_steps == 0:
+            self.rebuild(f"step{step:06d}")
