@@ -1,4 +1,4 @@
-"""Command-line entry points of the training package: train, embed."""
+"""Command-line entry points of the training package: train, embed, eval."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.evaluation import cli as evaluation_cli
 from training.losses import LOSSES
 from training.miners import MINERS
 
@@ -52,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--num-workers", type=int, default=2)
     e.set_defaults(func=_embed)
+
+    evaluation_cli.register(sub)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -66,19 +66,52 @@ class Embedder:
         return np.concatenate(chunks)
 
     def embed_paths(self, paths: Sequence[str | Path], *, batch_size: int = 64,
-                    num_workers: int = 0, progress: bool = False) -> np.ndarray:
+                    num_workers: int = 0, progress: bool = False,
+                    flip_tta: bool = False) -> np.ndarray:
         """Image files -> (n, d) float32 in the order given. Decoding runs in DataLoader
-        workers (when ``num_workers`` > 0) so that it overlaps the forward pass."""
+        workers (when ``num_workers`` > 0) so that it overlaps the forward pass.
+
+        ``flip_tta``: horizontal-flip test-time augmentation, the mean of the embeddings of
+        each image and its mirror image (re-normalised for cosine models).
+        """
+        if not flip_tta:
+            return self._embed_paths(paths, batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress, flips=False)[0]
+        plain, flipped = self.embed_paths_and_flips(paths, batch_size=batch_size,
+                                                    num_workers=num_workers, progress=progress)
+        return self.combine_flips(plain, flipped)
+
+    def embed_paths_and_flips(self, paths: Sequence[str | Path], *, batch_size: int = 64,
+                              num_workers: int = 0,
+                              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Image files -> ((n, d), (n, d)): embeddings of the images and of their horizontal
+        mirror images, from one decoding pass (the flip commutes with resize + centre crop)."""
+        return self._embed_paths(paths, batch_size=batch_size, num_workers=num_workers,
+                                 progress=progress, flips=True)
+
+    def combine_flips(self, plain: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+        """Flip-TTA embedding: (plain + flipped) / 2, L2-normalised again for cosine models."""
+        out = (plain + flipped) / 2
+        if self.spec.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32, copy=False)
+
+    def _embed_paths(self, paths: Sequence[str | Path], *, batch_size: int, num_workers: int,
+                     progress: bool, flips: bool) -> tuple[np.ndarray, np.ndarray | None]:
         paths = [str(p) for p in paths]
         out = np.zeros((len(paths), self.dim), np.float32)
+        out_flip = np.zeros_like(out) if flips else None
         if not paths:
-            return out
+            return out, out_flip
         loader = DataLoader(ImagePaths(paths, self.transform), batch_size=batch_size,
                             num_workers=num_workers, shuffle=False,
                             persistent_workers=False)
         bar = tqdm(total=len(paths), unit="img", desc="embed", disable=not progress)
         for batch, idx in loader:
-            out[idx.numpy()] = self.embed_tensors(batch)
+            rows = idx.numpy()
+            out[rows] = self.embed_tensors(batch)
+            if out_flip is not None:
+                out_flip[rows] = self.embed_tensors(batch.flip(-1))
             bar.update(len(idx))
         bar.close()
-        return out
+        return out, out_flip
