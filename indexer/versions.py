@@ -36,6 +36,12 @@ class Manifest:
     search_params: dict = field(default_factory=dict)
     build_seconds: float = 0.0
     created_at: str = ""
+    # incremental changes since the last full build (indexer.incremental)
+    parent_version: str = ""  # the version this one was derived from ("" for a full build)
+    count_at_build: int = 0  # vectors in the last full build
+    added_since_build: int = 0
+    removed_since_build: int = 0
+    tombstones: int = 0  # removed entries still stored (indexes without remove_ids, e.g. HNSW)
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -107,4 +113,13 @@ def load_index_version(root: str | Path, version: str | None = None) -> IndexVer
     if index.ntotal != manifest.count or index.d != manifest.dimension:
         raise ValueError(f"index {path} does not match its manifest "
                          f"({index.ntotal}x{index.d} vs {manifest.count}x{manifest.dimension})")
+    apply_search_params(index, manifest.search_params)
     return IndexVersion(path, manifest, index)
+
+
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Set tuned search parameters (``{"nprobe": 8}``, ``{"efSearch": 64}``) on a loaded index,
+    so that a plain ``index.search`` already runs at the recall the manifest reports."""
+    if params:
+        spec = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+        faiss.ParameterSpace().set_index_parameters(index, spec)
