@@ -1,0 +1,132 @@
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import TensorDataset
+
+from training.distributed import (
+    DistInfo,
+    ShardedBatchSampler,
+    embed_dataset,
+    init_from_env,
+    shard,
+)
+from training.samplers import PKSampler
+
+
+def _stream(n_batches=7, seed=3):
+    labels = np.repeat(np.arange(8), 4)
+    return labels, PKSampler(labels, p=4, k=2, num_batches=n_batches, seed=seed)
+
+
+def test_shards_are_disjoint_equal_sized_and_cover_the_stream():
+    labels, _ = _stream()
+    full = list(_stream()[1])
+    shards = [list(ShardedBatchSampler(_stream()[1], rank=r, world_size=3)) for r in range(3)]
+    assert [len(s) for s in shards] == [2, 2, 2]  # 7 batches, 3 ranks: the 7th is dropped
+    assert shards[0] == [full[0], full[3]] and shards[1] == [full[1], full[4]]
+    taken = [tuple(b) for s in shards for b in s]
+    assert sorted(taken) == sorted(tuple(b) for b in full[:6])
+    # set_epoch reaches the wrapped sampler: a new epoch is a new stream
+    s = ShardedBatchSampler(_stream()[1], rank=0, world_size=3)
+    s.set_epoch(1)
+    assert list(s) != shards[0]
+    with pytest.raises(ValueError, match="rank 3"):
+        ShardedBatchSampler(_stream()[1], rank=3, world_size=3)
+
+
+def test_single_process_defaults():
+    info = init_from_env(env={})
+    assert info == DistInfo() and not info.enabled and info.is_main
+    _, sampler = _stream()
+    assert shard(sampler, info) is sampler
+    with pytest.raises(ValueError, match="torchrun"):
+        init_from_env(env={"WORLD_SIZE": "2"})
+
+
+def test_embed_dataset_keeps_order_and_eval_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    x = torch.randn(10, 3)
+    ds = TensorDataset(x, torch.zeros(10))
+    model.train()
+    out = embed_dataset(model, ds, indices=[7, 2, 5], batch_size=2)
+    assert model.training  # restored
+    model.eval()
+    assert np.allclose(out, model(x[[7, 2, 5]]).detach().numpy(), atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    from training.backbones import build_model
+    from training.checkpoint import Checkpoint
+    from training.distributed import cleanup, on_main, save_on_main, unwrap, wrap_model
+    from training.losses import TripletLoss
+    from training.miners import BatchHardMiner
+    from training.spec import ModelSpec
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    info = init_from_env("gloo")
+    spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=16, arch_kwargs={"width": 4})
+    torch.manual_seed(100 + rank)  # different initial weights: DDP must start from rank 0's
+    net = build_model(spec)
+    own_init = net.head.weight.detach().clone()
+    model = wrap_model(net, info)
+    start = unwrap(model).head.weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    labels, inner = _stream(n_batches=4)
+    images = torch.randn(len(labels), 3, 16, 16, generator=g)
+    sampler = shard(inner, info)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn, miner = TripletLoss(margin=0.5), BatchHardMiner()
+    batches = []
+    for batch in sampler:
+        batches.append(batch)
+        x, y = images[batch], torch.as_tensor(labels[batch])
+        emb = model(x)
+        loss = loss_fn(emb, y, miner(emb, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ds = TensorDataset(images, torch.as_tensor(labels))
+    emb = embed_dataset(model, ds, info=info, batch_size=5)
+    state = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
+    torch.save({"state": state, "batches": batches, "emb": torch.from_numpy(emb),
+                "own_init": own_init, "start": start},
+               os.path.join(tmp, f"rank{rank}.pt"))
+    save_on_main(info, os.path.join(tmp, f"ckpt_from_rank{rank}.pt"), Checkpoint(spec, state))
+    on_main(info, lambda: open(os.path.join(tmp, "log.txt"), "a").write(f"rank{rank}\n"))
+    cleanup(info)
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    # identical weights (and BN buffers) on both ranks after the steps
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    # the ranks began from different draws; DDP started both from rank 0's, and training moved it
+    assert not torch.equal(r0["own_init"], r1["own_init"])
+    assert torch.equal(r1["start"], r0["own_init"])
+    assert not torch.allclose(r0["state"]["head.weight"], r0["start"])
+    # the two ranks drew disjoint halves of the same batch stream
+    _, inner = _stream(n_batches=4)
+    full = list(inner)
+    assert r0["batches"] == full[0::2] and r1["batches"] == full[1::2]
+    # the sharded embedding pass gives both ranks the whole, identical matrix
+    assert r0["emb"].shape == (32, 8) and torch.equal(r0["emb"], r1["emb"])
+    # only rank 0 wrote
+    assert (tmp_path / "ckpt_from_rank0.pt").is_file()
+    assert not (tmp_path / "ckpt_from_rank1.pt").exists()
+    assert (tmp_path / "log.txt").read_text() == "rank0\n"
