@@ -21,20 +21,21 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import cdist, pdist
 from torch.utils.data import Sampler
 
 from training.distances import LpDistance
 from training.miners import all_triplets
+from training.refresh import Refresh
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,39 @@ class ClassTree:
     def levels(self) -> int:
         return len(self.thresholds) - 1
 
+    @cached_property
+    def _join_level(self) -> np.ndarray:
+        jl = np.full((self.n_classes, self.n_classes), self.levels, np.int64)
+        for lvl in range(self.levels, -1, -1):  # top down: keep the lowest shared level
+            same = self.node[lvl][:, None] == self.node[lvl][None, :]
+            jl[same] = lvl
+        return jl
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.intra)
+
     def join_level(self) -> np.ndarray:
         """(C, C) int: the lowest level at which classes a and b share a node (0 on the diagonal)."""
-        same = self.node[:, :, None] == self.node[:, None, :]  # (L+1, C, C)
-        return np.argmax(same, axis=0)
+        return self._join_level
 
     def merge_distance(self) -> np.ndarray:
         """(C, C) float32: d_H(a, b), the threshold of the level where a and b join."""
-        return self.thresholds[self.join_level()].astype(np.float32)
+        return self.thresholds[self._join_level].astype(np.float32)
 
     def nearest_classes(self, c: int, m: int) -> np.ndarray:
         """The m classes nearest to c (by join level, then centre distance), c excluded."""
-        jl = self.join_level()[c]
-        d = np.linalg.norm(self.centers - self.centers[c], axis=1)
-        order = np.lexsort((d, jl))
-        return order[order != c][:m]
+        return self.neighbour_table(m)[c]
+
+    def neighbour_table(self, m: int) -> np.ndarray:
+        """(C, min(m, C-1)) int: row c holds ``nearest_classes(c, m)``."""
+        m = min(m, self.n_classes - 1)
+        d = cdist(self.centers, self.centers)
+        np.fill_diagonal(d, np.inf)
+        jl = self._join_level.astype(np.float64)
+        np.fill_diagonal(jl, np.inf)
+        order = np.lexsort((d, jl), axis=1)  # by join level, ties by centre distance
+        return order[:, :m]
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
         names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.intra))]
@@ -163,8 +182,12 @@ class HierarchicalSampler(Sampler[list[int]]):
         self.set_tree(tree)
 
     def set_tree(self, tree: ClassTree) -> None:
+        if tree.n_classes < max(self.by_class) + 1:
+            raise ValueError(f"the tree has {tree.n_classes} classes, the labels "
+                             f"{max(self.by_class) + 1}")
         self.tree = tree
-        self._neigh = {c: tree.nearest_classes(c, self.neighbours) for c in self.by_class}
+        table = tree.neighbour_table(self.neighbours)
+        self._neigh = {c: table[c] for c in self.by_class}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -218,7 +241,10 @@ class HierarchicalTripletLoss:
         a, p, n = indices if indices is not None else all_triplets(labels)
         y = labels.cpu()
         alpha = self.margins(y[a.cpu()], y[n.cpu()]).to(emb)
-        terms = F.relu(self.distance.pair(emb[a], emb[p]) - self.distance.pair(emb[a], emb[n]) + alpha)
+        # one (n, n) distance matrix, gathered per triplet: all-triplet batches hold n^3 / C
+        # triplets, and per-triplet embedding gathers would be (n^3 / C, d)
+        d = self.distance.pairwise(emb, emb)
+        terms = F.relu(d[a, p] - d[a, n] + alpha)
         self.last_total = len(terms)
         active = terms > 0
         self.last_active = int(active.sum())
@@ -230,38 +256,32 @@ class HierarchicalTripletLoss:
         return terms.mean()
 
 
-class HTLCallback:
-    """Rebuilds the class tree from the model's embeddings every ``every_steps`` steps (0: once
-    per epoch), hands it to the sampler and the loss, and writes tree JSON + dendrogram."""
+class HTLCallback(Refresh):
+    """Rebuilds the class tree from the model's embeddings every epoch (``every_steps=0``) or
+    every N optimiser steps, hands it to the sampler and the loss, and writes
+    ``tree_<tag>.json`` + ``dendrogram_<tag>.png`` into ``out_dir`` (when given).
 
-    def __init__(self, *, embed_fn, labels: np.ndarray, sampler: HierarchicalSampler,
-                 loss: HierarchicalTripletLoss, levels: int = 8, every_steps: int = 0,
-                 out_dir: str | Path | None = None, class_names: Sequence[str] | None = None):
-        self.embed_fn = embed_fn  # () -> (n, d) embeddings of the training set, in dataset order
-        self.labels = np.asarray(labels)
-        self.sampler, self.loss = sampler, loss
-        self.levels, self.every_steps = levels, every_steps
-        self.out_dir, self.class_names = out_dir, class_names
-        self.rebuild_seconds = 0.0
-        self.rebuilds = 0
+    ``embedder``: () -> (n, d) embeddings of training rows whose class indices are
+    ``embedder.labels`` (a ``training.refresh.DatasetEmbedder``; ``max_per_class`` there bounds
+    the cost of a rebuild). ``seconds`` adds up the time spent rebuilding.
+    """
 
-    def rebuild(self, tag: str) -> ClassTree:
-        t0 = time.perf_counter()
-        tree = ClassTree.rebuild(self.embed_fn(), self.labels, levels=self.levels)
+    def __init__(self, *, embedder, sampler: HierarchicalSampler, loss: HierarchicalTripletLoss,
+                 levels: int = 8, every_steps: int = 0, out_dir: str | Path | None = None,
+                 class_names: Sequence[str] | None = None, write: bool = True) -> None:
+        super().__init__(every_steps=every_steps)
+        self.embedder, self.sampler, self.loss = embedder, sampler, loss
+        self.levels = levels
+        self.out_dir = out_dir if write else None
+        self.class_names = class_names
+        self.tree: ClassTree | None = None
+
+    def refresh(self, tag: str) -> None:
+        tree = ClassTree.rebuild(self.embedder(), self.embedder.labels, levels=self.levels)
         self.sampler.set_tree(tree)
         self.loss.set_tree(tree)
+        self.tree = tree
         if self.out_dir is not None:
             tree.write(self.out_dir, tag, self.class_names)
-        self.rebuild_seconds += time.perf_counter() - t0
-        self.rebuilds += 1
         log.info("class tree rebuilt (%s): thresholds %.3f..%.3f", tag, tree.thresholds[0],
                  tree.thresholds[-1])
-        return tree
-
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.every_steps == 0:
-            self.rebuild(f"epoch{epoch:03d}")
-
-    def on_step_end(self, step: int) -> None:
-        if self.every_steps and step % self.every_steps == 0:
-            self.rebuild(f"step{step:06d}")

@@ -72,3 +72,89 @@ def test_tree_json_and_dendrogram(tmp_path):
     d = json.loads(path.read_text())
     assert len(d["levels"]) == 4 and d["levels"][0]["nodes"] == [[f"c{i}"] for i in range(6)]
     assert (tmp_path / "dendrogram_epoch001.png").stat().st_size > 1000
+
+
+def test_neighbour_table_orders_by_join_level_then_centre_distance():
+    emb, labels = _clustered()
+    tree = ClassTree.rebuild(emb, labels, levels=4)
+    table = tree.neighbour_table(5)
+    jl = tree.join_level()
+    d = np.linalg.norm(tree.centers[:, None] - tree.centers[None], axis=2)
+    for c in range(6):
+        row = table[c]
+        assert c not in row and sorted(row) == sorted(set(range(6)) - {c})
+        keys = [(jl[c, o], d[c, o]) for o in row]
+        assert keys == sorted(keys)
+    assert table.shape == (6, 5) and tree.neighbour_table(99).shape == (6, 5)
+
+
+class _FixedEmbedder:
+    """Stands in for DatasetEmbedder: returns the embeddings of the 'current model'."""
+
+    def __init__(self, emb, labels):
+        self.emb, self.labels, self.calls = emb, labels, 0
+        self.indices = np.arange(len(labels))
+
+    def __call__(self):
+        self.calls += 1
+        return self.emb
+
+
+def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
+    from training.htl import HTLCallback
+
+    emb, labels = _clustered()
+    # the "model" starts out confusing pairs differently: classes 0 and 2 close together
+    swapped = emb.copy()
+    swapped[labels == 2] += np.array([-10.0, 0], np.float32) + 0.5
+    fake = _FixedEmbedder(swapped, labels)
+    tree0 = ClassTree.rebuild(emb, labels, levels=4)
+    sampler = HierarchicalSampler(labels, tree0, anchor_classes=1, neighbours=1, per_class=2)
+    loss = HierarchicalTripletLoss(tree0)
+    cb = HTLCallback(embedder=fake, sampler=sampler, loss=loss, levels=4, out_dir=tmp_path)
+    cb.on_epoch_start(0)
+    assert fake.calls == 1 and cb.count == 1 and cb.seconds > 0
+    # the rebuilt tree (from the model's embeddings) now pairs class 0 with class 2
+    assert sampler.tree is loss.tree is cb.tree
+    assert list(sampler._neigh[0]) == [2]
+    assert (tmp_path / "tree_epoch001.json").is_file()
+    assert (tmp_path / "dendrogram_epoch001.png").is_file()
+    for step in range(1, 10):
+        cb.on_step_end(step)
+    cb.on_epoch_start(1)
+    assert fake.calls == 2 and (tmp_path / "tree_epoch002.json").is_file()
+
+
+def test_callback_every_n_steps():
+    from training.htl import HTLCallback
+
+    emb, labels = _clustered()
+    fake = _FixedEmbedder(emb, labels)
+    tree = ClassTree.rebuild(emb, labels, levels=2)
+    cb = HTLCallback(embedder=fake, sampler=HierarchicalSampler(labels, tree),
+                     loss=HierarchicalTripletLoss(tree), levels=2, every_steps=4)
+    cb.on_epoch_start(0)  # the first rebuild happens before the first step in any case
+    for step in range(1, 13):
+        cb.on_step_end(step)
+    cb.on_epoch_start(1)  # not an epoch-wise schedule: no rebuild here
+    assert fake.calls == 1 + 3
+
+
+def test_htl_training_step_pulls_tree_neighbours_apart():
+    """A few gradient steps of HTL on free embeddings separate the hard (sibling) classes."""
+    emb, labels = _clustered()
+    emb, labels = emb[::4] / 10, labels[::4]  # 5 points per class
+    tree = ClassTree.rebuild(emb, labels, levels=4)
+    x = torch.nn.Parameter(torch.from_numpy(emb.copy()))
+    loss_fn = HierarchicalTripletLoss(tree, beta=0.2)
+    y = torch.as_tensor(labels)
+    opt = torch.optim.SGD([x], lr=0.05)
+    centre_gap = lambda: (x[y == 0].mean(0) - x[y == 1].mean(0)).norm().item()  # noqa: E731
+    before, first = centre_gap(), None
+    for _ in range(15):
+        loss = loss_fn(x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first and centre_gap() > before
