@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,10 +98,12 @@ class EmbeddingNet(nn.Module):
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) network a spec describes."""
+    if spec.arch not in MODEL_BUILDERS and spec.arch in LAZY_BUILDERS:
+        importlib.import_module(LAZY_BUILDERS[spec.arch])  # registers itself on import
     if spec.arch in MODEL_BUILDERS:
         return MODEL_BUILDERS[spec.arch](spec)
     if spec.arch not in BACKBONES:
-        valid = sorted(set(BACKBONES) | set(MODEL_BUILDERS))
+        valid = sorted(set(BACKBONES) | set(MODEL_BUILDERS) | set(LAZY_BUILDERS))
         raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(valid)}")
     backbone, feat = BACKBONES[spec.arch](spec.in_channels, **spec.arch_kwargs)
     return EmbeddingNet(backbone, feat, spec.embedding_dim, spec.normalize)
@@ -109,6 +112,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
 # Whole-model builders for architectures that are not "backbone + head" (imported
 # networks, ensembles). Filled in by the modules that define them.
 MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {}
+# Modules that fill MODEL_BUILDERS for an architecture, imported by build_model the first
+# time it meets that architecture: loading a checkpoint needs no import from the caller.
+LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.ensemble"}
 
 
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:

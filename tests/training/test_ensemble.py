@@ -1,0 +1,82 @@
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.backbones import MODEL_BUILDERS, build_model
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.embedder import Embedder
+from training.spec import ModelSpec
+
+
+def _member(seed: int, dim: int = 8, width: int = 4) -> Checkpoint:
+    spec = ModelSpec(arch="smallcnn", embedding_dim=dim, input_size=16, name=f"m{seed}",
+                     arch_kwargs={"width": width}, threshold=0.5)
+    torch.manual_seed(seed)
+    return Checkpoint(spec, build_model(spec).state_dict(), config={"seed": seed})
+
+
+def test_one_checkpoint_loads_through_load_checkpoint_without_importing_ensemble(tmp_path,
+                                                                              monkeypatch):
+    from training.ensemble import combine_checkpoints
+
+    path = save_checkpoint(tmp_path / "ens.pt",
+                           combine_checkpoints([_member(0), _member(1, dim=4), _member(2)]))
+    # as if nothing had imported training.ensemble: loading must find the builder itself
+    monkeypatch.delitem(sys.modules, "training.ensemble")
+    monkeypatch.delitem(MODEL_BUILDERS, "ensemble")
+    e = Embedder.from_checkpoint(path)
+    assert "training.ensemble" in sys.modules and "ensemble" in MODEL_BUILDERS
+    assert e.dim == 20 and e.embed_tensors(torch.zeros(2, 3, 16, 16)).shape == (2, 20)
+    payload = torch.load(path, weights_only=True)  # primitives and tensors only
+    assert payload["spec"]["arch"] == "ensemble" and len(payload["spec"]["arch_kwargs"]["members"]) == 3
+
+
+def test_embedding_is_members_concatenated_and_renormalised():
+    from training.ensemble import combine_checkpoints
+
+    members = [_member(0), _member(1, dim=4)]
+    ckpt = combine_checkpoints(members)
+    ens = Embedder(ckpt.build(), ckpt.spec)
+    x = torch.randn(5, 3, 16, 16)
+    parts = [Embedder(m.build(), m.spec).embed_tensors(x) for m in members]
+    expect = np.concatenate(parts, 1) / np.sqrt(2)  # each part has norm 1
+    got = ens.embed_tensors(x)
+    assert got.shape == (5, 12) and np.allclose(got, expect, atol=1e-5)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert ckpt.spec.threshold is None  # member thresholds do not carry over
+
+
+def test_members_must_share_preprocessing():
+    from training.ensemble import combine_checkpoints
+
+    a, b = _member(0), _member(1)
+    b = dataclasses.replace(b, spec=dataclasses.replace(b.spec, input_size=32))
+    with pytest.raises(ValueError, match="input_size"):
+        combine_checkpoints([a, b])
+    bad = dataclasses.replace(a, spec=dataclasses.replace(a.spec, embedding_dim=9))
+    with pytest.raises(RuntimeError):  # weights that do not fit fail at combine time
+        combine_checkpoints([a, bad])
+
+
+def test_calibrated_threshold_on_images(tmp_path):
+    from training.ensemble import calibrate_ensemble, combine_checkpoints
+
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for c in range(3):
+        for j in range(4):
+            arr = np.clip(rng.normal(80 * c, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            p = tmp_path / f"{c}_{j}.png"
+            Image.fromarray(arr).save(p)
+            paths.append(str(p))
+            labels.append(c)
+    ckpt = calibrate_ensemble(combine_checkpoints([_member(0), _member(1)]), paths, labels,
+                              n_pairs=40)
+    assert ckpt.spec.threshold is not None and 0 < ckpt.spec.threshold < 2
+    assert ckpt.metrics["calibration"]["n_pairs"] > 0
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "e.pt", ckpt))
+    assert loaded.spec.threshold == pytest.approx(ckpt.spec.threshold)
