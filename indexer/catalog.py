@@ -1,38 +1,119 @@
-"""The catalogue: one row per image (SQLAlchemy 2.0; SQLite by default, PostgreSQL for replicas)."""
+"""The catalogue: collections, images, models and index versions (SQLAlchemy 2.0; SQLite or PostgreSQL).
+
+The schema is owned by Alembic migrations (``indexer/migrations``); :func:`open_catalog` brings a
+database to the latest revision. Repository functions take a ``Session``; the caller owns the
+transaction (``with Session.begin() as s:``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 DEFAULT_COLLECTION = "default"
+STORAGES = ("file", "blob")  # image bytes: a file the catalogue points at, or bytes it stores
+INDEX_STATES = ("building", "published", "retired", "failed")
+# The tables the migrations own. Other packages may declare tables on ``Base`` (so that they can
+# reference images); those they create and migrate themselves.
+CATALOG_TABLES = frozenset({"collections", "images", "models", "index_versions"})
 
 
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {dict[str, Any]: JSON}
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class CollectionRow(Base):
+    """A named set of images searched together (one index version serves one collection)."""
+
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 class ImageRow(Base):
-    """A catalogued image. Its ``id`` is also its FAISS id."""
+    """A catalogued image. Its ``id`` is also its FAISS id.
+
+    ``path`` locates the bytes: a file path when ``storage == "file"``, a location inside the
+    blob store (:mod:`indexer.blobs`) when ``storage == "blob"``. ``sha256`` is the content hash,
+    used to find duplicates and to embed identical content once."""
 
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("collection", "key", name="uq_images_collection_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    collection: Mapped[str] = mapped_column(String(128), default=DEFAULT_COLLECTION, index=True)
+    collection: Mapped[str] = mapped_column(
+        String(128), ForeignKey("collections.name", name="fk_images_collection"),
+        default=DEFAULT_COLLECTION, index=True)
     key: Mapped[str] = mapped_column(String(512))
     path: Mapped[str] = mapped_column(String(4096))
     label: Mapped[str] = mapped_column(String(512), default="")
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    storage: Mapped[str] = mapped_column(String(16), default="file")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now,
+                                                 onupdate=_now)
+
+
+class ModelRow(Base):
+    """A checkpoint that embedded a collection: its hash, spec, metrics and calibrated threshold."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    path: Mapped[str] = mapped_column(String(4096), default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class IndexVersionRow(Base):
+    """A built index version (the directory under ``<index-root>/versions/<name>``)."""
+
+    __tablename__ = "index_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    collection: Mapped[str] = mapped_column(
+        String(128), ForeignKey("collections.name", name="fk_index_versions_collection"),
+        index=True)
+    model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", name="fk_index_versions_model"), nullable=True)
+    factory: Mapped[str] = mapped_column(String(256))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    recall_at_10: Mapped[float | None] = mapped_column(Float, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="building")
+    path: Mapped[str] = mapped_column(String(4096), default="")
+    build_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -49,9 +130,11 @@ def make_engine(url: str) -> Engine:
 
 
 def open_catalog(url: str) -> sessionmaker[Session]:
-    """Connect and create the schema if it is missing."""
+    """Connect and migrate the schema to the latest revision (a no-op when it is current)."""
+    from indexer.migrate import upgrade_catalog
+
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
+    upgrade_catalog(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -63,22 +146,52 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+# -- collections ----------------------------------------------------------------------------
+def ensure_collection(session: Session, name: str, *, description: str = "") -> CollectionRow:
+    """The collection named ``name``, created if missing."""
+    if not name or len(name) > 128:
+        raise ValueError(f"collection name must be 1-128 characters, got {name!r}")
+    row = session.scalars(select(CollectionRow).where(CollectionRow.name == name)).one_or_none()
+    if row is None:
+        row = CollectionRow(name=name, description=description)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def collections(session: Session) -> list[CollectionRow]:
+    return list(session.scalars(select(CollectionRow).order_by(CollectionRow.name)))
+
+
+# -- images ---------------------------------------------------------------------------------
 def upsert_images(session: Session, rows: Iterable[dict], *,
                   collection: str = DEFAULT_COLLECTION) -> list[ImageRow]:
-    """Insert or update images by (collection, key); returns the rows in input order."""
+    """Insert or update images by (collection, key); returns the rows in input order.
+
+    A row dict holds ``key``, ``path``, ``sha256`` and optionally ``label``, ``storage``
+    (``"file"``/``"blob"``) and ``meta`` (a JSON object). The collection is created if missing."""
     rows = list(rows)
-    existing = {r.key: r for r in session.scalars(
-        select(ImageRow).where(ImageRow.collection == collection,
-                               ImageRow.key.in_([r["key"] for r in rows])))}
+    for r in rows:
+        if r.get("storage", "file") not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {r['storage']!r}")
+    ensure_collection(session, collection)
+    existing: dict[str, ImageRow] = {}
+    keys = [r["key"] for r in rows]
+    for i in range(0, len(keys), 10_000):  # bounded IN lists
+        existing.update((r.key, r) for r in session.scalars(
+            select(ImageRow).where(ImageRow.collection == collection,
+                                   ImageRow.key.in_(keys[i:i + 10_000]))))
     out = []
     for r in rows:
         row = existing.get(r["key"])
         if row is None:
             row = ImageRow(collection=collection, **r)
             session.add(row)
+            existing[r["key"]] = row
         else:
             for k, v in r.items():
-                setattr(row, k, v)
+                if getattr(row, k) != v:
+                    setattr(row, k, v)
         out.append(row)
     session.flush()  # assigns ids
     return out
@@ -99,3 +212,79 @@ def image_by_key(session: Session, key: str, *, collection: str = DEFAULT_COLLEC
 def all_images(session: Session, *, collection: str = DEFAULT_COLLECTION) -> list[ImageRow]:
     return list(session.scalars(select(ImageRow).where(ImageRow.collection == collection)
                                 .order_by(ImageRow.id)))
+
+
+def images_by_sha256(session: Session, sha256: str, *,
+                     collection: str | None = DEFAULT_COLLECTION) -> list[ImageRow]:
+    """Images with this content (in one collection, or in all when ``collection`` is None)."""
+    q = select(ImageRow).where(ImageRow.sha256 == sha256)
+    if collection is not None:
+        q = q.where(ImageRow.collection == collection)
+    return list(session.scalars(q.order_by(ImageRow.id)))
+
+
+def duplicate_groups(session: Session, *, collection: str = DEFAULT_COLLECTION) -> dict[str, list[str]]:
+    """Content hash -> keys, for every content catalogued under more than one key."""
+    dup = (select(ImageRow.sha256).where(ImageRow.collection == collection)
+           .group_by(ImageRow.sha256).having(func.count() > 1))
+    out: dict[str, list[str]] = {}
+    for sha, key in session.execute(select(ImageRow.sha256, ImageRow.key).where(
+            ImageRow.collection == collection, ImageRow.sha256.in_(dup))
+            .order_by(ImageRow.sha256, ImageRow.id)):
+        out.setdefault(sha, []).append(key)
+    return out
+
+
+def count_images(session: Session, *, collection: str = DEFAULT_COLLECTION) -> int:
+    return int(session.scalar(select(func.count()).select_from(ImageRow)
+                              .where(ImageRow.collection == collection)) or 0)
+
+
+# -- models and index versions ----------------------------------------------------------------
+def register_model(session: Session, *, checkpoint_sha256: str, name: str = "", path: str = "",
+                   spec: dict | None = None, metrics: dict | None = None,
+                   threshold: float | None = None) -> ModelRow:
+    """The model row for a checkpoint hash, created (or completed) as needed."""
+    row = session.scalars(select(ModelRow).where(
+        ModelRow.checkpoint_sha256 == checkpoint_sha256)).one_or_none()
+    if row is None:
+        row = ModelRow(checkpoint_sha256=checkpoint_sha256)
+        session.add(row)
+    row.name, row.path = name or row.name, path or row.path
+    row.spec, row.metrics = spec or row.spec or {}, metrics or row.metrics or {}
+    row.threshold = threshold if threshold is not None else row.threshold
+    session.flush()
+    return row
+
+
+def record_index_version(session: Session, *, name: str, collection: str, factory: str,
+                         model_id: int | None, params: dict, count: int,
+                         recall_at_10: float | None, path: str, build_seconds: float,
+                         state: str = "published") -> IndexVersionRow:
+    """Insert or update the row of an index version."""
+    if state not in INDEX_STATES:
+        raise ValueError(f"state must be one of {INDEX_STATES}, got {state!r}")
+    ensure_collection(session, collection)
+    row = session.scalars(select(IndexVersionRow).where(IndexVersionRow.name == name)).one_or_none()
+    if row is None:
+        row = IndexVersionRow(name=name, collection=collection, factory=factory)
+        session.add(row)
+    row.model_id, row.params, row.count = model_id, params, count
+    row.recall_at_10, row.path, row.build_seconds, row.state = recall_at_10, path, build_seconds, state
+    session.flush()
+    return row
+
+
+def set_index_version_state(session: Session, name: str, state: str) -> None:
+    if state not in INDEX_STATES:
+        raise ValueError(f"state must be one of {INDEX_STATES}, got {state!r}")
+    row = session.scalars(select(IndexVersionRow).where(IndexVersionRow.name == name)).one_or_none()
+    if row is not None:
+        row.state = state
+
+
+def index_versions(session: Session, *, collection: str | None = None) -> list[IndexVersionRow]:
+    q = select(IndexVersionRow).order_by(IndexVersionRow.name)
+    if collection is not None:
+        q = q.where(IndexVersionRow.collection == collection)
+    return list(session.scalars(q))

@@ -1,0 +1,1 @@
+"""Catalogue schema revisions, oldest first."""

@@ -1,0 +1,166 @@
+"""The catalogue on both supported databases (SQLite and a real PostgreSQL server)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import column, insert, inspect, select, table
+from sqlalchemy.exc import IntegrityError
+
+from indexer.catalog import (
+    Base,
+    CollectionRow,
+    ImageRow,
+    IndexVersionRow,
+    all_images,
+    collections,
+    count_images,
+    duplicate_groups,
+    image_by_key,
+    images_by_sha256,
+    index_versions,
+    make_engine,
+    open_catalog,
+    record_index_version,
+    register_model,
+    set_index_version_state,
+    upsert_images,
+)
+from indexer.migrate import (
+    current_revision,
+    downgrade_catalog,
+    head_revision,
+    include_object,
+    upgrade_catalog,
+)
+
+
+def _row(key, sha="0", **kw):
+    return {"key": key, "path": f"/img/{key}.jpg", "label": key[:1], "sha256": sha * 64, **kw}
+
+
+def test_migrated_schema_is_exactly_the_models(catalog_url):
+    """Alembic's autogenerate finds nothing to do: the migrations build what the ORM declares."""
+    open_catalog(catalog_url)
+    engine = make_engine(catalog_url)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == []
+    assert current_revision(engine) == head_revision()
+
+
+def test_foundation_era_catalogue_is_upgraded_keeping_ids(catalog_url):
+    engine = make_engine(catalog_url)
+    upgrade_catalog(engine, "0001")  # the schema the foundation created, with data in it
+    images = table("images", column("id"), column("collection"), column("key"), column("path"),
+                   column("label"), column("sha256"), column("created_at"))
+    with engine.begin() as conn:
+        conn.execute(insert(images), [
+            {"id": 7, "collection": "faces", "key": "a/1", "path": "/a1", "label": "a",
+             "sha256": "1" * 64, "created_at": datetime(2024, 1, 1, tzinfo=UTC)},
+            {"id": 9, "collection": "birds", "key": "b/1", "path": "/b1", "label": "b",
+             "sha256": "2" * 64, "created_at": datetime(2024, 1, 2, tzinfo=UTC)}])
+    Session = open_catalog(catalog_url)
+    with Session() as s:
+        assert [c.name for c in collections(s)] == ["birds", "faces"]
+        row = image_by_key(s, "a/1", collection="faces")
+        assert (row.id, row.path, row.storage, row.meta) == (7, "/a1", "file", {})
+        assert row.updated_at.replace(tzinfo=None) == row.created_at.replace(tzinfo=None)
+    # and back down: 0001 keeps the images, drops the new tables
+    downgrade_catalog(engine, "0001")
+    names = set(inspect(engine).get_table_names())
+    assert "images" in names and not names & {"collections", "models", "index_versions"}
+    upgrade_catalog(engine)
+    with open_catalog(catalog_url)() as s:
+        assert image_by_key(s, "b/1", collection="birds").id == 9
+
+
+def test_catalogue_created_by_create_all_is_stamped_then_upgraded(tmp_path):
+    """The foundation made its schema with create_all and no alembic_version table."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    upgrade_catalog(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+    assert current_revision(engine) is None
+    open_catalog(url)
+    assert current_revision(engine) == head_revision()
+
+
+def test_key_is_unique_per_collection_and_collections_must_exist(catalog_url):
+    Session = open_catalog(catalog_url)
+    with Session.begin() as s:
+        upsert_images(s, [_row("a")], collection="c1")
+        upsert_images(s, [_row("a")], collection="c2")  # same key, other collection: fine
+    with pytest.raises(IntegrityError):
+        with Session.begin() as s:
+            s.add(ImageRow(collection="c1", **_row("a")))
+    with pytest.raises(IntegrityError):  # foreign key: images belong to a known collection
+        with Session.begin() as s:
+            s.add(ImageRow(collection="nowhere", **_row("z")))
+            s.flush()
+
+
+def test_upsert_updates_in_place_and_keeps_json_metadata(catalog_url):
+    Session = open_catalog(catalog_url)
+    meta = {"source": "camera-3", "boxes": [[1, 2, 3, 4]], "score": 0.5, "ok": True}
+    with Session.begin() as s:
+        (first,) = upsert_images(s, [_row("k", meta=meta)], collection="c")
+    with Session.begin() as s:
+        (again,) = upsert_images(s, [_row("k", sha="f", label="new", storage="blob")],
+                                 collection="c")
+    with Session() as s:
+        row = image_by_key(s, "k", collection="c")
+        assert row.id == first.id == again.id
+        assert (row.label, row.sha256, row.storage, row.meta) == ("new", "f" * 64, "blob", meta)
+        assert row.updated_at >= row.created_at
+        assert count_images(s, collection="c") == 1
+    with pytest.raises(ValueError, match="storage"):
+        with Session.begin() as s:
+            upsert_images(s, [_row("x", storage="s3")], collection="c")
+
+
+def test_duplicates_are_found_by_content_hash(catalog_url):
+    Session = open_catalog(catalog_url)
+    with Session.begin() as s:
+        upsert_images(s, [_row("a", "1"), _row("b", "2"), _row("c", "1"), _row("d", "1")],
+                      collection="c")
+        upsert_images(s, [_row("e", "1")], collection="other")
+    with Session() as s:
+        assert [r.key for r in images_by_sha256(s, "1" * 64, collection="c")] == ["a", "c", "d"]
+        assert len(images_by_sha256(s, "1" * 64, collection=None)) == 4
+        assert duplicate_groups(s, collection="c") == {"1" * 64: ["a", "c", "d"]}
+        assert [r.key for r in all_images(s, collection="c")] == ["a", "b", "c", "d"]
+
+
+def test_models_and_index_versions(catalog_url):
+    Session = open_catalog(catalog_url)
+    with Session.begin() as s:
+        m = register_model(s, checkpoint_sha256="a" * 64, name="r18", spec={"arch": "resnet18"},
+                           metrics={"recall@1": 0.7}, threshold=0.9)
+        again = register_model(s, checkpoint_sha256="a" * 64)
+        assert again.id == m.id and again.threshold == 0.9 and again.spec == {"arch": "resnet18"}
+        record_index_version(s, name="v1", collection="faces", factory="IVF64,Flat",
+                             model_id=m.id, params={"nprobe": 4}, count=10, recall_at_10=0.97,
+                             path="/idx/v1", build_seconds=1.5)
+        record_index_version(s, name="v2", collection="faces", factory="Flat", model_id=m.id,
+                             params={}, count=11, recall_at_10=1.0, path="/idx/v2",
+                             build_seconds=0.1, state="building")
+    with Session.begin() as s:
+        set_index_version_state(s, "v1", "retired")
+        set_index_version_state(s, "v2", "published")
+    with Session() as s:
+        rows = index_versions(s, collection="faces")
+        assert [(r.name, r.state, r.params) for r in rows] == [
+            ("v1", "retired", {"nprobe": 4}), ("v2", "published", {})]
+        assert s.scalars(select(CollectionRow.name)).all() == ["faces"]
+    with pytest.raises(IntegrityError):  # an index version names a real model
+        with Session.begin() as s:
+            s.add(IndexVersionRow(name="v3", collection="faces", factory="Flat", model_id=12345,
+                                  params={}, count=0, state="failed", path="", build_seconds=0))
+            s.flush()
+    with pytest.raises(ValueError, match="state"):
+        with Session.begin() as s:
+            set_index_version_state(s, "v1", "lost")
