@@ -1,0 +1,252 @@
+"""One collection's served index version: batched searches, atomic hot swaps, a CURRENT watcher.
+
+Readers never lock: a search takes the current ``IndexVersion`` reference and finishes on it,
+even if a swap or an Upsert replaces it meanwhile (changes are made on a copy and swapped in,
+so no search ever sees half of one). Writers (swaps, Upsert, Delete) hold ``write_lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.catalog import DEFAULT_COLLECTION
+from indexer.factory import hnsw_of, ivf_of
+from indexer.search import search_index
+from indexer.versions import IndexVersion, current_version_name, load_index_version
+from service.batching import BatchObserver, MicroBatcher
+from service.errors import FailedPrecondition, NotFound
+
+log = logging.getLogger(__name__)
+
+# (collection, outcome "swapped" | "refused" | "failed", version)
+SwapObserver = Callable[[str, str, str], None]
+
+
+# A filter allowing at most this many ids is answered exactly from the stored vectors
+# (a selective filter makes HNSW's graph walk miss hits; brute force over few vectors is cheap).
+EXACT_FILTER_MAX = 4096
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """One query: (d,) float32 vector, k, and optional filters on catalogue ids: only
+    ``allowed`` ids (None: any), never ``excluded`` ones."""
+
+    vector: np.ndarray
+    k: int
+    allowed: np.ndarray | None = None
+    excluded: np.ndarray | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.allowed is not None or self.excluded is not None
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """(k,) squared L2 distances and ids (-1: no hit), from ``version``."""
+
+    distances: np.ndarray
+    ids: np.ndarray
+    version: str
+
+
+def check_version(version: IndexVersion, *, checkpoint_sha256: str, dim: int) -> IndexVersion:
+    """Refuse an index built with another model (its vectors would be meaningless)."""
+    m = version.manifest
+    if m.checkpoint_sha256 != checkpoint_sha256:
+        raise FailedPrecondition(
+            f"index version {m.version} was built with checkpoint {m.checkpoint_sha256[:12]}, "
+            f"but the service runs {checkpoint_sha256[:12]}")
+    if m.dimension != dim:
+        raise FailedPrecondition(f"index dimension {m.dimension} != model's {dim}")
+    return version
+
+
+def _stores_vectors(index: faiss.Index) -> bool:
+    """Whether ``reconstruct`` returns exact vectors (not compressed codes)."""
+    ivf = ivf_of(index)
+    return ivf is None or ivf.code_size >= 4 * ivf.d
+
+
+def _filter_params(v: IndexVersion, sel: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters with ``sel``, keeping the index's tuned nprobe/efSearch and skipping
+    tombstoned entries (id -1) of indexes that cannot remove."""
+    if v.manifest.tombstones:
+        sel = faiss.IDSelectorAnd(sel, faiss.IDSelectorRange(0, np.iinfo(np.int64).max))
+    hnsw = hnsw_of(v.index)
+    if hnsw is not None:
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=hnsw.hnsw.efSearch)
+    ivf = ivf_of(v.index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
+    return faiss.SearchParameters(sel=sel)
+
+
+def index_root_of(version: IndexVersion) -> Path:
+    """``<root>/versions/<name>`` -> ``<root>``."""
+    return Path(version.path).parent.parent
+
+
+class LiveIndex:
+    def __init__(self, version: IndexVersion, *, checkpoint_sha256: str, dim: int,
+                 max_batch: int = 64, max_wait_ms: float = 0.0, max_queue: int = 4096,
+                 observer: BatchObserver | None = None,
+                 on_swap: SwapObserver | None = None) -> None:
+        self.checkpoint_sha256, self.dim = checkpoint_sha256, dim
+        self._version = check_version(version, checkpoint_sha256=checkpoint_sha256, dim=dim)
+        self.root = index_root_of(version)
+        self.collection = version.manifest.collection or DEFAULT_COLLECTION
+        self.write_lock = threading.Lock()
+        self._on_swap = on_swap
+        self._refused: str | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.batcher: MicroBatcher[SearchJob, SearchAnswer] = MicroBatcher(
+            self._search_batch, name=f"search:{self.collection}", max_batch=max_batch,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, observer=observer)
+
+    @property
+    def version(self) -> IndexVersion:
+        return self._version
+
+    # -- searching ------------------------------------------------------------------------
+    def _search_batch(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
+        v = self._version  # the whole batch runs on one version
+        name = v.manifest.version
+        out: list[SearchAnswer | None] = [None] * len(jobs)
+        plain = [i for i, j in enumerate(jobs) if not j.filtered]
+        if plain:  # one BLAS call for all unfiltered queries
+            q = np.stack([jobs[i].vector for i in plain])
+            d, ids = search_index(v, q, max(jobs[i].k for i in plain))
+            for row, i in enumerate(plain):
+                out[i] = SearchAnswer(d[row, :jobs[i].k], ids[row, :jobs[i].k], name)
+        for i, j in enumerate(jobs):
+            if j.filtered:  # filters differ per query: one call each
+                d, ids = self._search_filtered(v, j)
+                out[i] = SearchAnswer(d, ids, name)
+        return out  # type: ignore[return-value]
+
+    def _search_filtered(self, v: IndexVersion, job: SearchJob) -> tuple[np.ndarray, np.ndarray]:
+        allowed = job.allowed
+        if allowed is not None and job.excluded is not None:
+            allowed = np.setdiff1d(allowed, job.excluded)
+        if allowed is not None and len(allowed) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX and _stores_vectors(v.index):
+            vecs, present = self._reconstruct(v.index, allowed)
+            if present.any():  # (none: the index cannot reconstruct; use the selector)
+                ids = allowed[present]
+                d = ((vecs[present] - job.vector[None]) ** 2).sum(1).astype(np.float32)
+                order = np.argsort(d, kind="stable")[:job.k]
+                return d[order], ids[order]
+        sel = (faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+               if allowed is not None else
+               faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(job.excluded, np.int64))))
+        k = max(1, min(job.k, v.index.ntotal or 1))
+        d, ids = v.index.search(job.vector[None].astype(np.float32), k,
+                                params=_filter_params(v, sel))
+        return d[0], ids[0]
+
+    def search(self, job: SearchJob, *, deadline: float | None = None) -> SearchAnswer:
+        return self.batcher.run(job, deadline=deadline)
+
+    def reconstruct(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored vectors of ``ids`` -> ((m, d) float32, (m,) bool present) in the live version."""
+        return self._reconstruct(self._version.index, ids)
+
+    def _reconstruct(self, index: faiss.Index, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        present = np.zeros(len(ids), bool)
+        out = np.zeros((len(ids), self.dim), np.float32)
+        for n, i in enumerate(ids):
+            try:
+                out[n] = index.reconstruct(int(i))
+                present[n] = True
+            except RuntimeError:  # catalogued but not in this version
+                pass
+        return out, present
+
+    # -- swapping -------------------------------------------------------------------------
+    def replace(self, version: IndexVersion) -> None:
+        """Serve ``version`` (already checked; the caller holds ``write_lock``)."""
+        self._version = version
+
+    def swap(self, version: str | None = None) -> tuple[str, str]:
+        """Load a published version (default: CURRENT), check it, serve it.
+
+        Returns (previous, now served). In-flight searches finish on the previous version."""
+        try:
+            name = version or current_version_name(self.root)
+        except FileNotFoundError as e:
+            raise NotFound(str(e)) from e
+        if not (self.root / "versions" / name).is_dir():
+            raise NotFound(f"no index version {name!r} under {self.root}")
+        with self.write_lock:
+            old = self._version.manifest.version
+            if name == old:
+                return old, old
+            try:
+                new = load_index_version(self.root, name)
+            except (OSError, ValueError, RuntimeError) as e:
+                self._notify("failed", name)
+                raise FailedPrecondition(f"cannot load index version {name}: {e}") from e
+            try:
+                check_version(new, checkpoint_sha256=self.checkpoint_sha256, dim=self.dim)
+            except FailedPrecondition:
+                self._refused = name
+                self._notify("refused", name)
+                raise
+            if (new.manifest.collection or DEFAULT_COLLECTION) != self.collection:
+                self._refused = name
+                self._notify("refused", name)
+                raise FailedPrecondition(f"index version {name} holds collection "
+                                         f"{new.manifest.collection!r}, not {self.collection!r}")
+            self._version = new
+        log.info("index %s: swapped %s -> %s (%d vectors)", self.collection, old, name,
+                 new.index.ntotal, extra={"collection": self.collection, "index_version": name})
+        self._notify("swapped", name)
+        return old, name
+
+    def _notify(self, outcome: str, version: str) -> None:
+        if self._on_swap is not None:
+            self._on_swap(self.collection, outcome, version)
+
+    def watch(self, interval: float) -> None:
+        """Poll CURRENT every ``interval`` seconds and swap to a newly published version."""
+        if interval <= 0 or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, args=(interval,), daemon=True,
+                                         name=f"watch-{self.collection}")
+        self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                name = current_version_name(self.root)
+            except OSError:
+                continue
+            if name in (self._version.manifest.version, self._refused):
+                continue
+            try:
+                self.swap(name)
+            except FailedPrecondition as e:
+                log.error("index %s: not swapping to %s: %s", self.collection, name, e,
+                          extra={"collection": self.collection, "index_version": name})
+            except NotFound:  # pruned or replaced meanwhile; the next poll sees the new pointer
+                continue
+            except Exception:  # the watcher must outlive any bad version
+                log.exception("index %s: watching CURRENT failed", self.collection)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        self.batcher.close()

@@ -1,0 +1,193 @@
+"""Upsert and Delete: catalogue and live index change together, or not at all.
+
+Every change is made on a copy of the served index inside one catalogue transaction, published
+as a new index version (so a restart serves it), committed, and only then swapped in. A failure
+anywhere leaves the catalogue, the served index and CURRENT as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from indexer.incremental import add_to_index, clone_version, publish_changes, remove_from_index
+from service.errors import FailedPrecondition, InvalidInput, NotFound
+from service.live_index import LiveIndex
+from service.store import BlobStore, entries_by_keys, ids_by_keys
+
+if TYPE_CHECKING:
+    from service.core import ChangeResult, SimilarityCore, UpsertItem
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_CHARS = 512
+MAX_META_NAME_CHARS = 256
+MAX_META_VALUE_CHARS = 4096
+_EXT = {"JPEG": "jpg", "TIFF": "tif"}
+
+
+def _check_item(it: UpsertItem, name: str) -> None:
+    if not it.key or len(it.key) > MAX_KEY_CHARS:
+        raise InvalidInput(f"{name}: key must be 1 to {MAX_KEY_CHARS} characters")
+    if len(it.label) > MAX_KEY_CHARS:
+        raise InvalidInput(f"{name}: label longer than {MAX_KEY_CHARS} characters")
+    for k, v in it.metadata.items():
+        if not k or len(k) > MAX_META_NAME_CHARS or len(v) > MAX_META_VALUE_CHARS:
+            raise InvalidInput(f"{name}: metadata names must be 1 to {MAX_META_NAME_CHARS} "
+                               f"characters and values at most {MAX_META_VALUE_CHARS}")
+    if not it.data:
+        raise InvalidInput(f"{name}: empty image data")
+
+
+def _collect(core: SimilarityCore, items: Iterable[UpsertItem]) -> tuple[LiveIndex, list]:
+    batch: list[UpsertItem] = []
+    seen: set[str] = set()
+    live: LiveIndex | None = None
+    for n, it in enumerate(items):
+        if n >= core.options.max_upsert_items:
+            raise InvalidInput(f"more than {core.options.max_upsert_items} images in one Upsert "
+                               "stream; split it into several")
+        name = f"item {n} (key {it.key!r})"
+        _check_item(it, name)
+        if live is None:
+            live = core.live(it.collection)
+        elif core.collection_name(it.collection) != live.collection:
+            raise InvalidInput(f"{name}: one Upsert stream writes one collection; this item is "
+                               f"for {core.collection_name(it.collection)!r}, earlier ones for "
+                               f"{live.collection!r}")
+        if it.key in seen:
+            raise InvalidInput(f"{name}: key {it.key!r} appears twice in one Upsert stream")
+        seen.add(it.key)
+        batch.append(it)
+    if live is None:
+        raise InvalidInput("empty Upsert stream: send at least one image")
+    return live, batch
+
+
+def _restore(live: LiveIndex, keep: int) -> None:
+    """The catalogue rolled back after a new version was published: publish the served one
+    again so CURRENT (and a restart) matches the catalogue."""
+    try:
+        publish_changes(live.root, clone_version(live.version), keep=keep)
+    except Exception:
+        log.exception("index %s: could not restore CURRENT after a failed change", live.collection)
+
+
+def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
+           deadline: float | None = None) -> ChangeResult:
+    from service.core import ChangeResult
+
+    live, batch = _collect(core, items)
+    names = [f"item {n} (key {it.key!r})" for n, it in enumerate(batch)]
+    # decode and embed everything before touching anything: one bad image fails the stream
+    vectors = core.pipeline.embed([it.data for it in batch], deadline=deadline, names=names)
+    blobs = BlobStore(core.blob_dir(live))
+    written: list[Path] = []
+    published = False
+    try:
+        with live.write_lock:
+            try:
+                with core.sessions.begin() as s:
+                    existing = entries_by_keys(s, [it.key for it in batch],
+                                               collection=live.collection)
+                    ids = np.array([e.id for e in existing.values()], np.int64)
+                    _, present = live.reconstruct(ids)
+                    indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
+                    changed, rows = [], []
+                    for n, it in enumerate(batch):
+                        e = existing.get(it.key)
+                        sha = _sha(it.data)
+                        if (e is not None and e.id in indexed and e.sha256 == sha
+                                and e.label == it.label and e.metadata == dict(it.metadata)):
+                            continue
+                        fmt = Image.open(io.BytesIO(it.data)).format or "img"
+                        path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
+                        if new:
+                            written.append(path)
+                        changed.append(n)
+                        rows.append({"key": it.key, "path": str(path), "label": it.label,
+                                     "sha256": sha, "meta": dict(it.metadata)})
+                    inserted = sum(batch[n].key not in existing for n in changed)
+                    if not changed:
+                        v = live.version
+                        return ChangeResult(v.manifest.version, int(v.index.ntotal),
+                                            unchanged=len(batch))
+                    version = clone_version(live.version)
+                    try:
+                        add_to_index(s, version, rows, vectors[changed],
+                                     collection=live.collection)
+                    except (TypeError, ValueError) as e:
+                        raise FailedPrecondition(f"cannot change this index: {e}") from e
+                    publish_changes(live.root, version, keep=core.options.keep_versions)
+                    published = True
+            except BaseException:
+                if published:
+                    _restore(live, core.options.keep_versions)
+                raise
+            live.replace(version)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    log.info("upsert into %s: %d inserted, %d updated, %d unchanged -> %s", live.collection,
+             inserted, len(changed) - inserted, len(batch) - len(changed),
+             version.manifest.version, extra={"collection": live.collection,
+                                              "index_version": version.manifest.version})
+    return ChangeResult(version.manifest.version, int(version.index.ntotal), inserted=inserted,
+                        updated=len(changed) - inserted, unchanged=len(batch) - len(changed))
+
+
+def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
+           ignore_missing: bool = False) -> ChangeResult:
+    from service.core import ChangeResult
+
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        raise InvalidInput("no keys to delete")
+    if len(keys) > core.options.max_upsert_items:
+        raise InvalidInput(f"{len(keys)} keys in one Delete; the limit is "
+                           f"{core.options.max_upsert_items}")
+    if any(not k for k in keys):
+        raise InvalidInput("empty key")
+    live = core.live(collection)
+    published = False
+    with live.write_lock:
+        try:
+            with core.sessions.begin() as s:
+                found = ids_by_keys(s, keys, collection=live.collection)
+                missing = tuple(k for k in keys if k not in found)
+                if missing and not ignore_missing:
+                    raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
+                                   f"{live.collection!r} (nothing deleted): "
+                                   f"{', '.join(map(repr, missing[:5]))}"
+                                   f"{' ...' if len(missing) > 5 else ''}")
+                if not found:
+                    v = live.version
+                    return ChangeResult(v.manifest.version, int(v.index.ntotal), missing=missing)
+                version = clone_version(live.version)
+                try:
+                    n = remove_from_index(s, version, list(found), collection=live.collection)
+                except (TypeError, ValueError) as e:
+                    raise FailedPrecondition(f"cannot change this index: {e}") from e
+                publish_changes(live.root, version, keep=core.options.keep_versions)
+                published = True
+        except BaseException:
+            if published:
+                _restore(live, core.options.keep_versions)
+            raise
+        live.replace(version)
+    log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
+             extra={"collection": live.collection, "index_version": version.manifest.version})
+    return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,
+                        missing=missing)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,102 @@
+"""What the service reads and writes beside the index: catalogue lookups and image blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.catalog import Base, ImageRow
+
+
+def ensure_service_tables(sessions: sessionmaker[Session]) -> None:
+    """Create the service's own tables (API keys) in the catalogue if missing; the catalogue's
+    migrations own only the indexer's tables (``indexer.catalog.CATALOG_TABLES``)."""
+    from service.auth import ApiKeyRow
+
+    Base.metadata.create_all(sessions.kw["bind"], tables=[ApiKeyRow.__table__])
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: int
+    key: str
+    label: str
+    sha256: str
+    path: str
+    metadata: dict[str, str]
+
+
+def entries_by_ids(session: Session, ids: Sequence[int]) -> dict[int, CatalogEntry]:
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    return {r.id: _entry(r) for r in session.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))}
+
+
+def entries_by_keys(session: Session, keys: Sequence[str], *, collection: str) -> dict[str, CatalogEntry]:
+    if not keys:
+        return {}
+    return {r.key: _entry(r) for r in session.scalars(select(ImageRow).where(
+        ImageRow.collection == collection, ImageRow.key.in_(list(keys))))}
+
+
+def _entry(r: ImageRow) -> CatalogEntry:
+    meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (r.meta or {}).items()}
+    return CatalogEntry(r.id, r.key, r.label, r.sha256, r.path, meta)
+
+
+def ids_by_keys(session: Session, keys: Iterable[str], *, collection: str) -> dict[str, int]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    return dict(session.execute(select(ImageRow.key, ImageRow.id).where(
+        ImageRow.collection == collection, ImageRow.key.in_(keys))).tuples().all())
+
+
+def matching_ids(session: Session, *, collection: str, labels: Sequence[str] = (),
+                 metadata: Mapping[str, str] | None = None) -> list[int]:
+    """Ids of the collection's images with one of ``labels`` (if any) and every metadata pair."""
+    q = select(ImageRow.id).where(ImageRow.collection == collection)
+    if labels:
+        q = q.where(ImageRow.label.in_(list(labels)))
+    for name, value in (metadata or {}).items():  # JSON string equality (SQLite and PostgreSQL)
+        q = q.where(ImageRow.meta[name].as_string() == value)
+    return list(session.scalars(q))
+
+
+def identity_entries(session: Session, label: str, *, collection: str) -> list[tuple[int, str]]:
+    """(id, key) of every image enrolled under ``label``."""
+    return list(session.execute(select(ImageRow.id, ImageRow.key).where(
+        ImageRow.collection == collection, ImageRow.label == label).order_by(ImageRow.id))
+        .tuples().all())
+
+
+class BlobStore:
+    """Content-addressed image files (``<root>/<sha[:2]>/<sha>.<ext>``) for images sent inline."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, sha256: str, ext: str) -> Path:
+        return self.root / sha256[:2] / f"{sha256}.{ext}"
+
+    def put(self, data: bytes, *, ext: str) -> tuple[Path, str, bool]:
+        """Store the bytes (atomically); returns (path, sha256, newly written)."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path_for(sha, ext)
+        if path.is_file():
+            return path, sha, False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".blob-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return path, sha, True
