@@ -1,4 +1,4 @@
-"""Command-line entry points of the service: serve, demo, and the verify/search clients."""
+"""Command-line entry points of the service: serve, demo, the API clients, and API keys."""
 
 from __future__ import annotations
 
@@ -7,21 +7,61 @@ import logging
 import os
 
 from indexer.cli import DEFAULT_CATALOG, DEFAULT_INDEX_ROOT
+from service.face import FACE_MODES
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER = os.environ.get("IMGSIM_SERVER", "localhost:50051")
 
 
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (env IMGSIM_SERVER)")
+    p.add_argument("--api-key", default=os.environ.get("IMGSIM_API_KEY"),
+                   help="API key (env IMGSIM_API_KEY) when the server requires one")
+    p.add_argument("--tls-ca", default=os.environ.get("IMGSIM_TLS_CA"),
+                   help="PEM file of the CA that signed the server's certificate: use TLS "
+                        "(env IMGSIM_TLS_CA)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
+
+
+def _meta(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise ValueError(f"metadata must be NAME=VALUE, got {p!r}")
+        out[name] = value
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the gRPC server",
-                       description="Serve Verify and Search over gRPC from a checkpoint, the "
-                                   "current index version and the catalogue.")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
-    s.add_argument("--catalog", default=DEFAULT_CATALOG)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for all)")
-    s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--max-workers", type=int, default=8)
+                       description="Serve the imgsim.v1 API over gRPC from a checkpoint, the "
+                                   "current index version(s) and the catalogue. Settings come "
+                                   "from defaults, then --config FILE (TOML), then "
+                                   "IMGSIM_SERVE_<NAME> environment variables, then flags. "
+                                   "SIGTERM drains in-flight calls and exits 0.")
+    s.add_argument("--config", default=os.environ.get("IMGSIM_SERVE_CONFIG"),
+                   help="TOML file of ServeConfig settings (top level or a [serve] table)")
+    s.add_argument("--checkpoint")
+    s.add_argument("--index-root", help=f"default {DEFAULT_INDEX_ROOT}")
+    s.add_argument("--extra-index-root", action="append", dest="extra_index_roots",
+                   help="serve another collection from this index root (repeatable)")
+    s.add_argument("--catalog", dest="catalog_url", help=f"default {DEFAULT_CATALOG}")
+    s.add_argument("--host", help="bind address (0.0.0.0 for all; default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="default 50051")
+    s.add_argument("--max-workers", type=int, help="gRPC handler threads")
+    s.add_argument("--max-batch", type=int, help="images per forward pass (dynamic batching)")
+    s.add_argument("--max-wait-ms", type=float, help="longest wait for a fuller batch")
+    s.add_argument("--face", choices=FACE_MODES, help="face pipeline of this model")
+    s.add_argument("--watch-seconds", type=float,
+                   help="poll the CURRENT pointer this often and hot-swap (0: off)")
+    s.add_argument("--require-api-key", action="store_const", const=True,
+                   help="refuse calls without a valid API key (see `imgsim keys`)")
+    s.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus /metrics on this HTTP port (0: any free port)")
+    s.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     s.set_defaults(func=_serve)
 
     d = sub.add_parser("demo", help="train a demo model on real offline images, index, serve",
@@ -37,27 +77,109 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
     v = sub.add_parser("verify", help="ask a server whether two images match",
-                       description="Verify two images (file paths, or catalogue keys) on a server.")
+                       description="Verify two images (file paths, or catalogue keys) on a "
+                                   "server, or one image against an enrolled identity "
+                                   "(--identity LABEL: every catalogued image of that label).")
     v.add_argument("a")
-    v.add_argument("b")
+    v.add_argument("b", nargs="?", help="second image (omit with --identity)")
+    v.add_argument("--identity", default="", help="verify A against this enrolled label")
+    v.add_argument("--collection", default="", help="collection of the identity")
     v.add_argument("--threshold", type=float, default=None)
-    v.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (env IMGSIM_SERVER)")
+    _client_options(v)
     v.set_defaults(func=_verify)
 
     q = sub.add_parser("search", help="top-k most similar catalogued images",
-                       description="Search a server's index with an image file (or a catalogue key).")
+                       description="Search a server's index with an image file (or a catalogue "
+                                   "key), optionally filtered by label, metadata and distance.")
     q.add_argument("query")
     q.add_argument("-k", type=int, default=5)
-    q.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (env IMGSIM_SERVER)")
+    q.add_argument("--collection", default="")
+    q.add_argument("--label", action="append", dest="labels", help="only this label (repeatable)")
+    q.add_argument("--meta", action="append", help="only images with NAME=VALUE (repeatable)")
+    q.add_argument("--max-distance", type=float, default=None)
+    q.add_argument("--exclude", action="append", help="never this key (repeatable)")
+    _client_options(q)
     q.set_defaults(func=_search)
+
+    u = sub.add_parser("upsert", help="add or replace images on a server (idempotent by key)",
+                       description="Stream images to a server's Upsert: a folder is read as "
+                                   "<folder>/<label>/<image> with keys <label>/<name> (like "
+                                   "`imgsim index build`); single files get key <name> and "
+                                   "--label. All are applied or none.")
+    u.add_argument("paths", nargs="+", help="image files or folders")
+    u.add_argument("--label", default="", help="label of single files")
+    u.add_argument("--meta", action="append", help="NAME=VALUE metadata for every image")
+    u.add_argument("--collection", default="")
+    _client_options(u)
+    u.set_defaults(func=_upsert)
+
+    x = sub.add_parser("delete", help="remove images by key from a server's catalogue and index",
+                       description="Delete images by key. Unknown keys fail the call (nothing "
+                                   "deleted) unless --ignore-missing.")
+    x.add_argument("keys", nargs="+")
+    x.add_argument("--collection", default="")
+    x.add_argument("--ignore-missing", action="store_true")
+    _client_options(x)
+    x.set_defaults(func=_delete)
+
+    i = sub.add_parser("describe", help="what a server serves: model, index version, size",
+                       description="Print DescribeIndex: model version, index version, factory, "
+                                   "count, measured recall, threshold, face pipeline.")
+    i.add_argument("--collection", default="")
+    _client_options(i)
+    i.set_defaults(func=_describe)
+
+    r = sub.add_parser("reload", help="make a server swap to another index version now",
+                       description="Hot-swap a collection to a published index version (default: "
+                                   "the one CURRENT points at); in-flight calls are not dropped, "
+                                   "and a version built with another model is refused.")
+    r.add_argument("--collection", default="")
+    r.add_argument("--version", default="")
+    _client_options(r)
+    r.set_defaults(func=_reload)
+
+    k = sub.add_parser("keys", help="manage API keys (stored hashed in the catalogue)",
+                       description="Create, list and revoke API keys. A key is scoped to "
+                                   "collections and to read or write (write includes read).")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    kc = ksub.add_parser("create", help="create a key and print it once",
+                         description="Create an API key; the key is printed once and only its "
+                                     "hash is stored.")
+    kc.add_argument("--name", required=True, help="who or what uses it")
+    kc.add_argument("--access", choices=["read", "write"], default="read")
+    kc.add_argument("--collections", default="*",
+                    help="comma-separated collections, or * for all (default)")
+    kc.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    kc.set_defaults(func=_keys_create)
+    kl = ksub.add_parser("list", help="list keys (ids, scopes; never secrets)",
+                         description="List API keys: id, name, access, collections, created, "
+                                     "revoked.")
+    kl.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    kl.set_defaults(func=_keys_list)
+    kr = ksub.add_parser("revoke", help="revoke a key by id",
+                         description="Revoke an API key by its id (the part after isk_); "
+                                     "running servers refuse it within their auth cache time.")
+    kr.add_argument("key_id")
+    kr.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    kr.set_defaults(func=_keys_revoke)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.server import ServeConfig, serve_forever
+    from service.config import load_serve_config
+    from service.logs import use_json_logs
+    from service.server import serve_forever
 
-    serve_forever(ServeConfig(checkpoint=args.checkpoint, index_root=args.index_root,
-                              catalog_url=args.catalog, host=args.host, port=args.port,
-                              max_workers=args.max_workers))
+    flags = {k: getattr(args, k) for k in (
+        "checkpoint", "index_root", "catalog_url", "host", "port", "max_workers", "max_batch",
+        "max_wait_ms", "face", "watch_seconds", "require_api_key", "tls_cert", "tls_key",
+        "metrics_port", "log_format")}
+    if args.extra_index_roots:
+        flags["extra_index_roots"] = tuple(args.extra_index_roots)
+    cfg = load_serve_config(args.config, defaults={"index_root": DEFAULT_INDEX_ROOT,
+                                                   "catalog_url": DEFAULT_CATALOG}, **flags)
+    if cfg.log_format == "json":
+        use_json_logs()
+    serve_forever(cfg)
     return 0
 
 
@@ -79,6 +201,8 @@ imgsim demo ({demo.data}): serving on {server}. In another shell, try:
   .venv/bin/imgsim search {q[0]} -k 5 --server {server}
   .venv/bin/imgsim verify {q[0]} {same} --server {server}
   .venv/bin/imgsim verify {q[0]} {q[-1]} --server {server}
+  .venv/bin/imgsim verify {q[0]} --identity {os.path.basename(q[0]).split("__")[0]} --server {server}
+  .venv/bin/imgsim describe --server {server}
   grpcurl -plaintext {server} list            # reflection is on
 
 Held-out query images (never trained on, never indexed): {demo.root / 'queries'}
@@ -89,24 +213,143 @@ Ctrl-C stops the server.
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace):
     from service.client import SimilarityClient
 
-    with SimilarityClient(args.server) as c:
-        r = c.verify(args.a, args.b, threshold=args.threshold)
+    return SimilarityClient(args.server, api_key=args.api_key, tls_ca=args.tls_ca,
+                            timeout=args.timeout)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if (args.b is None) == (not args.identity):
+        raise ValueError("give a second image B or --identity LABEL (one of them)")
+    with _client(args) as c:
+        r = c.verify(args.a, args.b, threshold=args.threshold, identity=args.identity,
+                     identity_collection=args.collection)
     verdict = "SAME" if r.same else "DIFFERENT"
     print(f"{verdict}  distance={r.distance:.4f}  similarity={r.similarity:.4f}  "
           f"threshold={r.threshold:.4f}  model={r.model_version}")
+    if args.identity:
+        print(f"identity {args.identity!r}: {r.enrolled_images} enrolled images, nearest "
+              f"{r.nearest_key}, mean distance {r.mean_distance:.4f} (index {r.index_version})")
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from service.client import SimilarityClient
-
-    with SimilarityClient(args.server) as c:
-        r = c.search(args.query, args.k)
+    with _client(args) as c:
+        r = c.search(args.query, args.k, collection=args.collection, labels=args.labels or (),
+                     metadata=_meta(args.meta), max_distance=args.max_distance,
+                     exclude_keys=args.exclude or ())
     print(f"index {r.index_version}, model {r.model_version}")
     print(f"{'rank':>4}  {'distance':>8}  {'similarity':>10}  {'label':<20} key")
     for h in r.hits:
-        print(f"{h.rank:>4}  {h.distance:8.4f}  {h.similarity:10.4f}  {h.label:<20} {h.key}")
+        meta = "  " + " ".join(f"{k}={v}" for k, v in sorted(h.metadata.items())) \
+            if h.metadata else ""
+        print(f"{h.rank:>4}  {h.distance:8.4f}  {h.similarity:10.4f}  {h.label:<20} {h.key}{meta}")
+    return 0
+
+
+def _upsert_images(args: argparse.Namespace):
+    from pathlib import Path
+
+    from service.client import UpsertImage
+    from training.data import list_image_folder
+
+    meta = _meta(args.meta)
+    for p in map(Path, args.paths):
+        if p.is_dir():
+            for s in list_image_folder(p):
+                f = Path(s.path)
+                yield UpsertImage(f.relative_to(p).with_suffix("").as_posix(), f, s.label, meta,
+                                  args.collection)
+        elif p.is_file():
+            yield UpsertImage(p.stem, p, args.label, meta, args.collection)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+
+
+def _upsert(args: argparse.Namespace) -> int:
+    images = list(_upsert_images(args))  # resolve paths before streaming: fail early
+    with _client(args) as c:
+        r = c.upsert(images)
+    print(f"{r.inserted} inserted, {r.updated} updated, {r.unchanged} unchanged; index "
+          f"{r.index_version} now holds {r.count} images")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.delete(args.keys, collection=args.collection, ignore_missing=args.ignore_missing)
+    print(f"{r.deleted} deleted; index {r.index_version} now holds {r.count} images")
+    if r.missing:
+        print(f"not found: {', '.join(r.missing)}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.describe(args.collection)
+    recall = f"{r.recall_at_10:.3f}" if r.HasField("recall_at_10") else "n/a"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(r.search_params.items())) or "-"
+    print(f"""collection     {r.collection}   (served: {', '.join(r.collections)})
+model          {r.model_version}   metric {r.metric}, dimension {r.dimension}
+index version  {r.index_version}   created {r.created_at}
+factory        {r.factory}   search params {params}
+images         {r.count}
+recall@10      {recall}
+threshold      {r.threshold:.4f}
+face pipeline  {r.face}""")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.reload(args.collection, args.version)
+    same = " (unchanged)" if r.previous_version == r.index_version else ""
+    print(f"{r.collection}: {r.previous_version} -> {r.index_version}{same}")
+    return 0
+
+
+def _key_sessions(url: str):
+    from indexer.catalog import open_catalog
+    from indexer.cli import _ensure_sqlite_dir
+    from service.store import ensure_service_tables
+
+    _ensure_sqlite_dir(url)
+    sessions = open_catalog(url)
+    ensure_service_tables(sessions)
+    return sessions
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from service.auth import create_api_key
+
+    with _key_sessions(args.catalog).begin() as s:
+        key, row = create_api_key(s, name=args.name, access=args.access,
+                                  collections=args.collections.split(","))
+        print(f"created key {row.key_id} ({row.access} on {row.collections}) for {row.name!r}.")
+    print("The key (shown only now; the catalogue keeps its hash):")
+    print(key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from service.auth import list_api_keys
+
+    with _key_sessions(args.catalog)() as s:
+        rows = list_api_keys(s)
+    print(f"{'id':<14} {'access':<6} {'collections':<24} {'created':<20} {'revoked':<20} name")
+    for r in rows:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+        print(f"{r.key_id:<14} {r.access:<6} {r.collections:<24} "
+              f"{r.created_at.strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked:<20} {r.name}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from service.auth import revoke_api_key
+
+    with _key_sessions(args.catalog).begin() as s:
+        row = revoke_api_key(s, args.key_id)
+        print(f"revoked {row.key_id} ({row.name!r})")
     return 0

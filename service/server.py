@@ -1,12 +1,13 @@
-"""The gRPC server: health checking, reflection, background model loading, graceful SIGTERM."""
+"""The gRPC server: health, reflection, API keys, TLS, metrics, hot swaps, graceful SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,93 +17,153 @@ from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from indexer.catalog import open_catalog
 from indexer.versions import load_index_version
-from service.core import SimilarityCore
+from service.auth import Authenticator
+from service.config import ServeConfig, load_serve_config  # noqa: F401  (public here too)
+from service.core import CoreObserver, SimilarityCore
+from service.metrics import Metrics
 from service.servicer import SimilarityServicer
+from service.store import ensure_service_tables
 from training.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimilarityService"].full_name
 
-
-@dataclass(frozen=True)
-class ServeConfig:
-    checkpoint: str
-    index_root: str
-    catalog_url: str
-    host: str = "127.0.0.1"
-    port: int = 50051
-    max_workers: int = 8
-    max_message_bytes: int = 16 * 1024 * 1024
-    grace_seconds: float = 10.0
+# A registrar adds one gRPC service to the server and returns its full name (for reflection
+# and health). Packages add theirs here, e.g. the offline jobs' JobService.
+ServicerRegistrar = Callable[[grpc.Server, "Server"], str]
 
 
-def load_core(cfg: ServeConfig) -> SimilarityCore:
+def _similarity(grpc_server: grpc.Server, server: Server) -> str:
+    pb_grpc.add_SimilarityServiceServicer_to_server(
+        SimilarityServicer(lambda: server.core, authenticator=server.authenticator,
+                           metrics=server.metrics), grpc_server)
+    return SERVICE_NAME
+
+
+SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity]
+
+
+def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> SimilarityCore:
     embedder = Embedder.from_checkpoint(cfg.checkpoint)
-    return SimilarityCore(embedder, load_index_version(cfg.index_root), open_catalog(cfg.catalog_url))
+    extra = [load_index_version(root) for root in cfg.extra_index_roots]
+    return SimilarityCore(embedder, load_index_version(cfg.index_root),
+                          open_catalog(cfg.catalog_url), extra_indexes=extra,
+                          options=cfg.core_options(), observer=observer)
+
+
+def _set_threads(cfg: ServeConfig) -> None:
+    import faiss
+    import torch
+
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    if cfg.faiss_threads > 0:  # FAISS's OpenMP threads would fight torch's for the cores
+        faiss.omp_set_num_threads(cfg.faiss_threads)
 
 
 class Server:
-    """A started gRPC server; ``port`` is the bound port (useful with port 0)."""
+    """A started gRPC server; ``port`` is the bound port (useful with port 0).
 
-    def __init__(self, cfg: ServeConfig, *, core: SimilarityCore | None = None) -> None:
+    Health reports NOT_SERVING until the model and index are loaded (in a background thread
+    unless ``core`` is given) and again while stopping."""
+
+    def __init__(self, cfg: ServeConfig, *, core: SimilarityCore | None = None,
+                 registrars: Sequence[ServicerRegistrar] | None = None) -> None:
         self.cfg = cfg
         self.core: SimilarityCore | None = None
         self.load_error: BaseException | None = None
+        self.ready = threading.Event()
+        _set_threads(cfg)
+        self.metrics = Metrics()
+        self.metrics_port = (self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+                             if cfg.metrics_port >= 0 else None)
+        self.authenticator = None
+        if cfg.require_api_key:
+            sessions = open_catalog(cfg.catalog_url)
+            ensure_service_tables(sessions)
+            self.authenticator = Authenticator(sessions, cache_seconds=cfg.auth_cache_seconds)
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), options=opts)
-        pb_grpc.add_SimilarityServiceServicer_to_server(SimilarityServicer(lambda: self.core), self.grpc)
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
+                                                           thread_name_prefix="grpc"),
+                                options=opts, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        names = [register(self.grpc, self)
+                 for register in (SERVICER_REGISTRARS if registrars is None else registrars)]
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self._service_names = ["", *names]
+        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.grpc)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.grpc.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+            self.port = self.grpc.add_secure_port(address, creds)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+            raise OSError(f"cannot bind {address}")
         self.grpc.start()
-        self.ready = threading.Event()
         if core is not None:
             self._loaded(core)
         else:
             threading.Thread(target=self._load, daemon=True, name="load-model").start()
 
     def _set_health(self, status) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in self._service_names:
             self.health.set(name, status)
 
     def _load(self) -> None:
         try:
-            self._loaded(load_core(self.cfg))
+            self._loaded(load_core(self.cfg, observer=self.metrics))
         except BaseException as e:  # reported through health and the log; the server stays up
             log.exception("loading model/index failed")
             self.load_error = e
             self.ready.set()
 
     def _loaded(self, core: SimilarityCore) -> None:
+        for name, live in core.lives.items():
+            self.metrics.track_index(name, lambda live=live: live.version.index.ntotal)
+        core.watch(self.cfg.watch_seconds)
         self.core = core
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving index %s with model %s on port %d",
-                 core.index.manifest.version, core.embedder.model_version, self.port)
+        log.info("serving %s with model %s on port %d%s",
+                 ", ".join(f"{c}@{lv.version.manifest.version}" for c, lv in core.lives.items()),
+                 core.embedder.model_version, self.port, " (TLS)" if self.cfg.tls_cert else "",
+                 extra={"port": self.port, "model_version": core.embedder.model_version})
         self.ready.set()
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish within ``grace`` seconds."""
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within ``grace``
+        seconds, then stop the batchers, watchers and the metrics endpoint."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(self.cfg.grace_seconds if grace is None else grace).wait()
+        if self.core is not None:
+            self.core.close()
+        self.metrics.close()
+        log.info("stopped")
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
 
 
 def serve_forever(cfg: ServeConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully and return."""
     server = Server(cfg)
+    stopper: list[threading.Thread] = []
 
     def _term(signum, _frame):
-        log.info("signal %d: draining and stopping", signum)
-        threading.Thread(target=server.stop, daemon=True).start()
+        if stopper:
+            return
+        log.info("signal %d: draining in-flight calls (up to %.0fs) and stopping", signum,
+                 cfg.grace_seconds)
+        stopper.append(threading.Thread(target=server.stop, name="stop"))
+        stopper[0].start()
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     server.wait()
+    for t in stopper:
+        t.join()

@@ -1,22 +1,37 @@
-"""gRPC adapter: protobuf <-> core dataclasses, domain errors -> status codes."""
+"""gRPC adapter: protobuf <-> core dataclasses, API keys, domain errors -> status codes, metrics."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
+from service.auth import Authenticator, Principal, key_from_metadata
 from service.core import (
-    FailedPrecondition,
     ImageInput,
+    SearchQuery,
+    SearchResult,
+    SimilarityCore,
+    UpsertItem,
+    VerifyResult,
+)
+from service.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     NotFound,
+    Overloaded,
+    PermissionDenied,
     ServiceError,
-    SimilarityCore,
+    Unauthenticated,
+    Unavailable,
 )
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +39,14 @@ STATUS_OF = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
+
+Handler = Callable[[SimilarityCore, "Caller"], Any]
 
 
 def image_input(ref: pb.ImageRef) -> ImageInput:
@@ -36,30 +58,190 @@ def image_input(ref: pb.ImageRef) -> ImageInput:
     return ImageInput(collection=ref.collection)
 
 
+def search_query(r: pb.SearchRequest) -> SearchQuery:
+    return SearchQuery(image_input(r.query), r.k, r.collection, tuple(r.labels), dict(r.metadata),
+                       r.max_distance if r.HasField("max_distance") else None,
+                       tuple(r.exclude_keys))
+
+
+def search_response(r: SearchResult) -> pb.SearchResponse:
+    return pb.SearchResponse(
+        hits=[pb.SearchHit(key=h.key, label=h.label, distance=h.distance, rank=h.rank,
+                           similarity=h.similarity, metadata=h.metadata) for h in r.hits],
+        index_version=r.index_version, model_version=r.model_version)
+
+
+def verify_response(r: VerifyResult) -> pb.VerifyResponse:
+    return pb.VerifyResponse(same=r.same, distance=r.distance, similarity=r.similarity,
+                             threshold=r.threshold, model_version=r.model_version,
+                             enrolled_images=r.enrolled_images, mean_distance=r.mean_distance,
+                             nearest_key=r.nearest_key, index_version=r.index_version)
+
+
+class Caller:
+    """Who calls (None when API keys are off) and until when (monotonic deadline)."""
+
+    def __init__(self, core: SimilarityCore, principal: Principal | None,
+                 deadline: float | None) -> None:
+        self.core, self.principal, self.deadline = core, principal, deadline
+
+    def require(self, access: str, collections: Iterable[str] = ()) -> None:
+        if self.principal is not None:
+            self.principal.require(access, {self.core.collection_name(c) for c in collections})
+
+    def read_refs(self, *refs: ImageInput) -> None:
+        """Images given by key are read from their collection."""
+        self.require("read", [r.collection for r in refs if r.key])
+
+
 class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
-    def __init__(self, core_provider: Callable[[], SimilarityCore | None]) -> None:
+    def __init__(self, core_provider: Callable[[], SimilarityCore | None], *,
+                 authenticator: Authenticator | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._core = core_provider
+        self.auth = authenticator
+        self.metrics = metrics
 
-    def _call(self, context: grpc.ServicerContext, fn):
-        core = self._core()
-        if core is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "model and index are still loading")
+    def _handle(self, method: str, context: grpc.ServicerContext, fn: Handler):
+        """Authenticate, run, map errors to status codes, record metrics; never raises
+        anything but the abort of a failed call."""
+        t0 = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        principal = None
         try:
-            return fn(core)
+            core = self._core()
+            if core is None:
+                raise Unavailable("model and index are still loading")
+            if self.auth is not None:
+                principal = self.auth.authenticate(key_from_metadata(context.invocation_metadata()))
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            result = fn(core, Caller(core, principal, deadline))
         except ServiceError as e:
-            context.abort(STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+            code, msg = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+        except Exception:
+            log.exception("%s failed", method, extra={"method": method})
+            code, msg = grpc.StatusCode.INTERNAL, "internal error (details in the server log)"
+        else:
+            self._done(method, grpc.StatusCode.OK, t0, context, principal)
+            return result
+        self._done(method, code, t0, context, principal, msg)
+        context.abort(code, msg)
 
+    def _done(self, method: str, code: grpc.StatusCode, t0: float, context, principal,
+              msg: str = "") -> None:
+        seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.in_flight.dec()
+            self.metrics.observe(method, code.name, seconds)
+        level = logging.DEBUG if code == grpc.StatusCode.OK else (
+            logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO)
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %.1fms %s", method, code.name, seconds * 1e3, msg,
+                    extra={"method": method, "code": code.name, "ms": round(seconds * 1e3, 2),
+                           "peer": context.peer(),
+                           "key_id": principal.key_id if principal else None})
+
+    # -- RPCs -----------------------------------------------------------------------------
     def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
         thr = request.threshold if request.HasField("threshold") else None
-        r = self._call(context, lambda c: c.verify(image_input(request.a), image_input(request.b),
-                                                   threshold=thr))
-        return pb.VerifyResponse(same=r.same, distance=r.distance, similarity=r.similarity,
-                                 threshold=r.threshold, model_version=r.model_version)
+
+        def run(core: SimilarityCore, c: Caller) -> pb.VerifyResponse:
+            a = image_input(request.a)
+            if request.identity:
+                if request.HasField("b"):
+                    raise InvalidInput("give b or identity, not both")
+                c.read_refs(a)
+                c.require("read", [request.identity_collection])
+                r = core.verify_identity(a, request.identity,
+                                         collection=request.identity_collection, threshold=thr,
+                                         deadline=c.deadline)
+            else:
+                b = image_input(request.b)
+                c.read_refs(a, b)
+                c.require("read")
+                r = core.verify(a, b, threshold=thr, deadline=c.deadline)
+            return verify_response(r)
+
+        return self._handle("Verify", context, run)
 
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        r = self._call(context, lambda c: c.search(image_input(request.query), request.k,
-                                                   collection=request.collection))
-        return pb.SearchResponse(
-            hits=[pb.SearchHit(key=h.key, label=h.label, distance=h.distance, rank=h.rank,
-                               similarity=h.similarity) for h in r.hits],
-            index_version=r.index_version, model_version=r.model_version)
+        def run(core: SimilarityCore, c: Caller) -> pb.SearchResponse:
+            q = search_query(request)
+            c.read_refs(q.query)
+            c.require("read", [q.collection])
+            return search_response(core.batch_search([q], deadline=c.deadline,
+                                                     names=["query"])[0])
+
+        return self._handle("Search", context, run)
+
+    def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.BatchSearchResponse:
+            qs = [search_query(r) for r in request.queries]
+            c.read_refs(*(q.query for q in qs))
+            c.require("read", [q.collection for q in qs])
+            results = core.batch_search(qs, deadline=c.deadline)
+            return pb.BatchSearchResponse(results=[search_response(r) for r in results])
+
+        return self._handle("BatchSearch", context, run)
+
+    def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.EmbedResponse:
+            images = [image_input(r) for r in request.images]
+            c.read_refs(*images)
+            c.require("read")
+            vecs = core.embed(images, deadline=c.deadline)
+            return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vecs],
+                                    dimension=core.embedder.dim, metric=core.embedder.spec.metric,
+                                    model_version=core.embedder.model_version)
+
+        return self._handle("Embed", context, run)
+
+    def Upsert(self, request_iterator: Iterator[pb.UpsertRequest], context) -> pb.UpsertResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.UpsertResponse:
+            def items() -> Iterator[UpsertItem]:
+                for r in request_iterator:
+                    c.require("write", [r.collection])
+                    yield UpsertItem(r.key, r.data, r.label, dict(r.metadata), r.collection)
+
+            r = core.upsert(items(), deadline=c.deadline)
+            return pb.UpsertResponse(inserted=r.inserted, updated=r.updated, unchanged=r.unchanged,
+                                     index_version=r.index_version, count=r.count)
+
+        return self._handle("Upsert", context, run)
+
+    def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.DeleteResponse:
+            c.require("write", [request.collection])
+            r = core.delete(list(request.keys), collection=request.collection,
+                            ignore_missing=request.ignore_missing)
+            return pb.DeleteResponse(deleted=r.deleted, missing=r.missing,
+                                     index_version=r.index_version, count=r.count)
+
+        return self._handle("Delete", context, run)
+
+    def DescribeIndex(self, request: pb.DescribeIndexRequest, context) -> pb.DescribeIndexResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.DescribeIndexResponse:
+            c.require("read", [request.collection])
+            i = core.describe(request.collection)
+            out = pb.DescribeIndexResponse(
+                collection=i.collection, model_version=i.model_version,
+                index_version=i.index_version, factory=i.factory, metric=i.metric,
+                dimension=i.dimension, count=i.count, threshold=i.threshold,
+                checkpoint_sha256=i.checkpoint_sha256, created_at=i.created_at,
+                search_params={k: str(v) for k, v in i.search_params.items()}, face=i.face,
+                collections=list(i.collections))
+            if i.recall_at_10 is not None:
+                out.recall_at_10 = i.recall_at_10
+            return out
+
+        return self._handle("DescribeIndex", context, run)
+
+    def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
+        def run(core: SimilarityCore, c: Caller) -> pb.ReloadResponse:
+            c.require("write", [request.collection])
+            coll, old, new = core.reload(request.collection, request.version or None)
+            return pb.ReloadResponse(collection=coll, previous_version=old, index_version=new)
+
+        return self._handle("Reload", context, run)

@@ -1,0 +1,126 @@
+"""ServeConfig: every server setting in one frozen object, from defaults < TOML file < env < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from service.core import CoreOptions
+from service.images import DEFAULT_FORMATS
+from training.transforms import MAX_PIXELS
+
+ENV_PREFIX = "IMGSIM_SERVE_"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str
+    index_root: str
+    catalog_url: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    extra_index_roots: tuple[str, ...] = ()  # more collections, one index root each
+    # gRPC
+    max_workers: int = 64  # handler threads: requests waiting on a batch hold one each
+    max_concurrent_rpcs: int = 512  # beyond this, RESOURCE_EXHAUSTED
+    max_message_bytes: int = 16 * 1024 * 1024
+    grace_seconds: float = 10.0  # SIGTERM: in-flight calls get this long to finish
+    # dynamic batching
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    search_max_batch: int = 64
+    search_max_wait_ms: float = 0.0
+    decode_workers: int = 2
+    max_queue: int = 1024
+    torch_threads: int = 0  # 0: torch's default
+    faiss_threads: int = 1
+    # limits and pipeline
+    max_pixels: int = MAX_PIXELS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    face: str = "off"
+    max_k: int = 1000
+    max_items: int = 64
+    max_upsert_items: int = 1000
+    # index versions
+    watch_seconds: float = 2.0  # poll CURRENT this often (0: only the Reload call swaps)
+    keep_versions: int = 5
+    blob_dir: str = ""
+    # security
+    require_api_key: bool = False
+    auth_cache_seconds: float = 5.0
+    tls_cert: str = ""  # PEM files; both set -> TLS only
+    tls_key: str = ""
+    # operations
+    metrics_port: int = -1  # Prometheus /metrics on this port (-1: off, 0: any free port)
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"  # text | json
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+
+    def core_options(self) -> CoreOptions:
+        names = {f.name for f in fields(CoreOptions)}
+        return CoreOptions(**{f.name: getattr(self, f.name) for f in fields(self)
+                              if f.name in names})
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """A file or environment value -> the field's type (env values are strings)."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return tuple(str(v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"serve config: {name} must be {getattr(tp, '__name__', tp)}, "
+                         f"got {value!r}") from None
+
+
+def load_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                      defaults: Mapping[str, Any] | None = None,
+                      **overrides: Any) -> ServeConfig:
+    """Defaults (ServeConfig's, then ``defaults``), then ``file`` (TOML, top level or a
+    ``[serve]`` table), then ``IMGSIM_SERVE_*`` environment variables, then ``overrides``
+    (flags; None means not given)."""
+    hints = typing.get_type_hints(ServeConfig)
+    known = {f.name for f in fields(ServeConfig)}
+    values: dict[str, Any] = dict(defaults or {})
+    if file:
+        data = tomllib.loads(Path(file).read_text())
+        data = data.get("serve", data)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{file}: unknown settings {sorted(unknown)}; valid: {sorted(known)}")
+        values.update({k: _coerce(k, hints[k], v) for k, v in data.items()})
+    env = os.environ if env is None else env
+    for name in known:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, hints[name], raw)
+    values.update({k: _coerce(k, hints[k], v) for k, v in overrides.items() if v is not None})
+    missing = [n for n in ("checkpoint", "index_root", "catalog_url") if n not in values]
+    if missing:
+        raise ValueError(f"serve config: missing {', '.join(missing)} (flag, file or "
+                         f"{ENV_PREFIX}<NAME>)")
+    return ServeConfig(**values)
