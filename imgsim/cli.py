@@ -9,9 +9,11 @@ import sys
 import indexer.cli
 import service.cli
 import training.cli
+import training.dlib.cli
 
 # Each package adds its own subcommands; later packages may add more registrars here.
-REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register]
+REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
+              training.dlib.cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

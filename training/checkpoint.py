@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import training.dlib.model  # noqa: F401  registers "dlib_resnet" in MODEL_BUILDERS
 from training.backbones import build_model
 from training.spec import ModelSpec
 

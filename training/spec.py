@@ -30,6 +30,9 @@ class ModelSpec:
     metric: str = "cosine"  # cosine: outputs are L2-normalised; euclidean: raw outputs
     threshold: float | None = None  # calibrated distance threshold for "same"
     name: str = "model"
+    # Face preprocessing applied to the decoded image before resizing (a name in
+    # training.face.FACE_ALIGNERS, e.g. "dlib5" or "lfw-fixed"); None: none.
+    face_align: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -49,12 +49,22 @@ class ToMode:
         return img if img.mode == self.mode else img.convert(self.mode)
 
 
+def _face_ops(spec: ModelSpec) -> list:
+    """The spec's face-preprocessing step (detection + alignment into a chip), if it names one."""
+    if not spec.face_align:
+        return []
+    from training.face import get_face_aligner
+
+    return [get_face_aligner(spec.face_align, size=spec.input_size)]
+
+
 def eval_transform(spec: ModelSpec) -> T.Compose:
     """PIL image -> (C, input_size, input_size) float32 tensor, as the model expects."""
     resize = spec.resize_size or spec.input_size
     return T.Compose(
         [
             ToMode(_mode(spec)),
+            *_face_ops(spec),
             T.Resize(resize, antialias=True),
             T.CenterCrop(spec.input_size),
             T.ToTensor(),
@@ -66,8 +76,8 @@ def eval_transform(spec: ModelSpec) -> T.Compose:
 def train_transform(spec: ModelSpec, *, flip: bool = True, color_jitter: float = 0.2,
                     scale: tuple[float, float] = (0.6, 1.0)) -> T.Compose:
     """Augmentation for metric learning: random resized crop, flip, colour jitter."""
-    ops: list = [ToMode(_mode(spec)), T.RandomResizedCrop(spec.input_size, scale=scale,
-                                                          antialias=True)]
+    ops: list = [ToMode(_mode(spec)), *_face_ops(spec),
+                 T.RandomResizedCrop(spec.input_size, scale=scale, antialias=True)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
     if color_jitter > 0 and spec.in_channels == 3:

@@ -1,0 +1,230 @@
+"""dlib import: the serialisation reader, the PyTorch port (parity with dlib-bin), the checkpoint and CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imgsim.cli import main as imgsim_main
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.dlib.importer import FACE_MODEL_FILE, import_face_resnet
+from training.dlib.model import DlibFaceResNet, add_zero_padded, state_dict_from_dlib
+from training.dlib.network import (
+    DlibFormatError,
+    check_face_resnet,
+    face_resnet_tokens,
+    parse_network,
+    write_face_resnet,
+)
+from training.dlib.paths import models_dir
+from training.dlib.serialize import DlibReader, DlibWriter
+from training.embedder import Embedder
+
+MEAN = (122.782, 117.001, 104.298)
+
+
+def _random_params(seed: int = 0) -> list[np.ndarray | None]:
+    """Plausible weights for every layer of dlib's face ResNet (He-scaled convs, affine
+    gammas near 1), so that activations neither vanish nor explode over 29 convs."""
+    rng = np.random.default_rng(seed)
+    params, ch = [], 3
+    for tok in face_resnet_tokens():
+        kind = tok[0]
+        if kind == "con":
+            n, k = tok[1], tok[2]
+            w = rng.normal(0, math.sqrt(2 / (ch * k * k)) * 0.5, (n, ch, k, k))
+            params.append(np.concatenate([w.ravel(), rng.normal(0, 0.05, n)]).astype(np.float32))
+            ch = n
+        elif kind == "affine":
+            params.append(np.concatenate([rng.uniform(0.5, 1.5, ch),
+                                          rng.normal(0, 0.1, ch)]).astype(np.float32))
+        elif kind == "fc":
+            params.append(rng.normal(0, 0.1, ch * tok[1]).astype(np.float32))
+        elif kind not in ("tag", "skip"):
+            params.append(None)
+    return params
+
+
+@pytest.fixture(scope="module")
+def synthetic_dat(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dlib") / "face_resnet_random.dat"
+    path.write_bytes(write_face_resnet(_random_params(), mean=MEAN))
+    return path
+
+
+def _chips(n: int, seed: int = 1) -> np.ndarray:
+    """(n, 150, 150, 3) uint8: smooth random images (closer to photos than white noise)."""
+    rng = np.random.default_rng(seed)
+    small = torch.from_numpy(rng.uniform(0, 255, (n, 3, 12, 12)).astype(np.float32))
+    big = torch.nn.functional.interpolate(small, size=150, mode="bilinear", align_corners=False)
+    noise = torch.from_numpy(rng.normal(0, 8, (n, 3, 150, 150)).astype(np.float32))
+    return (big + noise).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def _to_input(chips: np.ndarray, mean=MEAN) -> torch.Tensor:
+    x = (chips.astype(np.float32) - np.array(mean, np.float32)) / 256.0
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+# --- serialisation -----------------------------------------------------------------------------
+
+
+def test_integer_encoding_matches_dlib_bytes():
+    w = DlibWriter()
+    for v in (2, -10, 0, 300):
+        w.int(v)
+    # control byte = byte count | 0x80 for negatives, then little-endian magnitude
+    assert w.getvalue() == b"\x01\x02" + b"\x81\x0a" + b"\x01\x00" + b"\x02\x2c\x01"
+
+
+def test_reader_decodes_dlib_floats_and_round_trips_everything():
+    # 0.6 as dlib stores dist_thresh in the face model: mantissa 0x99999a, exponent -24
+    r = DlibReader(b"\x03\x9a\x99\x99\x81\x18")
+    assert r.float() == pytest.approx(0.6, abs=1e-7) and r.at_end
+    w = DlibWriter()
+    values = [0.0, 0.04, -3.25, 1e-30, 123456.789, math.inf, -math.inf]
+    for v in values:
+        w.float(v)
+    w.float(math.nan)
+    w.string("con_4")
+    w.bool(True)
+    w.int(-(2 ** 62))
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2) / 7
+    w.tensor(arr)
+    w.tensor(arr, version=1)
+    r = DlibReader(w.getvalue())
+    assert [r.float() for _ in values] == values
+    assert math.isnan(r.float())
+    assert r.string() == "con_4" and r.bool() is True and r.int() == -(2 ** 62)
+    np.testing.assert_array_equal(r.tensor(), arr)
+    np.testing.assert_allclose(r.tensor(), arr, rtol=1e-7)
+    assert r.at_end
+
+
+@pytest.mark.parametrize("data, message", [(b"\x03\x01", "truncated"),
+                                           (b"\x0c\x01", "control byte"),
+                                           (b"", "truncated")])
+def test_reader_rejects_malformed_integers(data, message):
+    with pytest.raises(DlibFormatError, match=message):
+        DlibReader(data).int()
+
+
+# --- network structure ----------------------------------------------------------------------------
+
+
+def test_parse_recovers_structure_means_and_weights(synthetic_dat):
+    params = _random_params()
+    net = parse_network(synthetic_dat.read_bytes())
+    check_face_resnet(net)
+    assert net.input_mean == pytest.approx(MEAN)
+    assert net.loss_params == pytest.approx({"margin": 0.04, "dist_thresh": 0.6})
+    assert [layer.kind for layer in net.layers][:4] == ["con", "affine", "relu", "max_pool"]
+    with_params = [(p, layer) for p, layer in zip(params, net.layers, strict=True)
+                   if p is not None]
+    assert len(with_params) == 29 + 29 + 1  # convs, affines, fc
+    for p, layer in with_params:
+        np.testing.assert_array_equal(layer.params, p)
+
+
+def test_truncated_or_foreign_files_are_refused(synthetic_dat):
+    data = synthetic_dat.read_bytes()
+    with pytest.raises(DlibFormatError, match="truncated"):
+        parse_network(data[: len(data) // 2])
+    net = parse_network(data)
+    net.layers[4].attrs["num_filters"] = 16  # a network that is not dlib's anet_type
+    with pytest.raises(DlibFormatError, match="layer 4"):
+        check_face_resnet(net)
+
+
+def test_zero_padded_add_pads_channels_rows_and_columns_at_the_high_end():
+    a = torch.ones(1, 2, 3, 3)
+    b = torch.full((1, 1, 4, 4), 10.0)
+    out = add_zero_padded(a, b)
+    assert out.shape == (1, 2, 4, 4)
+    assert out[0, 0, :3, :3].eq(11).all() and out[0, 0, 3, :].eq(10).all()
+    assert out[0, 1, :3, :3].eq(1).all() and out[0, 1, 3, :].eq(0).all()
+
+
+# --- the port against dlib itself ---------------------------------------------------------------
+
+
+def _dlib_descriptors(dat, chips: np.ndarray) -> np.ndarray:
+    dlib = pytest.importorskip("dlib", reason="dlib-bin (dev extra) is needed for parity tests")
+    model = dlib.face_recognition_model_v1(str(dat))
+    return np.array([np.array(model.compute_face_descriptor(np.ascontiguousarray(c)))
+                     for c in chips])
+
+
+def _port(dat) -> tuple[DlibFaceResNet, tuple]:
+    net = parse_network(dat.read_bytes())
+    model = DlibFaceResNet()
+    model.load_state_dict(state_dict_from_dlib(net))
+    return model.eval(), net.input_mean
+
+
+def test_port_matches_dlib_on_a_file_written_by_our_writer(synthetic_dat):
+    chips = _chips(3)
+    expected = _dlib_descriptors(synthetic_dat, chips)  # dlib loads our writer's bytes
+    model, mean = _port(synthetic_dat)
+    with torch.no_grad():
+        ours = model(_to_input(chips, mean)).numpy()
+    assert np.abs(expected).max() > 0.05  # non-trivial outputs
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+def _real_dat():
+    mdir = models_dir()
+    if mdir is None or not (mdir / FACE_MODEL_FILE).is_file():
+        pytest.skip("face_recognition_models (dev extra) is not installed")
+    return mdir / FACE_MODEL_FILE
+
+
+def test_port_of_the_real_face_model_matches_dlib_within_1e5():
+    dat = _real_dat()
+    chips = _chips(4, seed=7)
+    expected = _dlib_descriptors(dat, chips)
+    model, mean = _port(dat)
+    assert mean == pytest.approx((122.782, 117.001, 104.298), abs=1e-3)
+    with torch.no_grad():
+        ours = model(_to_input(chips, mean)).numpy()
+    assert np.abs(ours - expected).max() < 1e-5
+    net = parse_network(dat.read_bytes())
+    folded = sum(layer.params.size for layer in net.layers if layer.kind in ("con", "fc"))
+    assert sum(p.numel() for p in model.parameters()) == folded  # affines live in the convs
+
+
+# --- checkpoint, embedder, CLI --------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_embedder_reproduce_dlib_normalisation(synthetic_dat, tmp_path):
+    from PIL import Image
+
+    ckpt = import_face_resnet(synthetic_dat, face_align=None, threshold=0.55)
+    path = save_checkpoint(tmp_path / "dlib.pt", ckpt)
+    loaded = load_checkpoint(path)  # builds via MODEL_BUILDERS without importing training.dlib
+    assert loaded.spec.arch == "dlib_resnet" and loaded.spec.metric == "euclidean"
+    assert loaded.spec.threshold == 0.55 and loaded.spec.input_size == 150
+    chips = _chips(2, seed=3)
+    emb = Embedder.from_checkpoint(path).embed_images([Image.fromarray(c) for c in chips])
+    model, mean = _port(synthetic_dat)
+    with torch.no_grad():
+        direct = model(_to_input(chips, mean)).numpy()
+    np.testing.assert_allclose(emb, direct, atol=2e-5)
+    assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0)  # euclidean: rows stay raw
+
+
+def test_import_dlib_cli(synthetic_dat, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(synthetic_dat),
+                        "--face-align", "lfw-fixed"]) == 0
+    assert load_checkpoint(out).spec.face_align == "lfw-fixed"
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat",
+                        str(tmp_path / "missing.dat")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(b"\x01\x01\x01\x05hello")
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(bad)]) == 2
+    assert "loss" in capsys.readouterr().err

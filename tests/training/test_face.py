@@ -1,0 +1,149 @@
+"""Face alignment: similarity fit, dlib-compatible chips (parity with get_face_chip), aligners, transforms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import shared_data
+from training.face import (
+    FixedAligner,
+    LandmarkAligner,
+    chip_to_image_affine,
+    extract_chip,
+    face_chip,
+    get_face_aligner,
+    similarity_transform,
+)
+from training.face.aligners import LFW_DEEPFUNNELED_LANDMARKS, find_landmarks_file
+from training.face.chips import face_chip_points
+from training.spec import ModelSpec
+from training.transforms import eval_transform
+
+
+def _photo(h: int = 250, w: int = 250, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (h, w, 3) uint8: bilinear sampling is checkable on it."""
+    rng = np.random.default_rng(seed)
+    small = torch.from_numpy(rng.uniform(0, 255, (1, 3, 16, 16)).astype(np.float32))
+    big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    return big.clamp(0, 255).round().byte()[0].permute(1, 2, 0).numpy().copy()
+
+
+def test_similarity_transform_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, t = 0.3, 1.7, np.array([12.0, -4.0])
+    m_true = scale * np.array([[math.cos(angle), -math.sin(angle)],
+                               [math.sin(angle), math.cos(angle)]])
+    m, tt = similarity_transform(src, src @ m_true.T + t)
+    np.testing.assert_allclose(m, m_true, atol=1e-9)
+    np.testing.assert_allclose(tt, t, atol=1e-9)
+    with pytest.raises(ValueError):
+        similarity_transform(src, src[:3])
+
+
+def test_chip_affine_follows_dlibs_rectangle_convention():
+    # Landmarks exactly at the template: scale 1, no rotation; dlib's centered_drect spans
+    # size-1 pixels, so chip pixel (0, 0) samples image point (0.5, 0.5).
+    a = chip_to_image_affine(face_chip_points(150, 0.25))
+    np.testing.assert_allclose(a, [[1, 0, 0.5], [0, 1, 0.5]], atol=1e-9)
+
+
+def test_extract_chip_interpolates_bilinearly_and_blacks_out_the_outside():
+    ramp = np.tile(np.arange(0, 200, 2, dtype=np.uint8), (100, 1))  # value = 2 * x
+    a = np.array([[1.0, 0, 10.25], [0, 1.0, 5.0]])
+    chip = extract_chip(ramp, a, size=8)
+    np.testing.assert_array_equal(chip[0], np.floor(2 * (np.arange(8) + 10.25)).astype(np.uint8))
+    outside = extract_chip(ramp, np.array([[1.0, 0, 95.5], [0, 1.0, 0]]), size=8)
+    assert outside[:, 4:].max() == 0 and outside[:, :4].min() > 0  # x >= 99 has no right pixel
+
+
+def _dlib_chip(img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    dlib = pytest.importorskip("dlib", reason="dlib-bin (dev extra) is needed for parity tests")
+    parts = [dlib.point(int(x), int(y)) for x, y in landmarks]
+    det = dlib.full_object_detection(dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1), parts)
+    return np.asarray(dlib.get_face_chip(img, det, size=150, padding=0.25))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chip_matches_dlib_get_face_chip(seed):
+    rng = np.random.default_rng(seed)
+    img = _photo(seed=seed)
+    # the LFW mean landmarks, rotated, scaled and shifted (integer points, as dlib's are)
+    angle, scale = rng.uniform(-0.4, 0.4), rng.uniform(0.6, 1.4)
+    rot = scale * np.array([[math.cos(angle), -math.sin(angle)],
+                            [math.sin(angle), math.cos(angle)]])
+    lm = (LFW_DEEPFUNNELED_LANDMARKS - 125) @ rot.T + 125 + rng.uniform(-40, 40, 2)
+    lm = np.round(lm)
+    ours = face_chip(img, lm).astype(int)
+    ref = _dlib_chip(img, lm).astype(int)
+    assert ours.shape == ref.shape == (150, 150, 3)
+    assert np.abs(ours - ref).max() <= 2  # "within a few grey levels"; in practice 0
+    assert (ours == 0).all(-1).mean() == pytest.approx((ref == 0).all(-1).mean(), abs=0.01)
+
+
+def test_fixed_aligner_scales_its_landmarks_with_the_image():
+    img = _photo()
+    chip = FixedAligner()(Image.fromarray(img))
+    assert chip.size == (150, 150)
+    np.testing.assert_array_equal(np.asarray(chip), face_chip(img, LFW_DEEPFUNNELED_LANDMARKS))
+    half = FixedAligner().landmarks_for(125, 125)
+    np.testing.assert_allclose(half, LFW_DEEPFUNNELED_LANDMARKS / 2)
+
+
+def test_unknown_aligner_lists_the_valid_names():
+    with pytest.raises(ValueError, match="dlib5, lfw-fixed"):
+        get_face_aligner("mtcnn")
+
+
+def test_face_align_travels_with_the_spec_into_the_eval_transform():
+    spec = ModelSpec(arch="dlib_resnet", embedding_dim=128, input_size=150, metric="euclidean",
+                     mean=(0.48, 0.46, 0.41), std=(256 / 255,) * 3, face_align="lfw-fixed")
+    img = Image.fromarray(_photo())
+    x = eval_transform(spec)(img)
+    chip = face_chip(np.asarray(img), LFW_DEEPFUNNELED_LANDMARKS).astype(np.float32)
+    expected = (chip / 255 - np.array(spec.mean, np.float32)) / np.float32(256 / 255)
+    np.testing.assert_allclose(x.numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+    plain = eval_transform(replace(spec, face_align=None))(img)
+    assert not torch.allclose(plain, x)  # without the step: a resized whole image
+
+
+def _lfw_image() -> np.ndarray:
+    root = shared_data("lfw") / "lfw-deepfunneled"
+    return np.asarray(Image.open(root / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg").convert("RGB"))
+
+
+def test_landmark_aligner_on_an_lfw_face_matches_dlibs_pipeline():
+    pytest.importorskip("dlib", reason="dlib-bin (dev extra) is needed for detection")
+    try:
+        find_landmarks_file()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    img = _lfw_image()
+    aligner = LandmarkAligner(fallback=False)
+    boxes = aligner.detect(img)
+    assert boxes, "dlib's detector finds the face"
+    lm = aligner.landmarks(img, boxes[0])
+    # deep-funneled faces sit where the mean landmarks say (within a few pixels)
+    assert np.abs(lm - LFW_DEEPFUNNELED_LANDMARKS).max() < 25
+    chip = np.asarray(aligner(Image.fromarray(img))).astype(int)
+    assert np.abs(chip - _dlib_chip(img, lm).astype(int)).max() <= 2
+
+
+def test_landmark_aligner_without_a_face_raises_or_falls_back():
+    pytest.importorskip("dlib", reason="dlib-bin (dev extra) is needed for detection")
+    try:
+        find_landmarks_file()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    from training.face import FaceNotFoundError
+
+    blank = Image.fromarray(np.full((120, 120, 3), 128, np.uint8))
+    with pytest.raises(FaceNotFoundError):
+        LandmarkAligner(fallback=False)(blank)
+    assert LandmarkAligner(fallback=True)(blank).size == (150, 150)

@@ -1,0 +1,41 @@
+"""`imgsim import-dlib`: turn dlib's face recognition ResNet into an imgsim checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from training.face.aligners import FACE_ALIGNERS
+
+    p = sub.add_parser(
+        "import-dlib", help="import dlib's face ResNet (.dat) as an imgsim checkpoint",
+        description="Read dlib_face_recognition_resnet_model_v1.dat (from the installed "
+                    "face_recognition_models package, or --dat) with a pure-Python reader, fold "
+                    "its affine layers into the convolutions and write a checkpoint that "
+                    "embed, eval, index and serve use like any other: 150x150 face chips, "
+                    "(rgb - mean) / 256, 128-d descriptors compared by Euclidean distance.")
+    p.add_argument("--output", required=True, help="checkpoint path to write (e.g. var/dlib.pt)")
+    p.add_argument("--dat", default=None, help="path of the .dat (default: face_recognition_models')")
+    p.add_argument("--face-align", default="dlib5", choices=[*sorted(FACE_ALIGNERS), "none"],
+                   help="face preprocessing stored in the checkpoint: dlib5 = detect + 5 "
+                        "landmarks (needs dlib-bin), lfw-fixed = fixed crop for LFW "
+                        "deep-funneled images, none = inputs are already 150x150 chips")
+    p.add_argument("--threshold", type=float, default=0.6,
+                   help="Euclidean distance threshold for 'same person' (dlib's is 0.6)")
+    p.add_argument("--name", default="dlib_face_resnet_v1", help="model name reported by the service")
+    p.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from training.checkpoint import save_checkpoint
+    from training.dlib.importer import import_face_resnet
+
+    if args.threshold <= 0:
+        raise ValueError("--threshold must be positive")
+    ckpt = import_face_resnet(args.dat, name=args.name, threshold=args.threshold,
+                              face_align=None if args.face_align == "none" else args.face_align)
+    path = save_checkpoint(args.output, ckpt)
+    print(f"wrote {path}: {ckpt.spec.arch}, {ckpt.spec.embedding_dim}-d, "
+          f"threshold {ckpt.spec.threshold}, face_align {ckpt.spec.face_align}")
+    return 0

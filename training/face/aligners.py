@@ -1,0 +1,144 @@
+"""Face aligners: PIL image -> aligned face chip, by detected 5-point landmarks or a fixed crop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.dlib.paths import models_dir
+from training.face.chips import face_chip
+
+log = logging.getLogger(__name__)
+
+LANDMARKS_ENV = "IMGSIM_DLIB_LANDMARKS"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+# Mean of dlib's 5 landmarks (HOG detector, upsampled once; 1,018 images, every 13th of
+# LFW deep-funneled, the face nearest the centre; 3 had none), in their 250x250 frame.
+LFW_DEEPFUNNELED_LANDMARKS = np.array([
+    [153.45, 112.60],
+    [137.41, 113.34],
+    [96.46, 113.79],
+    [112.66, 113.80],
+    [125.99, 144.65],
+])
+LFW_FRAME = 250
+
+
+class FaceNotFoundError(ValueError):
+    """No face was detected in the image."""
+
+
+def find_landmarks_file(path: str | Path | None = None) -> Path:
+    """The 5-point landmark model: ``path``, $IMGSIM_DLIB_LANDMARKS, or face_recognition_models'."""
+    candidates = [path, os.environ.get(LANDMARKS_ENV)]
+    mdir = models_dir()
+    if mdir is not None:
+        candidates.append(mdir / LANDMARKS_FILE)
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise FileNotFoundError(
+        f"{LANDMARKS_FILE} not found: install the face extra (pip install 'imgsim[face]', which "
+        f"brings face_recognition_models and dlib-bin) or set {LANDMARKS_ENV}")
+
+
+def _import_dlib():
+    try:
+        import dlib
+    except ImportError as e:
+        raise ImportError("face detection needs dlib-bin: pip install 'imgsim[face]'") from e
+    return dlib
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+class FixedAligner:
+    """A fixed crop for pre-aligned images (LFW deep-funneled): the chip dlib's alignment gives
+    on average, applied without detection. Images of another size are scaled to 250x250 first.
+
+    __call__: PIL image -> (size x size) RGB PIL image."""
+
+    def __init__(self, *, size: int = 150, padding: float = 0.25,
+                 landmarks: np.ndarray = LFW_DEEPFUNNELED_LANDMARKS,
+                 frame: int = LFW_FRAME) -> None:
+        self.size, self.padding = size, padding
+        self.landmarks, self.frame = np.asarray(landmarks, np.float64), frame
+
+    def landmarks_for(self, width: int, height: int) -> np.ndarray:
+        """(5, 2) landmarks scaled to an image of this size."""
+        return self.landmarks * np.array([width / self.frame, height / self.frame])
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = _rgb(image)
+        lm = self.landmarks_for(rgb.shape[1], rgb.shape[0])
+        return Image.fromarray(face_chip(rgb, lm, size=self.size, padding=self.padding))
+
+
+class LandmarkAligner:
+    """Detect the largest face (dlib's HOG detector, via dlib-bin), find its 5 landmarks (dlib's
+    5-point model), and cut dlib's face chip with our own similarity alignment and sampling.
+
+    When no face is found: fall back to the fixed LFW crop if ``fallback`` is True (evaluation
+    on pre-aligned sets), else raise FaceNotFoundError. __call__: PIL image -> PIL chip.
+    """
+
+    def __init__(self, *, size: int = 150, padding: float = 0.25, upsample: int = 1,
+                 landmarks_path: str | Path | None = None, fallback: bool = True) -> None:
+        self.size, self.padding, self.upsample, self.fallback = size, padding, upsample, fallback
+        self.landmarks_path = landmarks_path
+        self._detector = self._predictor = None
+        self._fixed = FixedAligner(size=size, padding=padding)
+
+    def __getstate__(self) -> dict:  # dlib objects do not pickle: reload them in workers
+        state = dict(self.__dict__)
+        state["_detector"] = state["_predictor"] = None
+        return state
+
+    def _load(self) -> None:
+        if self._detector is None:
+            dlib = _import_dlib()
+            path = find_landmarks_file(self.landmarks_path)
+            self._detector = dlib.get_frontal_face_detector()
+            self._predictor = dlib.shape_predictor(str(path))
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Face boxes (left, top, right, bottom), largest first. rgb: (H, W, 3) uint8."""
+        self._load()
+        boxes = [(r.left(), r.top(), r.right(), r.bottom())
+                 for r in self._detector(rgb, self.upsample)]
+        return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+    def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """dlib's 5 landmarks inside ``box``: (5, 2) float64 (x, y)."""
+        self._load()
+        import dlib
+
+        shape = self._predictor(rgb, dlib.rectangle(*box))
+        return np.array([[p.x, p.y] for p in shape.parts()], np.float64)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = _rgb(image)
+        boxes = self.detect(rgb)
+        if not boxes:
+            if not self.fallback:
+                raise FaceNotFoundError("no face found in the image")
+            log.debug("no face found: using the fixed crop")
+            return self._fixed(image)
+        lm = self.landmarks(rgb, boxes[0])
+        return Image.fromarray(face_chip(rgb, lm, size=self.size, padding=self.padding))
+
+
+FACE_ALIGNERS = {"dlib5": LandmarkAligner, "lfw-fixed": FixedAligner}
+
+
+def get_face_aligner(name: str, *, size: int = 150, **kwargs):
+    """The aligner registered under ``name`` (a callable PIL image -> size x size PIL chip)."""
+    if name not in FACE_ALIGNERS:
+        raise ValueError(f"unknown face aligner {name!r}; valid: {', '.join(sorted(FACE_ALIGNERS))}")
+    return FACE_ALIGNERS[name](size=size, **kwargs)
