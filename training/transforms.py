@@ -30,7 +30,10 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("cannot decode image: not a supported image format "
+                               f"({len(data)} bytes; expected JPEG, PNG, WebP, ...)") from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"cannot decode image: {e}") from e
     except Image.DecompressionBombError as e:  # pragma: no cover - caught by our own check first
         raise ImageDecodeError(str(e)) from e
@@ -89,3 +92,34 @@ def train_transform(spec: ModelSpec, *, flip: bool = True, color_jitter: float =
 def to_batch(images: list[Image.Image], spec: ModelSpec) -> torch.Tensor:
     tf = eval_transform(spec)
     return torch.stack([tf(im) for im in images])
+
+
+def face_transform(spec: ModelSpec, *, color_jitter: float = 0.2) -> T.Compose:
+    """Augmentation for aligned faces: small scale and aspect jitter around the eval crop
+    (resize to ``resize_size``, then a crop of about ``input_size``), flip, colour jitter.
+    Big random crops would train on background the eval crop never shows."""
+    resize = spec.resize_size or spec.input_size
+    context = min(resize, int(round(spec.input_size * 1.15)))
+    ops: list = [ToMode(_mode(spec)), T.Resize(resize, antialias=True), T.CenterCrop(context),
+                 T.RandomResizedCrop(spec.input_size, scale=(0.7, 1.0), ratio=(0.9, 1.1),
+                                     antialias=True),
+                 T.RandomHorizontalFlip()]
+    if color_jitter > 0 and spec.in_channels == 3:
+        ops.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
+    ops += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
+    return T.Compose(ops)
+
+
+# Training augmentation by name: "crop" for objects (birds, products), "face" for aligned
+# faces, "none" for the eval transform itself.
+AUGMENTATIONS = {
+    "crop": lambda spec: train_transform(spec, scale=(0.3, 1.0)),
+    "face": face_transform,
+    "none": eval_transform,
+}
+
+
+def get_augmentation(name: str, spec: ModelSpec) -> T.Compose:
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(sorted(AUGMENTATIONS))}")
+    return AUGMENTATIONS[name](spec)
