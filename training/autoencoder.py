@@ -1,0 +1,335 @@
+"""Autoencoder pre-training: a convolutional AE or VAE on unlabelled images whose encoder initialises an embedding backbone."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.backbones import BACKBONES, SmallCNN
+from training.data import IMAGE_EXTENSIONS, ImagePaths
+from training.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from training.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+FORMAT = "imgsim.autoencoder/1"
+
+
+def spatial_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last feature map before global pooling: (n, C, H, W) -> (n, c, h, w)."""
+    if isinstance(backbone, SmallCNN):
+        return backbone.features(x)
+    if hasattr(backbone, "layer4"):  # torchvision ResNet
+        b = backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+    if hasattr(backbone, "features"):  # torchvision MobileNetV3
+        return backbone.features(x)
+    raise ValueError(f"no spatial feature map known for {type(backbone).__name__}")
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder = an embedding backbone (``BACKBONES[arch]``, up to its last feature map) plus a
+    1x1 convolution to ``latent_channels``; decoder = nearest upsampling + conv stages back to
+    the input size. With ``variational=True`` the 1x1 convolution gives a mean and a
+    log-variance per latent cell and training samples z = mu + sigma * eps (Kingma & Welling).
+
+    forward: (n, C, S, S) normalised images -> (reconstruction (n, C, S, S), mu, logvar or None).
+    """
+
+    def __init__(self, arch: str = "smallcnn", *, in_channels: int = 3, input_size: int = 64,
+                 latent_channels: int = 64, variational: bool = False,
+                 arch_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if arch not in BACKBONES:
+            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(BACKBONES))}")
+        self.arch, self.arch_kwargs = arch, dict(arch_kwargs or {})
+        self.in_channels, self.input_size = in_channels, input_size
+        self.variational = variational
+        self.backbone, _ = BACKBONES[arch](in_channels, **self.arch_kwargs)
+        with torch.no_grad():
+            self.backbone.eval()
+            feat = spatial_features(self.backbone, torch.zeros(1, in_channels, input_size, input_size))
+            self.backbone.train()
+        c, h = feat.shape[1], feat.shape[2]
+        self.to_latent = nn.Conv2d(c, latent_channels * (2 if variational else 1), 1)
+        ups = max(0, math.ceil(math.log2(input_size / h)))
+        chans = [max(16, min(256, latent_channels * 2) >> i) for i in range(ups + 1)]
+        layers: list[nn.Module] = [nn.Conv2d(latent_channels, chans[0], 3, padding=1),
+                                   nn.ReLU(inplace=True)]
+        layers += [_up_block(chans[i], chans[i + 1]) for i in range(ups)]
+        layers.append(nn.Conv2d(chans[-1], in_channels, 3, padding=1))
+        self.decoder = nn.Sequential(*layers)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self.to_latent(spatial_features(self.backbone, x))
+        if self.variational:
+            mu, logvar = z.chunk(2, dim=1)
+            return mu, logvar.clamp(-10, 10)
+        return z, None
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)
+        if out.shape[-1] != self.input_size:
+            out = F.interpolate(out, size=(self.input_size, self.input_size), mode="bilinear",
+                                align_corners=False)
+        return out
+
+    def forward(self, x: torch.Tensor):
+        mu, logvar = self.encode(x)
+        z = mu
+        if self.variational and self.training:
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.decode(z), mu, logvar
+
+    def loss(self, x: torch.Tensor, *, beta: float = 1.0) -> tuple[torch.Tensor, float, float]:
+        """(total, reconstruction, KL): mean squared error per pixel; for the VAE the KL
+        divergence to N(0, I) per latent element, weighted by ``beta`` (both per element, so
+        beta=1 balances them whatever the image and latent sizes)."""
+        recon, mu, logvar = self(x)
+        rec = F.mse_loss(recon, x)
+        if not self.variational:
+            return rec, rec.item(), 0.0
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean()
+        return rec + beta * kl, rec.item(), kl.item()
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    out: str
+    data: str | None = None  # image folder, scanned recursively (labels, if any, are ignored)
+    list_file: str | None = None  # or: a text file with one image path per line
+    exclude_file: str | None = None  # paths the run must not see (e.g. the test split)
+    arch: str = "smallcnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 16} for smallcnn
+    input_size: int = 64
+    latent_channels: int = 64
+    variational: bool = False
+    beta: float = 1.0
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    num_workers: int = 2
+    seed: int = 0
+    max_images: int | None = None
+    augment: bool = True
+    grid_images: int = 8
+
+
+def list_unlabelled(cfg: PretrainConfig) -> list[str]:
+    """The images this run may see: --data and --list, minus --exclude, sorted, deduplicated."""
+    if not cfg.data and not cfg.list_file:
+        raise ValueError("give --data (an image folder) or --list (a file of image paths)")
+    paths: set[str] = set()
+    if cfg.data:
+        root = Path(cfg.data)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root}")
+        paths |= {str(p.resolve()) for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    if cfg.list_file:
+        paths |= {str(Path(x).resolve()) for x in _read_list(cfg.list_file)}
+    if cfg.exclude_file:
+        excluded = {str(Path(x).resolve()) for x in _read_list(cfg.exclude_file)}
+        before = len(paths)
+        paths -= excluded
+        log.info("excluded %d of %d images (%s)", before - len(paths), before, cfg.exclude_file)
+    out = sorted(paths)
+    missing = [p for p in out if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed image(s) not found, first: {missing[0]}")
+    if not out:
+        raise ValueError("no images left to pre-train on")
+    if cfg.max_images is not None and len(out) > cfg.max_images:
+        rng = np.random.default_rng(cfg.seed)
+        out = sorted(rng.choice(out, cfg.max_images, replace=False).tolist())
+    return out
+
+
+def _read_list(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"list file not found: {p}")
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def images_digest(paths: Sequence[str]) -> str:
+    """sha256 of the sorted image list: which images a pre-trained encoder has seen."""
+    return hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()
+
+
+def _spec(cfg: PretrainConfig) -> ModelSpec:
+    return ModelSpec(arch=cfg.arch, embedding_dim=1, input_size=cfg.input_size,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, arch_kwargs=dict(cfg.arch_kwargs))
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Train the autoencoder; write ``<out>/autoencoder.pt``, ``metrics.csv`` and
+    ``reconstructions.png`` (top row inputs, bottom row reconstructions). Returns the .pt path."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = list_unlabelled(cfg)
+    spec = _spec(cfg)
+    log.info("pre-training a %s%s on %d images", cfg.arch, " VAE" if cfg.variational else " AE",
+             len(paths))
+    model = ConvAutoencoder(cfg.arch, in_channels=spec.in_channels, input_size=cfg.input_size,
+                            latent_channels=cfg.latent_channels, variational=cfg.variational,
+                            arch_kwargs=cfg.arch_kwargs)
+    tf = train_transform(spec, color_jitter=0.0, scale=(0.7, 1.0)) if cfg.augment \
+        else eval_transform(spec)
+    loader = DataLoader(ImagePaths(paths, tf), batch_size=min(cfg.batch_size, len(paths)),
+                        shuffle=True, drop_last=len(paths) > cfg.batch_size,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * len(loader)))
+    rows = []
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "reconstruction_mse", "kl", "images_per_s"])
+        for epoch in range(cfg.epochs):
+            model.train()
+            tot, rec, kl, n, t0 = 0.0, 0.0, 0.0, 0, time.perf_counter()
+            bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=None)
+            for x, _ in bar:
+                loss, r, k = model.loss(x, beta=cfg.beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot, rec, kl, n = tot + loss.item() * len(x), rec + r * len(x), kl + k * len(x), \
+                    n + len(x)
+                bar.set_postfix(mse=f"{r:.4f}")
+            row = [epoch + 1, tot / n, rec / n, kl / n, n / (time.perf_counter() - t0)]
+            writer.writerow(row)
+            f.flush()
+            rows.append(row)
+            log.info("epoch %d loss %.4f mse %.4f kl %.4f %.1f img/s", *row)
+    recalibrate_batchnorm(model, loader)
+    model.eval()
+    grid_paths = paths[:: max(1, len(paths) // cfg.grid_images)][:cfg.grid_images]
+    eval_mse = save_reconstruction_grid(model, spec, grid_paths, out / "reconstructions.png")
+    payload = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "encoder": {"arch": cfg.arch, "in_channels": spec.in_channels,
+                    "arch_kwargs": dict(cfg.arch_kwargs),
+                    "input_size": cfg.input_size, "mean": list(spec.mean), "std": list(spec.std)},
+        "config": asdict(cfg),
+        "images": {"count": len(paths), "sha256": images_digest(paths)},
+        "metrics": {"final_loss": rows[-1][1], "final_mse": rows[-1][2],
+                    "grid_mse": eval_mse},
+    }
+    path = out / "autoencoder.pt"
+    torch.save(payload, path)
+    return path
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, *, max_batches: int = 50) -> None:
+    """Recompute BatchNorm running statistics as a plain average over up to ``max_batches``
+    batches with the final weights ("precise BN"): the exponential averages collected during
+    training lag behind the weights, which matters after short runs and for the encoder that
+    is handed on to metric learning."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for b, (x, *_) in enumerate(loader):
+        if b == max_batches:
+            break
+        model(x)
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+
+
+@torch.inference_mode()
+def save_reconstruction_grid(model: ConvAutoencoder, spec: ModelSpec, paths: Sequence[str],
+                             dest: str | Path) -> float:
+    """A PNG with the images (top row) and their reconstructions (bottom row), both
+    de-normalised; returns the reconstruction MSE (normalised space) over these images."""
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    tf = eval_transform(spec)
+    images = []
+    for p in paths:
+        with Image.open(p) as img:
+            images.append(tf(img))
+    x = torch.stack(images)
+    recon = model(x)[0]
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    grid = torch.cat([x, recon]) * std + mean
+    save_image(grid.clamp(0, 1), str(dest), nrow=len(paths), padding=2, pad_value=1.0)
+    return float(F.mse_loss(recon, x))
+
+
+def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, dict]:
+    """The trained autoencoder (eval mode) and its payload (config, images, metrics)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"autoencoder checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an imgsim autoencoder (expected format {FORMAT})")
+    cfg, enc = payload["config"], payload["encoder"]
+    model = ConvAutoencoder(enc["arch"], in_channels=enc["in_channels"],
+                            input_size=enc["input_size"], latent_channels=cfg["latent_channels"],
+                            variational=cfg["variational"], arch_kwargs=enc["arch_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
+
+
+def init_backbone_from_autoencoder(model: nn.Module, spec: ModelSpec, path: str | Path) -> dict:
+    """Copy a pre-trained encoder into ``model.backbone`` (an ``EmbeddingNet``); the head
+    stays random. Refuses an encoder of another architecture, channel count or arch_kwargs,
+    and loads strictly (every backbone tensor must come from the encoder). Returns the
+    autoencoder's payload minus weights (for provenance: images count and digest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"autoencoder checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an imgsim autoencoder (expected format {FORMAT})")
+    enc = payload["encoder"]
+    mine = {"arch": spec.arch, "in_channels": spec.in_channels, "arch_kwargs": dict(spec.arch_kwargs)}
+    theirs = {k: enc[k] for k in mine}
+    if mine != theirs:
+        raise ValueError(f"autoencoder encoder {theirs} does not match the model {mine}")
+    if list(enc["mean"]) != list(spec.mean) or list(enc["std"]) != list(spec.std):
+        log.warning("autoencoder was trained with another input normalisation than the model's")
+    state = {k.removeprefix("backbone."): v for k, v in payload["state_dict"].items()
+             if k.startswith("backbone.")}
+    model.backbone.load_state_dict(state, strict=True)
+    log.info("backbone initialised from %s (%d images, %s)", path, payload["images"]["count"],
+             "VAE" if payload["config"]["variational"] else "AE")
+    return {k: v for k, v in payload.items() if k != "state_dict"}
