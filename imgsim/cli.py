@@ -10,10 +10,11 @@ import indexer.cli
 import service.cli
 import training.cli
 import training.dlib.cli
+import training.pretrain_cli
 
 # Each package adds its own subcommands; later packages may add more registrars here.
 REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
-              training.dlib.cli.register]
+              training.dlib.cli.register, training.pretrain_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
