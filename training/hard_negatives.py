@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 from torch.utils.data import Sampler
 
+from training.distributed import SINGLE_PROCESS, DistInfo
 from training.refresh import Refresh
 
 log = logging.getLogger(__name__)
@@ -153,16 +154,16 @@ class HardNegativeSampler(Sampler[list[int]]):
 class HardNegativeCallback(Refresh):
     """Re-mines every epoch (or every ``every_steps`` steps): embeds the training set with the
     current model, finds each image's ``k`` nearest other-class neighbours with FAISS and hands
-    them to the sampler.
-
-    ``embedder``: () -> (n, d) embeddings of dataset rows ``embedder.indices`` whose labels are
-    ``embedder.labels`` (a ``training.refresh.DatasetEmbedder``).
+    them to the sampler. ``max_per_class`` bounds the images embedded (and mined) per refresh;
+    see ``training.refresh.Refresh`` for the hooks.
     """
 
-    def __init__(self, *, embedder, sampler: HardNegativeSampler, k: int = 10,
-                 every_steps: int = 0) -> None:
-        super().__init__(every_steps=every_steps)
-        self.embedder, self.sampler, self.k = embedder, sampler, k
+    def __init__(self, *, sampler: HardNegativeSampler, k: int = 10, every_steps: int = 0,
+                 embedder=None, max_per_class: int | None = None,
+                 info: DistInfo = SINGLE_PROCESS) -> None:
+        super().__init__(embedder=embedder, every_steps=every_steps,
+                         max_per_class=max_per_class, info=info)
+        self.sampler, self.k = sampler, k
         self.history: list[dict] = []
 
     def refresh(self, tag: str) -> None:

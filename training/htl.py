@@ -34,6 +34,7 @@ from scipy.spatial.distance import cdist, pdist
 from torch.utils.data import Sampler
 
 from training.distances import LpDistance
+from training.distributed import SINGLE_PROCESS, DistInfo
 from training.miners import all_triplets
 from training.refresh import Refresh
 
@@ -168,18 +169,22 @@ def _group(node_ids: np.ndarray, names: list[str]) -> list[list[str]]:
 
 class HierarchicalSampler(Sampler[list[int]]):
     """Anchor-neighbour batches: ``anchor_classes`` random classes plus, for each, its
-    ``neighbours`` nearest classes in the tree; ``per_class`` images of every class."""
+    ``neighbours`` nearest classes in the tree; ``per_class`` images of every class. Without a
+    tree yet (``tree=None``, before the first rebuild) the neighbours are random classes."""
 
-    def __init__(self, labels: Sequence[int], tree: ClassTree, *, anchor_classes: int = 4,
-                 neighbours: int = 3, per_class: int = 4, num_batches: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], tree: ClassTree | None = None, *,
+                 anchor_classes: int = 4, neighbours: int = 3, per_class: int = 4,
+                 num_batches: int | None = None, seed: int = 0) -> None:
         self.labels = np.asarray(labels)
         self.by_class = {int(c): np.where(self.labels == c)[0] for c in np.unique(self.labels)}
         self.anchor_classes, self.neighbours, self.per_class = anchor_classes, neighbours, per_class
         batch = anchor_classes * (neighbours + 1) * per_class
         self.num_batches = num_batches or max(1, len(self.labels) // batch)
         self.seed, self.epoch = seed, 0
-        self.set_tree(tree)
+        self.tree: ClassTree | None = None
+        self._neigh: dict[int, np.ndarray] | None = None
+        if tree is not None:
+            self.set_tree(tree)
 
     def set_tree(self, tree: ClassTree) -> None:
         if tree.n_classes < max(self.by_class) + 1:
@@ -201,7 +206,13 @@ class HierarchicalSampler(Sampler[list[int]]):
         for _ in range(self.num_batches):
             chosen: list[int] = []
             for a in rng.choice(classes, size=min(self.anchor_classes, len(classes)), replace=False):
-                for c in [int(a), *self._neigh[int(a)].tolist()]:
+                if self._neigh is not None:
+                    near = self._neigh[int(a)].tolist()
+                else:
+                    others = classes[classes != a]
+                    near = rng.choice(others, size=min(self.neighbours, len(others)),
+                                      replace=False).tolist()
+                for c in [int(a), *near]:
                     if c not in chosen:
                         chosen.append(c)
             batch: list[int] = []
@@ -220,12 +231,14 @@ class HierarchicalTripletLoss:
 
     tuple_kind = "triplets"
 
-    def __init__(self, tree: ClassTree, *, beta: float = 0.1, distance=None,
+    def __init__(self, tree: ClassTree | None = None, *, beta: float = 0.1, distance=None,
                  reduction: str = "nonzero") -> None:
         self.beta = beta
         self.distance = distance or LpDistance()
         self.reduction = reduction
-        self.set_tree(tree)
+        self.tree: ClassTree | None = None
+        if tree is not None:
+            self.set_tree(tree)
         self.last_active = self.last_total = 0
         self.last_margin_mean = 0.0
 
@@ -235,6 +248,9 @@ class HierarchicalTripletLoss:
         self._s = torch.from_numpy(tree.intra)
 
     def margins(self, ya: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
+        if self.tree is None:
+            raise RuntimeError("HierarchicalTripletLoss has no class tree yet: call set_tree "
+                               "(HTLCallback does before the first step)")
         return self.beta + self._dh[ya, yn] - self._s[ya]
 
     def __call__(self, emb: torch.Tensor, labels: torch.Tensor, indices=None) -> torch.Tensor:
@@ -259,29 +275,36 @@ class HierarchicalTripletLoss:
 class HTLCallback(Refresh):
     """Rebuilds the class tree from the model's embeddings every epoch (``every_steps=0``) or
     every N optimiser steps, hands it to the sampler and the loss, and writes
-    ``tree_<tag>.json`` + ``dendrogram_<tag>.png`` into ``out_dir`` (when given).
-
-    ``embedder``: () -> (n, d) embeddings of training rows whose class indices are
-    ``embedder.labels`` (a ``training.refresh.DatasetEmbedder``; ``max_per_class`` there bounds
-    the cost of a rebuild). ``seconds`` adds up the time spent rebuilding.
+    ``tree_<tag>.json`` + ``dendrogram_<tag>.png`` into ``out_dir`` (default: ``<run>/htl``;
+    on rank 0 only). ``max_per_class`` bounds the images embedded per rebuild; ``seconds``
+    adds up the time spent rebuilding. See ``training.refresh.Refresh`` for the hooks.
     """
 
-    def __init__(self, *, embedder, sampler: HierarchicalSampler, loss: HierarchicalTripletLoss,
+    def __init__(self, *, sampler: HierarchicalSampler, loss: HierarchicalTripletLoss,
                  levels: int = 8, every_steps: int = 0, out_dir: str | Path | None = None,
-                 class_names: Sequence[str] | None = None, write: bool = True) -> None:
-        super().__init__(every_steps=every_steps)
-        self.embedder, self.sampler, self.loss = embedder, sampler, loss
-        self.levels = levels
-        self.out_dir = out_dir if write else None
-        self.class_names = class_names
+                 class_names: Sequence[str] | None = None, write: bool = True,
+                 embedder=None, max_per_class: int | None = None,
+                 info: DistInfo = SINGLE_PROCESS) -> None:
+        super().__init__(embedder=embedder, every_steps=every_steps,
+                         max_per_class=max_per_class, info=info)
+        self.sampler, self.loss, self.levels = sampler, loss, levels
+        self.out_dir, self.class_names = out_dir, class_names
+        self.write = write and info.is_main
         self.tree: ClassTree | None = None
+
+    def on_train_start(self, state) -> None:
+        super().on_train_start(state)
+        if self.out_dir is None and getattr(state, "out", None) is not None:
+            self.out_dir = Path(state.out) / "htl"
+        if self.class_names is None and hasattr(state.dataset, "classes"):
+            self.class_names = list(state.dataset.classes)
 
     def refresh(self, tag: str) -> None:
         tree = ClassTree.rebuild(self.embedder(), self.embedder.labels, levels=self.levels)
         self.sampler.set_tree(tree)
         self.loss.set_tree(tree)
         self.tree = tree
-        if self.out_dir is not None:
+        if self.write and self.out_dir is not None:
             tree.write(self.out_dir, tag, self.class_names)
         log.info("class tree rebuilt (%s): thresholds %.3f..%.3f", tag, tree.thresholds[0],
                  tree.thresholds[-1])

@@ -74,14 +74,24 @@ class DatasetEmbedder:
 
 
 class Refresh:
-    """Schedule and bookkeeping shared by the callbacks that re-embed the training set:
-    ``refresh(tag)`` runs every epoch (``every_steps=0``) or every ``every_steps`` optimiser
-    steps, and its seconds are added up so that its share of training time can be reported."""
+    """A training-loop callback that re-embeds the training set with the current model every
+    epoch (``every_steps=0``) or every ``every_steps`` optimiser steps and calls
+    ``refresh(tag)``; subclasses (tree rebuilds, hard-negative mining) say what to do with it.
 
-    def __init__(self, *, every_steps: int = 0) -> None:
+    Hooks take the loop's ``TrainState`` (``training.callbacks``): ``on_train_start`` builds a
+    ``DatasetEmbedder`` over ``state.dataset``'s samples with the eval transform of
+    ``state.spec`` unless one was given; ``seconds`` adds up the time spent refreshing, so that
+    its share of training time can be reported.
+    """
+
+    def __init__(self, *, embedder: DatasetEmbedder | None = None, every_steps: int = 0,
+                 max_per_class: int | None = None, info: DistInfo = SINGLE_PROCESS,
+                 batch_size: int = 128) -> None:
         if every_steps < 0:
             raise ValueError("every_steps must be >= 0 (0: once per epoch)")
-        self.every_steps = every_steps
+        self.embedder = embedder
+        self.every_steps, self.max_per_class = every_steps, max_per_class
+        self.info, self.batch_size = info, batch_size
         self.seconds = 0.0
         self.count = 0
 
@@ -89,17 +99,31 @@ class Refresh:
         raise NotImplementedError
 
     def _timed(self, tag: str) -> None:
+        if self.embedder is None:
+            raise RuntimeError(f"{type(self).__name__} has no embedder: pass one, or let "
+                               "on_train_start build it from the training state")
         t0 = time.perf_counter()
         self.refresh(tag)
         self.seconds += time.perf_counter() - t0
         self.count += 1
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """epoch: 0-based. Refreshes once per epoch, and before the first step in any case."""
-        if self.every_steps == 0 or self.count == 0:
-            self._timed(f"epoch{epoch + 1:03d}")
+    def on_train_start(self, state) -> None:
+        if self.embedder is None:
+            from training.data import LabelledImages
+            from training.transforms import eval_transform
 
-    def on_step_end(self, step: int) -> None:
-        """step: number of optimiser steps taken so far (1-based)."""
-        if self.every_steps and step % self.every_steps == 0:
-            self._timed(f"step{step:06d}")
+            ds = LabelledImages(state.dataset.samples, eval_transform(state.spec))
+            self.embedder = DatasetEmbedder(state.model, ds, labels=ds.targets,
+                                            max_per_class=self.max_per_class, info=self.info,
+                                            batch_size=self.batch_size,
+                                            seed=int(state.config.get("seed", 0)))
+
+    def on_epoch_start(self, state) -> None:
+        """Refreshes once per epoch, and before the first step in any case."""
+        if self.every_steps == 0 or self.count == 0:
+            self._timed(f"epoch{state.epoch + 1:03d}")
+
+    def on_step_end(self, state) -> None:
+        """``state.step``: optimiser steps taken so far (1-based)."""
+        if self.every_steps and state.step % self.every_steps == 0:
+            self._timed(f"step{state.step:06d}")

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_callback_mines_with_the_current_model():
     embedder = DatasetEmbedder(model, ds, labels=labels, max_per_class=2, cache=True)
     s = HardNegativeSampler(labels, anchors=1, negatives=1, per_class=2, num_batches=4)
     cb = HardNegativeCallback(embedder=embedder, sampler=s, k=2)
-    cb.on_epoch_start(0)
+    cb.on_epoch_start(SimpleNamespace(epoch=0, step=0))
     assert cb.count == 1 and len(embedder.indices) == 12
     rows = embedder.indices[labels[embedder.indices] == 0]
     # dataset indices, not embedded-row indices: class 0's hardest negatives are class 3 images
@@ -92,6 +94,6 @@ def test_callback_mines_with_the_current_model():
     # a model that stretches the second coordinate moves class 3 away: class 1 is now hardest
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0], [0, 100.0]]))
-    cb.on_epoch_start(1)
+    cb.on_epoch_start(SimpleNamespace(epoch=1, step=4))
     assert all(labels[s.hard[int(r)][0]] == 1 for r in rows)
     assert len(cb.history) == 2

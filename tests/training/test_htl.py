@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
     sampler = HierarchicalSampler(labels, tree0, anchor_classes=1, neighbours=1, per_class=2)
     loss = HierarchicalTripletLoss(tree0)
     cb = HTLCallback(embedder=fake, sampler=sampler, loss=loss, levels=4, out_dir=tmp_path)
-    cb.on_epoch_start(0)
+    cb.on_epoch_start(SimpleNamespace(epoch=0, step=0))
     assert fake.calls == 1 and cb.count == 1 and cb.seconds > 0
     # the rebuilt tree (from the model's embeddings) now pairs class 0 with class 2
     assert sampler.tree is loss.tree is cb.tree
@@ -120,8 +121,8 @@ def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
     assert (tmp_path / "tree_epoch001.json").is_file()
     assert (tmp_path / "dendrogram_epoch001.png").is_file()
     for step in range(1, 10):
-        cb.on_step_end(step)
-    cb.on_epoch_start(1)
+        cb.on_step_end(SimpleNamespace(epoch=0, step=step))
+    cb.on_epoch_start(SimpleNamespace(epoch=1, step=9))
     assert fake.calls == 2 and (tmp_path / "tree_epoch002.json").is_file()
 
 
@@ -133,10 +134,10 @@ def test_callback_every_n_steps():
     tree = ClassTree.rebuild(emb, labels, levels=2)
     cb = HTLCallback(embedder=fake, sampler=HierarchicalSampler(labels, tree),
                      loss=HierarchicalTripletLoss(tree), levels=2, every_steps=4)
-    cb.on_epoch_start(0)  # the first rebuild happens before the first step in any case
+    cb.on_epoch_start(SimpleNamespace(epoch=0, step=0))  # the first rebuild: before any step
     for step in range(1, 13):
-        cb.on_step_end(step)
-    cb.on_epoch_start(1)  # not an epoch-wise schedule: no rebuild here
+        cb.on_step_end(SimpleNamespace(epoch=0, step=step))
+    cb.on_epoch_start(SimpleNamespace(epoch=1, step=12))  # not epoch-wise: no rebuild here
     assert fake.calls == 1 + 3
 
 
@@ -158,3 +159,37 @@ def test_htl_training_step_pulls_tree_neighbours_apart():
         loss.backward()
         opt.step()
     assert loss.item() < first and centre_gap() > before
+
+
+def test_without_a_tree_sampler_draws_random_neighbours_and_loss_refuses():
+    _, labels = _clustered()
+    s = HierarchicalSampler(labels, None, anchor_classes=1, neighbours=2, per_class=2,
+                            num_batches=30, seed=0)
+    pairs = {tuple(sorted(set(labels[b].tolist()))) for b in s}
+    assert all(len(p) == 3 for p in pairs) and len(pairs) > 5  # not tied to any tree
+    with pytest.raises(RuntimeError, match="no class tree"):
+        HierarchicalTripletLoss()(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]))
+
+
+def test_callback_builds_its_embedder_from_the_training_state(tmp_path, digits_dir):
+    """on_train_start: eval-transform embeddings of state.dataset's samples by state.model;
+    trees land in <run>/htl with the class names."""
+    from training.backbones import build_model
+    from training.data import LabelledImages, list_image_folder
+    from training.htl import HTLCallback
+    from training.spec import ModelSpec
+    from training.transforms import train_transform
+
+    samples = [s for s in list_image_folder(digits_dir) if s.label in "0123"][::8]
+    spec = ModelSpec(arch="smallcnn", embedding_dim=4, input_size=16, arch_kwargs={"width": 4})
+    ds = LabelledImages(samples, train_transform(spec))
+    state = SimpleNamespace(model=build_model(spec), spec=spec, dataset=ds, out=tmp_path,
+                            config={"seed": 0}, epoch=0, step=0)
+    sampler = HierarchicalSampler(ds.targets, anchor_classes=1, neighbours=1, per_class=2)
+    cb = HTLCallback(sampler=sampler, loss=HierarchicalTripletLoss(), levels=2, max_per_class=3)
+    cb.on_train_start(state)
+    cb.on_epoch_start(state)
+    assert cb.tree is not None and cb.tree.n_classes == 4
+    assert len(cb.embedder.labels) == 12  # 3 per class
+    tree = json.loads((tmp_path / "htl" / "tree_epoch001.json").read_text())
+    assert tree["classes"] == ["0", "1", "2", "3"]
