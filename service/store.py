@@ -58,7 +58,7 @@ def ids_by_keys(session: Session, keys: Iterable[str], *, collection: str) -> di
     if not keys:
         return {}
     return dict(session.execute(select(ImageRow.key, ImageRow.id).where(
-        ImageRow.collection == collection, ImageRow.key.in_(keys))).tuples().all())
+        ImageRow.collection == collection, ImageRow.key.in_(keys))).all())
 
 
 def matching_ids(session: Session, *, collection: str, labels: Sequence[str] = (),
@@ -76,7 +76,7 @@ def identity_entries(session: Session, label: str, *, collection: str) -> list[t
     """(id, key) of every image enrolled under ``label``."""
     return list(session.execute(select(ImageRow.id, ImageRow.key).where(
         ImageRow.collection == collection, ImageRow.label == label).order_by(ImageRow.id))
-        .tuples().all())
+        .all())
 
 
 class BlobStore:
