@@ -89,14 +89,37 @@ def setup_rank_logging(info: DistInfo) -> None:
         logging.getLogger().setLevel(logging.WARNING)
 
 
+class TransparentDDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that the rest of the code need not know about:
+
+    - ``state_dict`` / ``load_state_dict`` are the wrapped module's (no ``module.`` prefix),
+      so checkpoints written under DDP load anywhere;
+    - a forward in eval mode or without gradients runs the module directly, with no
+      collective, so rank 0 alone may evaluate (validation, calibration, embedding passes)
+      without the other ranks having to join.
+    """
+
+    def forward(self, *args, **kwargs):
+        if not self.training or not torch.is_grad_enabled():
+            return self.module(*args, **kwargs)
+        return super().forward(*args, **kwargs)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """DistributedDataParallel around the model when distributed (gradients are averaged
-    across ranks in backward; BatchNorm buffers are broadcast from rank 0 every forward)."""
+    """``TransparentDDP`` around the model when distributed: rank 0's weights are broadcast
+    at construction, gradients are averaged across ranks in backward, BatchNorm buffers are
+    broadcast from rank 0 at every training forward (see ``sync_buffers`` for after it)."""
     model = model.to(info.device)
     if not info.enabled:
         return model
     ids = [info.local_rank] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return TransparentDDP(model, device_ids=ids)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

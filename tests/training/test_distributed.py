@@ -59,6 +59,14 @@ def test_embed_dataset_keeps_order_and_eval_mode():
     assert np.allclose(out, model(x[[7, 2, 5]]).detach().numpy(), atol=1e-6)
 
 
+def build_model_state_keys():
+    from training.backbones import build_model
+    from training.spec import ModelSpec
+
+    spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=16, arch_kwargs={"width": 4})
+    return build_model(spec).state_dict().keys()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,7 +108,12 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         opt.step()
     ds = TensorDataset(images, torch.as_tensor(labels))
     emb = embed_dataset(model, ds, info=info, batch_size=5)
-    state = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # no "module." prefix
+    model.eval()
+    assert torch.equal(model(images[:3]), unwrap(model)(images[:3]))  # no collective: rank-local
+    if rank == 0:
+        model(images[:2])  # rank 0 alone evaluates: must not wait for rank 1
+    model.train()
     torch.save({"state": state, "batches": batches, "emb": torch.from_numpy(emb),
                 "own_init": own_init, "start": start},
                os.path.join(tmp, f"rank{rank}.pt"))
@@ -114,6 +127,7 @@ def test_two_processes_train_one_model(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # identical weights (and BN buffers) on both ranks after the steps
+    assert set(r0["state"]) == set(build_model_state_keys())
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     # the ranks began from different draws; DDP started both from rank 0's, and training moved it
