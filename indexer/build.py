@@ -1,4 +1,4 @@
-"""Build an index version from an image folder: catalogue rows, embeddings, FAISS, manifest."""
+"""Build an index version from an image folder: catalogue rows, embeddings, tuned FAISS, manifest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,21 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from sqlalchemy.orm import Session
 
-from indexer.catalog import DEFAULT_COLLECTION, open_catalog, sha256_file, upsert_images
+from indexer import construct
+from indexer.catalog import (
+    DEFAULT_COLLECTION,
+    ModelRow,
+    open_catalog,
+    record_index_version,
+    register_model,
+    sha256_file,
+    upsert_images,
+)
+from indexer.construct import AUTO, BuiltIndex, IndexingConfig, index_vectors
+from indexer.embedding import embed_unique, progress_bar
+from indexer.factory import parse_factory
 from indexer.versions import Manifest, new_version_name, publish_index_version
 from training.data import Sample, list_image_folder
 from training.embedder import Embedder
@@ -25,11 +38,21 @@ class BuildConfig:
     index_root: str
     catalog_url: str
     collection: str = DEFAULT_COLLECTION
-    factory: str = "Flat"
+    factory: str = AUTO  # a FAISS factory string, or "auto" (chosen by size and memory budget)
     batch_size: int = 64
     num_workers: int = 2
     keep_versions: int = 5
     progress: bool = True
+    memory_budget_mb: float = 2048.0
+    target_recall: float = 0.95  # recall@10 the search parameters are tuned to
+    tuning_queries: int = 500
+    seed: int = 0
+
+    def indexing(self) -> IndexingConfig:
+        return IndexingConfig(factory=self.factory, memory_budget_mb=self.memory_budget_mb,
+                              target_recall=self.target_recall,
+                              tuning_queries=self.tuning_queries, seed=self.seed,
+                              progress=self.progress)
 
 
 def image_key(root: Path, path: Path) -> str:
@@ -38,12 +61,56 @@ def image_key(root: Path, path: Path) -> str:
 
 
 def make_index(factory: str, dim: int, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """An IndexIDMap2 over ``factory`` (L2 metric) holding ``vectors`` under catalogue ``ids``."""
-    if factory != "Flat":
-        raise ValueError(f"unsupported factory {factory!r} (this build supports: Flat)")
-    index = faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_L2))
-    index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
-    return index
+    """An index over ``factory`` (L2 metric) holding ``vectors`` under catalogue ``ids``
+    (IVF/PQ trained on a sample of them; see :func:`indexer.construct.make_index`)."""
+    return construct.make_index(factory, dim, vectors, ids)
+
+
+def model_row(session: Session, embedder: Embedder, checkpoint: str) -> ModelRow:
+    """The catalogue's row for the embedder's checkpoint (created on first use)."""
+    from training.checkpoint import load_checkpoint
+
+    metrics = load_checkpoint(checkpoint).metrics
+    return register_model(session, checkpoint_sha256=embedder.checkpoint_sha256,
+                          name=embedder.spec.name, path=str(Path(checkpoint).resolve()),
+                          spec=embedder.spec.to_dict(), metrics=_jsonable(metrics),
+                          threshold=embedder.spec.threshold)
+
+
+def _jsonable(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def manifest_for(built: BuiltIndex, embedder: Embedder, *, collection: str, requested: str,
+                 cfg: IndexingConfig, seconds: float, version: str | None = None) -> Manifest:
+    """The manifest of a freshly built index."""
+    return Manifest(
+        version=version or new_version_name(), factory=built.factory, metric=cfg.metric,
+        dimension=embedder.dim, count=int(built.index.ntotal),
+        checkpoint_sha256=embedder.checkpoint_sha256, model_version=embedder.model_version,
+        threshold=embedder.spec.threshold, collection=collection,
+        recall_at_10=round(float(built.recall), 4), search_params=dict(built.search_params),
+        build_seconds=round(seconds, 3), count_at_build=int(built.index.ntotal),
+        requested_factory=requested, target_recall=cfg.target_recall,
+        tuning_queries=min(cfg.tuning_queries, int(built.index.ntotal)),
+        build_params={"train_size": built.train_size, "memory_budget_mb": cfg.memory_budget_mb,
+                      "met_target": built.met_target, "candidates": built.candidates})
+
+
+def publish_built(session: Session, index_root: str, built: BuiltIndex, manifest: Manifest, *,
+                  model_id: int | None, keep: int) -> Path:
+    """Publish the version and record it in the catalogue (in the caller's transaction: if
+    publishing fails the rows roll back; if the commit fails the version is already current,
+    and the next build or reindex records its successor)."""
+    path = publish_index_version(index_root, built.index, manifest, keep=keep)
+    record_index_version(session, name=manifest.version, collection=manifest.collection,
+                         factory=manifest.factory, model_id=model_id,
+                         params={"search": manifest.search_params, **manifest.build_params},
+                         count=manifest.count, recall_at_10=manifest.recall_at_10,
+                         path=str(path.resolve()), build_seconds=manifest.build_seconds)
+    return path
 
 
 def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Path:
@@ -51,23 +118,28 @@ def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Pat
     t0 = time.perf_counter()
     root = Path(cfg.images)
     samples = samples if samples is not None else list_image_folder(root)
+    icfg = cfg.indexing()
     embedder = Embedder.from_checkpoint(cfg.checkpoint)
+    if icfg.factory != AUTO:
+        parse_factory(icfg.factory, embedder.dim)  # fail before embedding, not after
     Session = open_catalog(cfg.catalog_url)
     rows = [{"key": image_key(root, Path(s.path)), "path": str(Path(s.path).resolve()),
              "label": s.label, "sha256": sha256_file(s.path)} for s in samples]
-    vectors = embedder.embed_paths([s.path for s in samples], batch_size=cfg.batch_size,
-                                   num_workers=cfg.num_workers, progress=cfg.progress)
+    with progress_bar(len(rows), desc="embed", enabled=cfg.progress) as bar:
+        vectors = embed_unique(embedder, [s.path for s in samples], [r["sha256"] for r in rows],
+                               batch_size=cfg.batch_size, num_workers=cfg.num_workers, bar=bar)
     with Session.begin() as session:
         images = upsert_images(session, rows, collection=cfg.collection)
         ids = np.array([im.id for im in images], np.int64)
-        index = make_index(cfg.factory, embedder.dim, vectors, ids)
-        manifest = Manifest(
-            version=new_version_name(), factory=cfg.factory, metric="l2",
-            dimension=embedder.dim, count=int(index.ntotal),
-            checkpoint_sha256=embedder.checkpoint_sha256, model_version=embedder.model_version,
-            threshold=embedder.spec.threshold, collection=cfg.collection, recall_at_10=1.0,
-            build_seconds=time.perf_counter() - t0)
-        # publish inside the transaction: if publishing fails, the rows roll back too
-        path = publish_index_version(cfg.index_root, index, manifest, keep=cfg.keep_versions)
-    log.info("published %s: %d images in %.1fs", path, manifest.count, manifest.build_seconds)
+        built = index_vectors(vectors, ids, icfg)
+        manifest = manifest_for(built, embedder, collection=cfg.collection,
+                                requested=cfg.factory, cfg=icfg,
+                                seconds=time.perf_counter() - t0)
+        model = model_row(session, embedder, cfg.checkpoint)
+        path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
+                             keep=cfg.keep_versions)
+    log.info("published %s: %d images, %s %s, recall@10 %.3f, %.1fs", path, manifest.count,
+             manifest.factory, manifest.search_params, manifest.recall_at_10 or 0,
+             manifest.build_seconds)
     return path
+

@@ -1,33 +1,101 @@
-"""Command-line entry points of the indexer: index build."""
+"""Command-line entry points of the indexer: index build/list/migrate, and reindex."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 DEFAULT_CATALOG = os.environ.get("IMGSIM_CATALOG_URL", "sqlite:///var/catalog.db")
 DEFAULT_INDEX_ROOT = os.environ.get("IMGSIM_INDEX_ROOT", "var/index")
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index-root", default=DEFAULT_INDEX_ROOT,
+                   help="where versions live (env IMGSIM_INDEX_ROOT; default %(default)s)")
+    p.add_argument("--catalog", default=DEFAULT_CATALOG,
+                   help="SQLAlchemy URL, sqlite:///... or postgresql+psycopg://... "
+                        "(env IMGSIM_CATALOG_URL; default %(default)s)")
+
+
+def _indexing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="default")
+    p.add_argument("--factory", default="auto",
+                   help="auto (choose by size and memory budget, measured), or a FAISS factory "
+                        "string: Flat, HNSW32, IVF1024,Flat, IVF4096,PQ16, IVF1024,SQ8, ...")
+    p.add_argument("--memory-budget-mb", type=float, default=2048.0,
+                   help="memory the index may use; auto picks compressed codes to fit it")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="recall@10 (vs exact search, on held-out queries) that nprobe/efSearch "
+                        "are tuned to; the measured value goes in the manifest")
+    p.add_argument("--tuning-queries", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader processes decoding images while the model runs")
+    p.add_argument("--keep-versions", type=int, default=5, help="published versions to keep")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     idx = sub.add_parser("index", help="build and inspect FAISS index versions",
-                         description="Build and inspect FAISS index versions.")
+                         description="Build and inspect FAISS index versions, and migrate the "
+                                     "catalogue database.")
     isub = idx.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     b = isub.add_parser("build", help="embed an image folder and publish an index version",
                         description="Catalogue every image of <images>/<label>/<file>, embed it "
-                                    "with the checkpoint and publish a new index version "
-                                    "(atomically) under --index-root.")
+                                    "with the checkpoint (identical content once), build the "
+                                    "index (auto: chosen and tuned to the target recall), and "
+                                    "publish a new version atomically under --index-root.")
     b.add_argument("--checkpoint", required=True)
     b.add_argument("--images", required=True, help="image folder, one sub-folder per label")
-    b.add_argument("--index-root", default=DEFAULT_INDEX_ROOT,
-                   help="where versions live (env IMGSIM_INDEX_ROOT; default %(default)s)")
-    b.add_argument("--catalog", default=DEFAULT_CATALOG,
-                   help="SQLAlchemy URL (env IMGSIM_CATALOG_URL; default %(default)s)")
-    b.add_argument("--collection", default="default")
-    b.add_argument("--factory", default="Flat", help="FAISS factory string")
-    b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--num-workers", type=int, default=2)
+    _common(b)
+    _indexing(b)
     b.set_defaults(func=_build)
+
+    ls = isub.add_parser("list", help="list published index versions",
+                         description="One line per version under --index-root (newest last): "
+                                     "factory, count, search parameters, measured recall@10; "
+                                     "the current one is marked with '*'.")
+    ls.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    ls.set_defaults(func=_list)
+
+    m = isub.add_parser("migrate", help="migrate the catalogue schema (Alembic)",
+                        description="Bring the catalogue database to the latest schema revision "
+                                    "(or --revision). Opening a catalogue does this too; run it "
+                                    "explicitly before rolling out a new release.")
+    m.add_argument("--catalog", default=DEFAULT_CATALOG)
+    m.add_argument("--revision", default="head")
+    m.set_defaults(func=_migrate)
+
+    r = sub.add_parser(
+        "reindex", help="re-embed a collection with a new checkpoint into a new index version",
+        description="Re-embed every catalogued image of a collection with --checkpoint and "
+                    "publish a new index version. Resumable: embeddings are written in chunks "
+                    "under --work-dir; after a crash or kill, the same command skips finished "
+                    "chunks. Past one machine: run `--prepare` once (plans; for IVF trains on "
+                    "a sample), then N workers `--shard i/N` (any scheduler, shared work dir), "
+                    "then `--merge` once (FAISS merges the IVF inverted lists). See "
+                    "docs/INDEXER.md.")
+    r.add_argument("--checkpoint", required=True)
+    _common(r)
+    _indexing(r)
+    r.add_argument("--work-dir", default=None,
+                   help="shared directory for the plan and embedding chunks "
+                        "(default <index-root>/reindex/<collection>-<checkpoint sha>)")
+    r.add_argument("--chunk-size", type=int, default=2048,
+                   help="images per chunk, the unit of resumption and sharding")
+    r.add_argument("--keep-work", action="store_true",
+                   help="keep the work directory (embeddings) after publishing")
+    stage = r.add_mutually_exclusive_group()
+    stage.add_argument("--shard", default=None, metavar="I/N",
+                       help="only embed (and, after --prepare, add) worker I's part of N")
+    stage.add_argument("--prepare", action="store_true",
+                       help="only write the plan and, for IVF, train on a sample of chunks")
+    stage.add_argument("--merge", action="store_true",
+                       help="only assemble the index from all workers' output and publish")
+    stage.add_argument("--status", action="store_true", help="print progress as JSON")
+    r.set_defaults(func=_reindex)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -37,8 +105,76 @@ def _build(args: argparse.Namespace) -> int:
     path = build_index(BuildConfig(checkpoint=args.checkpoint, images=args.images,
                                    index_root=args.index_root, catalog_url=args.catalog,
                                    collection=args.collection, factory=args.factory,
-                                   batch_size=args.batch_size, num_workers=args.num_workers))
+                                   batch_size=args.batch_size, num_workers=args.num_workers,
+                                   keep_versions=args.keep_versions,
+                                   memory_budget_mb=args.memory_budget_mb,
+                                   target_recall=args.target_recall,
+                                   tuning_queries=args.tuning_queries, seed=args.seed))
     print(f"published {path}")
+    _print_manifest(path)
+    return 0
+
+
+def _print_manifest(path: Path) -> None:
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    print(f"  {m['factory']} {m['search_params'] or ''} count={m['count']} "
+          f"recall@10={m['recall_at_10']} build={m['build_seconds']:.1f}s")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from indexer.versions import current_version_name
+
+    root = Path(args.index_root) / "versions"
+    if not root.is_dir():
+        raise FileNotFoundError(f"no index versions under {args.index_root}")
+    try:
+        current = current_version_name(args.index_root)
+    except FileNotFoundError:
+        current = ""
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        m = json.loads((d / "manifest.json").read_text())
+        print(f"{'*' if d.name == current else ' '} {d.name} {m['collection']} {m['factory']} "
+              f"{json.dumps(m.get('search_params') or {})} count={m['count']} "
+              f"recall@10={m.get('recall_at_10')} model={m['model_version']}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from indexer.catalog import make_engine
+    from indexer.migrate import upgrade_catalog
+
+    _ensure_sqlite_dir(args.catalog)
+    print(f"catalogue at revision {upgrade_catalog(make_engine(args.catalog), args.revision)}")
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from indexer import reindex as rx
+
+    _ensure_sqlite_dir(args.catalog)
+    if args.chunk_size < 1:
+        raise ValueError("--chunk-size must be positive")
+    cfg = rx.ReindexConfig(checkpoint=args.checkpoint, catalog_url=args.catalog,
+                           index_root=args.index_root, collection=args.collection,
+                           work_dir=args.work_dir, factory=args.factory,
+                           chunk_size=args.chunk_size, batch_size=args.batch_size,
+                           num_workers=args.num_workers, memory_budget_mb=args.memory_budget_mb,
+                           target_recall=args.target_recall, tuning_queries=args.tuning_queries,
+                           seed=args.seed, keep_versions=args.keep_versions,
+                           keep_work=args.keep_work)
+    if args.status:
+        print(json.dumps(rx.status(cfg), indent=2))
+    elif args.prepare:
+        print(f"prepared: factory {rx.prepare(cfg)}")
+    elif args.shard:
+        i, n = rx.parse_shard(args.shard)
+        plan = rx.run_shard(cfg, i, n)
+        print(f"shard {i}/{n} done: chunks {list(rx.shard_chunks(plan.num_chunks, i, n))} "
+              f"under {plan.work}")
+    else:
+        path = rx.merge(cfg) if args.merge else rx.reindex(cfg)
+        print(f"published {path}")
+        _print_manifest(path)
     return 0
 
 

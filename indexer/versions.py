@@ -42,6 +42,11 @@ class Manifest:
     added_since_build: int = 0
     removed_since_build: int = 0
     tombstones: int = 0  # removed entries still stored (indexes without remove_ids, e.g. HNSW)
+    # how the index was chosen and tuned
+    requested_factory: str = ""  # what was asked for ("auto" or a factory string)
+    target_recall: float | None = None  # recall@10 the search parameters were tuned to
+    tuning_queries: int = 0  # held-out queries the recall was measured on
+    build_params: dict = field(default_factory=dict)  # train size, memory budget, candidates
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:

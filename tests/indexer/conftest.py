@@ -105,3 +105,15 @@ def catalog_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     return _new_pg_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_faiss_thread():
+    """One OpenMP thread: on a busy 2-core machine a team of two spin-waits for its second
+    thread and runs several times slower; results do not depend on the thread count."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
