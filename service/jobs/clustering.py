@@ -1,0 +1,148 @@
+"""Clustering a collection's embeddings ("who is who" in an unlabelled album): FAISS k-means,
+scikit-learn agglomerative or DBSCAN; NMI and purity when labels are known; galleries."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.jobs.context import JobContext
+from service.jobs.registry import register_job
+
+
+def _l2n(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def kmeans(vectors: np.ndarray, *, n_clusters: int, seed: int = 0, **_kw) -> np.ndarray:
+    """FAISS k-means (several restarts, the best kept) on L2-normalised vectors."""
+    import faiss
+
+    x = np.ascontiguousarray(_l2n(vectors), np.float32)
+    km = faiss.Kmeans(x.shape[1], n_clusters, niter=50, nredo=5, seed=seed, verbose=False,
+                      min_points_per_centroid=1)
+    km.train(x)
+    return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def agglomerative(vectors: np.ndarray, *, n_clusters: int, linkage: str = "average",
+                  **_kw) -> np.ndarray:
+    """Agglomerative clustering with cosine distances (average linkage by default)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    metric = "euclidean" if linkage == "ward" else "cosine"
+    return AgglomerativeClustering(n_clusters=n_clusters, linkage=linkage,
+                                   metric=metric).fit_predict(vectors).astype(np.int64)
+
+
+def dbscan(vectors: np.ndarray, *, eps: float = 0.5, min_samples: int = 3, **_kw) -> np.ndarray:
+    """Density-based: no number of clusters needed; -1 marks noise (unclustered images).
+    eps is a Euclidean distance between L2-normalised embeddings."""
+    from sklearn.cluster import DBSCAN
+
+    return DBSCAN(eps=eps, min_samples=min_samples).fit_predict(_l2n(vectors)).astype(np.int64)
+
+
+CLUSTERERS: dict[str, Callable[..., np.ndarray]] = {
+    "kmeans": kmeans,
+    "agglomerative": agglomerative,
+    "dbscan": dbscan,
+}
+
+
+def cluster_embeddings(vectors: np.ndarray, method: str, **kwargs) -> np.ndarray:
+    """(n, d) -> (n,) cluster ids (-1 = noise, DBSCAN only)."""
+    if method not in CLUSTERERS:
+        raise ValueError(f"unknown clustering method {method!r}; "
+                         f"valid: {', '.join(sorted(CLUSTERERS))}")
+    n = len(vectors)
+    k = kwargs.get("n_clusters")
+    if method != "dbscan" and (k is None or not 1 <= k <= n):
+        raise ValueError(f"n_clusters must be between 1 and the number of images ({n}), got {k}")
+    return CLUSTERERS[method](vectors, **kwargs)
+
+
+def purity(true: list[str] | np.ndarray, pred: np.ndarray) -> float:
+    """Sum over clusters of the size of its most common true label, divided by n.
+    Noise (-1) counts as singleton clusters."""
+    true = np.asarray(true)
+    pred = np.asarray(pred)
+    total = int(np.sum(pred == -1))
+    for c in np.unique(pred[pred != -1]):
+        total += Counter(true[pred == c].tolist()).most_common(1)[0][1]
+    return total / len(true)
+
+
+def nmi(true: list[str] | np.ndarray, pred: np.ndarray) -> float:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(np.asarray(true), np.asarray(pred)))
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    checkpoint: str = ""      # default: the worker's model
+    images: str = ""          # image folder <label>/<file>; empty: the index below
+    index_root: str = ""
+    catalog_url: str = ""
+    method: str = "kmeans"
+    n_clusters: int = 0       # 0: the number of distinct labels (when known)
+    linkage: str = "average"
+    eps: float = 0.5
+    min_samples: int = 3
+    max_images: int = 2000
+    gallery_clusters: int = 12
+    gallery_per_cluster: int = 10
+    seed: int = 0
+
+
+@register_job("cluster", ClusterParams,
+              "cluster a collection's embeddings; NMI/purity when labels are known; galleries")
+def run_cluster(p: ClusterParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.embeddings import thumbnail
+    from service.jobs.visualization.jobs import embedding_source
+    from service.jobs.visualization.plots import gallery
+
+    data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
+                            index_root=p.index_root, catalog_url=p.catalog_url,
+                            max_images=p.max_images, seed=p.seed)
+    labelled = all(data.labels)
+    k = p.n_clusters or (len(set(data.labels)) if labelled else 0)
+    if p.method != "dbscan" and k <= 0:
+        raise ValueError("n_clusters is needed when the images carry no labels")
+    ctx.progress(0.3, f"clustering {len(data.labels)} embeddings with {p.method}")
+    pred = cluster_embeddings(data.vectors, p.method, n_clusters=k, linkage=p.linkage,
+                              eps=p.eps, min_samples=p.min_samples, seed=p.seed)
+    sizes = Counter(pred[pred != -1].tolist())
+    summary = {"method": p.method, "images": len(pred), "clusters": len(sizes),
+               "noise": int(np.sum(pred == -1))}
+    if labelled:
+        summary |= {"labels": len(set(data.labels)), "nmi": nmi(data.labels, pred),
+                    "purity": purity(data.labels, pred)}
+    ctx.report.table([summary], "clustering summary (NMI and purity against the known labels)")
+    out = ctx.path("clusters.csv")
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "cluster"])
+        w.writerows(zip(data.paths, data.labels, pred.tolist(), strict=True))
+    ctx.add_artifact(out, "cluster of every image")
+    (ctx.path("summary.json")).write_text(json.dumps(summary, indent=2))
+    ctx.add_artifact(ctx.path("summary.json"), "summary")
+    ctx.progress(0.7, "drawing cluster galleries")
+    rows = []
+    for c, size in sizes.most_common(p.gallery_clusters):
+        members = np.flatnonzero(pred == c)[:p.gallery_per_cluster]
+        major = Counter(data.labels[i] for i in np.flatnonzero(pred == c)).most_common(1)[0][0]
+        hits = [(thumbnail(data.paths[i], 64), data.labels[i] or "?",
+                 (data.labels[i] == major) if labelled else None) for i in members]
+        rows.append((hits[0][0], f"cluster {c}\n{size} images" +
+                     (f"\nmostly {major}" if labelled else ""), hits))
+    if rows:
+        ctx.add_artifact(gallery(rows, ctx.path("clusters.png"),
+                                 title=f"{p.method}: the {len(rows)} largest clusters"),
+                         "largest clusters (frame: green = the cluster's majority label)")
