@@ -8,13 +8,15 @@ import sys
 
 import indexer.cli
 import service.cli
+import service.jobs.cli
 import training.cli
 import training.dlib.cli
 import training.pretrain_cli
 
 # Each package adds its own subcommands; later packages may add more registrars here.
 REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
-              training.dlib.cli.register, training.pretrain_cli.register]
+              training.dlib.cli.register, training.pretrain_cli.register,
+              service.jobs.cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,109 @@
+"""Segmentation job kinds: segment-train, segment-predict, segment-eval (run by the job worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from service.jobs.context import JobContext
+from service.jobs.registry import register_job
+from service.jobs.segmentation.train import DEFAULT_DATA, SegTrainConfig
+
+
+@dataclass(frozen=True)
+class SegTrainParams(SegTrainConfig):
+    """segment-train: SegTrainConfig's fields; ``out`` defaults to the job's folder."""
+
+    out: str = ""
+
+
+@register_job("segment-train", SegTrainParams,
+              "train a U-Net or SegNet on ISBI 2012 slices and score held-out slices")
+def run_train(p: SegTrainParams, ctx: JobContext) -> None:
+    from service.jobs.segmentation.train import load_seg_checkpoint, train_segmenter
+
+    cfg = replace(p, out=p.out or str(ctx.out_dir), data=_data(p.data, ctx))
+    path = train_segmenter(SegTrainConfig(**cfg.__dict__), progress=ctx.progress)
+    ctx.add_artifact(path, "segmentation checkpoint")
+    metrics = load_seg_checkpoint(path).metrics
+    ctx.report.table([{"metric": k, "value": v} for k, v in _flat(metrics).items()],
+                     "training and held-out validation metrics")
+    m = ctx.path("metrics.json")
+    m.write_text(json.dumps(metrics, indent=2))
+    ctx.add_artifact(m, "metrics")
+
+
+@dataclass(frozen=True)
+class SegPredictParams:
+    checkpoint: str
+    images: tuple[str, ...] = ()     # image files; empty: the ISBI test slices
+    data: str = ""
+    threshold: float = 0.5
+    tile: int = 256
+    margin: int = 32
+    tta: bool = False
+
+
+@register_job("segment-predict", SegPredictParams,
+              "segment images with a trained segmenter: masks, probability maps, overlays")
+def run_predict(p: SegPredictParams, ctx: JobContext) -> None:
+    from service.jobs.segmentation.predict import predict_files
+
+    images = list(p.images) or sorted(
+        (Path(_data(p.data, ctx)) / "test").glob("*.png"), key=lambda f: int(f.stem))
+    rows = predict_files(p.checkpoint, images, ctx.out_dir, threshold=p.threshold, tile=p.tile,
+                         margin=p.margin, tta=p.tta, progress=ctx.progress)
+    for r in rows:
+        ctx.add_artifact(r["mask"], f"{r['name']}: predicted mask (black = membrane)",
+                         in_report=False)
+        ctx.add_artifact(r["overlay"], f"{r['name']}: predicted membrane in red")
+
+
+@dataclass(frozen=True)
+class SegEvalParams:
+    checkpoint: str
+    slices: str = "20-23"
+    data: str = ""
+    threshold: float = 0.5
+    tile: int = 256
+    margin: int = 32
+    tta: bool = False
+
+
+@register_job("segment-eval", SegEvalParams,
+              "score a segmenter on labelled ISBI slices: pixel error, foreground IoU, Rand error")
+def run_eval(p: SegEvalParams, ctx: JobContext) -> None:
+    from service.jobs.segmentation.predict import evaluate_slices
+
+    summary, rows = evaluate_slices(p.checkpoint, _data(p.data, ctx), p.slices, ctx.out_dir,
+                                    threshold=p.threshold, tile=p.tile, margin=p.margin,
+                                    tta=p.tta, progress=ctx.progress)
+    ctx.report.table([{k: v for k, v in r.items() if k != "overlay"} for r in rows],
+                     "per held-out slice")
+    ctx.report.table([summary], "mean over slices")
+    for r in rows:
+        ctx.add_artifact(r["overlay"], f"slice {r['slice']}: red = predicted membrane, "
+                                       f"blue = missed membrane")
+    m = ctx.path("scores.json")
+    m.write_text(json.dumps({"mean": summary, "slices": rows}, indent=2))
+    ctx.add_artifact(m, "scores")
+
+
+def _data(data: str, ctx: JobContext) -> str:
+    if data:
+        return data
+    if ctx.defaults.data_root:
+        return os.path.join(ctx.defaults.data_root, "isbi2012")
+    return DEFAULT_DATA
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -1,0 +1,412 @@
+"""Visualization job kinds: t-SNE, filters and feature maps, DeconvNet / guided backprop,
+gradient ascent, Deep Dream, style transfer, occlusion (class score and verification),
+retrieval galleries, and the digit classifier used by the classifier demos."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.jobs.context import JobContext
+from service.jobs.registry import register_job
+
+
+def _checkpoint(checkpoint: str, ctx: JobContext) -> str:
+    ck = checkpoint or ctx.defaults.checkpoint
+    if not ck:
+        raise ValueError("this job needs a checkpoint (param 'checkpoint', or the worker's "
+                         "--checkpoint default)")
+    return ck
+
+
+def embedding_source(ctx: JobContext, *, checkpoint: str, images: str, index_root: str,
+                     catalog_url: str, max_images: int, seed: int):
+    """Embeddings of an image folder (embedded with the checkpoint) or of an index version."""
+    from service.jobs.visualization.embeddings import from_folder, from_index
+
+    if images:
+        ctx.progress(0.05, f"embedding {images}")
+        return from_folder(_checkpoint(checkpoint, ctx), images, max_images=max_images,
+                           seed=seed)
+    root = index_root or ctx.defaults.index_root
+    url = catalog_url or ctx.defaults.catalog_url
+    if not root or not url:
+        raise ValueError("give 'images' (a folder) or an index ('index_root' and 'catalog_url')")
+    return from_index(root, url).sample(max_images, seed=seed)
+
+
+# -- t-SNE ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TsneParams:
+    checkpoint: str = ""
+    images: str = ""
+    index_root: str = ""
+    catalog_url: str = ""
+    perplexity: float = 30.0
+    sample: int = 1000        # points in the map
+    thumbnails: int = 40      # points drawn as thumbnails
+    seed: int = 0
+
+
+@register_job("tsne", TsneParams, "t-SNE map of a collection's embeddings, coloured by label, "
+                                  "with thumbnails")
+def run_tsne(p: TsneParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.embeddings import knn_label_agreement, thumbnail, tsne_2d
+    from service.jobs.visualization.plots import scatter_with_thumbnails
+
+    data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
+                            index_root=p.index_root, catalog_url=p.catalog_url,
+                            max_images=p.sample, seed=p.seed)
+    ctx.progress(0.3, f"t-SNE of {len(data.labels)} points")
+    pts = tsne_2d(data.vectors, perplexity=p.perplexity, seed=p.seed)
+    rng = np.random.default_rng(p.seed)
+    picks = rng.choice(len(pts), min(p.thumbnails, len(pts)), replace=False)
+    thumbs = {int(i): thumbnail(data.paths[i], 28) for i in picks}
+    ctx.progress(0.8, "drawing")
+    png = scatter_with_thumbnails(pts, [lab or "?" for lab in data.labels], ctx.path("tsne.png"),
+                                  thumbs=thumbs, title=f"t-SNE (perplexity {p.perplexity:g}) of "
+                                                       f"{len(pts)} embeddings")
+    ctx.add_artifact(png, "t-SNE of the embeddings, coloured by label")
+    np.savetxt(ctx.path("tsne.csv"), pts, delimiter=",", header="x,y", comments="")
+    ctx.add_artifact(ctx.path("tsne.csv"), "2-D coordinates, in the order of the images")
+    if all(data.labels):
+        ctx.report.table([{"points": len(pts),
+                           "5-NN label agreement in 2-D": knn_label_agreement(pts, data.labels),
+                           "5-NN label agreement in the embedding":
+                               knn_label_agreement(data.vectors, data.labels)}],
+                         "how well the map keeps labels together")
+
+
+# -- filters and feature maps ---------------------------------------------------------------
+@dataclass(frozen=True)
+class FiltersParams:
+    checkpoint: str = ""
+    image: str = ""                  # feature maps of this image (optional)
+    layers: tuple[str, ...] = ()     # default: the first three ReLU layers
+    max_channels: int = 16
+
+
+@register_job("filters", FiltersParams, "first-layer filters, and feature maps of chosen layers "
+                                        "for an image")
+def run_filters(p: FiltersParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.features import feature_maps, first_layer_filters
+    from service.jobs.visualization.models import load_model, relu_layers
+    from service.jobs.visualization.plots import feature_maps_figure, filters_figure
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    name, w = first_layer_filters(m.model)
+    ctx.add_artifact(filters_figure(w.numpy(), ctx.path("filters.png"),
+                                    title=f"{name}: {tuple(w.shape)}"),
+                     f"first-layer filters ({name})")
+    if p.image:
+        layers = list(p.layers) or relu_layers(m.model)[:3]
+        maps = feature_maps(m.model, m.tensor(p.image), layers)
+        ctx.add_artifact(feature_maps_figure({k: v.numpy() for k, v in maps.items()},
+                                             ctx.path("feature_maps.png"),
+                                             max_channels=p.max_channels),
+                         f"feature maps of {p.image}")
+
+
+# -- DeconvNet / guided backprop ------------------------------------------------------------
+@dataclass(frozen=True)
+class ReconstructParams:
+    image: str
+    checkpoint: str = ""
+    layer: str = ""           # module name; "" = the model's output (class score / embedding)
+    channel: int = -1         # -1: the strongest channel
+    methods: tuple[str, ...] = ("deconvnet", "guided", "gradient")
+
+
+@register_job("reconstruct", ReconstructParams,
+              "DeconvNet and guided-backprop reconstructions of a unit's activation")
+def run_reconstruct(p: ReconstructParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.attribution import reconstruct
+    from service.jobs.visualization.models import load_model
+    from service.jobs.visualization.plots import image_grid, normalise
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    x = m.tensor(p.image)
+    imgs, titles = [m.to_image(x)], ["input"]
+    for i, method in enumerate(p.methods):
+        r = reconstruct(m.model, x, layer=p.layer, channel=p.channel, method=method)
+        g = r.image_grad.permute(1, 2, 0).numpy()
+        imgs.append(normalise(g if g.shape[2] == 3 else g[..., 0]))
+        titles.append(f"{method}\nunit {r.unit}")
+        ctx.progress((i + 1) / len(p.methods), method)
+    ctx.add_artifact(image_grid(imgs, ctx.path("reconstructions.png"), titles=titles, size=2.5,
+                                suptitle=f"layer {p.layer or 'output'}"),
+                     "input and its reconstructions from one unit")
+
+
+# -- gradient ascent ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AscentParams:
+    checkpoint: str = ""
+    target: str = "channel"   # channel (of a layer) | output (class score / embedding unit) |
+                              # direction (towards the embedding of direction_image)
+    layer: str = ""
+    index: int = 0            # channel or output index
+    direction_image: str = ""
+    steps: int = 200
+    lr: float = 0.05
+    jitter: int = 4
+    blur_sigma: float = 0.5
+    blur_every: int = 4
+    decay: float = 1e-3
+    seed: int = 0
+
+
+@register_job("ascent", AscentParams, "synthetic image maximising a channel, class score or "
+                                      "embedding direction (jitter, blur, decay)")
+def run_ascent(p: AscentParams, ctx: JobContext) -> None:
+    import torch
+
+    from service.jobs.visualization.models import load_model
+    from service.jobs.visualization.optimize import (
+        AscentConfig,
+        channel_objective,
+        direction_objective,
+        gradient_ascent,
+        output_objective,
+    )
+    from service.jobs.visualization.plots import curve, image_grid
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    if p.target == "channel":
+        obj = channel_objective(m.model, p.layer, p.index)
+    elif p.target == "output":
+        obj = output_objective(m.model, p.index)
+    elif p.target == "direction":
+        if not p.direction_image:
+            raise ValueError("target 'direction' needs direction_image")
+        with torch.no_grad():
+            obj = direction_objective(m.model, m.model(m.tensor(p.direction_image))[0])
+    else:
+        raise ValueError(f"unknown target {p.target!r}; valid: channel, output, direction")
+    s = m.spec.input_size
+    init = torch.randn(1, m.spec.in_channels, s, s,
+                       generator=torch.Generator().manual_seed(p.seed)) * 0.1
+    x, hist = gradient_ascent(obj, init, AscentConfig(steps=p.steps, lr=p.lr, jitter=p.jitter,
+                                                      blur_sigma=p.blur_sigma,
+                                                      blur_every=p.blur_every, decay=p.decay,
+                                                      seed=p.seed), progress=ctx.progress)
+    what = {"channel": f"{p.layer}[{p.index}]", "output": f"output[{p.index}]",
+            "direction": f"embedding of {p.direction_image}"}[p.target]
+    ctx.add_artifact(image_grid([m.to_image(x)], ctx.path("ascent.png"), size=4,
+                                titles=[f"maximises {what}"]), f"image maximising {what}")
+    ctx.add_artifact(curve(hist, ctx.path("objective.png"), title=f"objective: {what}",
+                           ylabel="objective"), "objective during the ascent")
+    ctx.report.table([{"objective at start": hist[0], "objective at end": hist[-1]}])
+
+
+# -- Deep Dream -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DreamParams:
+    image: str
+    checkpoint: str = ""
+    layer: str = ""            # default: the middle ReLU
+    octaves: int = 3
+    octave_scale: float = 1.4
+    steps_per_octave: int = 10
+    lr: float = 0.02
+    size: int = 0              # working size (0: the model's input size)
+
+
+@register_job("deepdream", DreamParams, "Deep Dream: amplify a layer's activations, with octaves")
+def run_dream(p: DreamParams, ctx: JobContext) -> None:
+    import torch.nn.functional as F
+
+    from service.jobs.visualization.models import load_model, relu_layers
+    from service.jobs.visualization.optimize import DreamConfig, activation_energy, deep_dream
+    from service.jobs.visualization.plots import image_grid
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    layer = p.layer or relu_layers(m.model)[len(relu_layers(m.model)) // 2]
+    x = m.tensor(p.image)
+    if p.size:
+        x = F.interpolate(x, size=(p.size, p.size), mode="bilinear", align_corners=False)
+    out = deep_dream(m.model, x, layer, DreamConfig(octaves=p.octaves,
+                                                    octave_scale=p.octave_scale,
+                                                    steps_per_octave=p.steps_per_octave,
+                                                    lr=p.lr), progress=ctx.progress)
+    before = float(activation_energy(m.model, layer, x).detach())
+    after = float(activation_energy(m.model, layer, out).detach())
+    ctx.add_artifact(image_grid([m.to_image(x), m.to_image(out)], ctx.path("dream.png"),
+                                titles=["input", f"dream on {layer}"], size=4),
+                     f"Deep Dream on {layer}")
+    ctx.report.table([{"layer": layer, "activation energy before": before,
+                       "after": after}])
+
+
+# -- style transfer -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StyleParams:
+    content: str
+    style: str
+    checkpoint: str = ""
+    content_layer: str = ""             # default: the second-to-last ReLU of the first half
+    style_layers: tuple[str, ...] = ()  # default: the first four ReLUs
+    steps: int = 150
+    lr: float = 0.05
+    style_weight: float = 1e4
+    size: int = 0
+
+
+@register_job("style-transfer", StyleParams, "Gatys style transfer: content of one image, "
+                                             "Gram-matrix style statistics of another")
+def run_style(p: StyleParams, ctx: JobContext) -> None:
+    import torch.nn.functional as F
+
+    from service.jobs.visualization.models import load_model, relu_layers
+    from service.jobs.visualization.optimize import StyleConfig, style_transfer
+    from service.jobs.visualization.plots import curve, image_grid
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    relus = relu_layers(m.model)
+    style_layers = list(p.style_layers) or relus[:4]
+    content_layer = p.content_layer or relus[max(0, len(relus) // 2 - 1)]
+    c, s = m.tensor(p.content), m.tensor(p.style)
+    if p.size:
+        c = F.interpolate(c, size=(p.size, p.size), mode="bilinear", align_corners=False)
+        s = F.interpolate(s, size=(p.size, p.size), mode="bilinear", align_corners=False)
+    r = style_transfer(m.model, c, s, content_layer=content_layer, style_layers=style_layers,
+                       cfg=StyleConfig(steps=p.steps, lr=p.lr, style_weight=p.style_weight),
+                       progress=ctx.progress)
+    ctx.add_artifact(image_grid([m.to_image(c), m.to_image(s), m.to_image(r.image)],
+                                ctx.path("style.png"), titles=["content", "style", "result"],
+                                size=3), "style transfer")
+    ctx.add_artifact(curve(r.style_loss, ctx.path("losses.png"), title="losses", ylabel="style",
+                           more={"content": r.content_loss}), "losses during optimisation")
+
+
+# -- occlusion --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OcclusionParams:
+    image: str
+    checkpoint: str = ""          # a classifier (see the 'classifier' job)
+    class_index: int = -1         # -1: the predicted class
+    patch: int = 8
+    stride: int = 2
+
+
+@register_job("occlusion", OcclusionParams,
+              "occlusion map of a classifier's class probability")
+def run_occlusion(p: OcclusionParams, ctx: JobContext) -> None:
+    import torch
+
+    from service.jobs.visualization.models import load_model
+    from service.jobs.visualization.occlusion import class_score, occlusion_map
+    from service.jobs.visualization.plots import heatmap_overlays
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    if not m.is_classifier:
+        raise ValueError("occlusion of a class score needs a classifier checkpoint "
+                         "(for two images and an embedding model, use the 'verify' job)")
+    x = m.tensor(p.image)
+    with torch.no_grad():
+        probs = m.model(x).softmax(1)[0]
+    c = int(probs.argmax()) if p.class_index < 0 else p.class_index
+    if not 0 <= c < len(m.classes):
+        raise ValueError(f"class_index must be below {len(m.classes)}")
+    occ = occlusion_map(class_score(m.model, c), x, patch=p.patch, stride=p.stride,
+                        progress=ctx.progress)
+    name = m.classes[c]
+    ctx.add_artifact(heatmap_overlays([m.to_image(x)], [occ.heatmap], ctx.path("occlusion.png"),
+                                      titles=[f"p({name}) = {occ.base:.3f}"],
+                                      suptitle="drop of the class probability when a "
+                                               f"{p.patch}px patch is greyed"),
+                     f"occlusion map for class {name}")
+
+
+@dataclass(frozen=True)
+class VerifyParams:
+    a: str
+    b: str
+    checkpoint: str = ""
+    threshold: float = -1.0       # -1: the checkpoint's calibrated threshold
+    occlusion: bool = True
+    mode: str = "a"               # a | b (occlude one image) | both (same region of both)
+    patch: int = 8
+    stride: int = 4
+
+
+@register_job("verify", VerifyParams, "verify two images; optionally an occlusion heatmap of the "
+                                      "regions that make them match")
+def run_verify(p: VerifyParams, ctx: JobContext) -> None:
+    import torch
+
+    from service.jobs.visualization.models import load_model
+    from service.jobs.visualization.occlusion import verification_occlusion
+    from service.jobs.visualization.plots import heatmap_overlays
+
+    m = load_model(_checkpoint(p.checkpoint, ctx))
+    xa, xb = m.tensor(p.a), m.tensor(p.b)
+    with torch.no_grad():
+        ea, eb = m.model(xa)[0], m.model(xb)[0]
+    distance = float(torch.linalg.vector_norm(ea - eb))
+    thr = p.threshold if p.threshold >= 0 else m.spec.threshold
+    result = {"a": p.a, "b": p.b, "distance": distance,
+              "similarity": float(torch.nn.functional.cosine_similarity(ea, eb, dim=0)),
+              "threshold": thr, "same": None if thr is None else distance <= thr}
+    ctx.report.table([result], "verification")
+    ctx.path("verify.json").write_text(json.dumps(result, indent=2))
+    ctx.add_artifact(ctx.path("verify.json"), "verification result")
+    if p.occlusion:
+        v = verification_occlusion(m.model, xa, xb, mode=p.mode, patch=p.patch, stride=p.stride,
+                                   progress=ctx.progress)
+        images = [m.to_image(xa), m.to_image(xb)]
+        ctx.add_artifact(heatmap_overlays(
+            images, [v.heatmap_a, v.heatmap_b], ctx.path("why_match.png"),
+            titles=[f"a (occluded: {'a and b' if p.mode == 'both' else 'a'})",
+                    f"b (occluded: {'a and b' if p.mode == 'both' else 'b'})"],
+            suptitle=f"similarity {v.similarity:.3f}: red = occluding this region lowers it "
+                     f"(it makes the images match)"),
+            "which regions make the two images match")
+
+
+# -- retrieval gallery ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GalleryParams:
+    queries: tuple[str, ...]
+    checkpoint: str = ""
+    index_root: str = ""
+    catalog_url: str = ""
+    k: int = 8
+
+
+@register_job("gallery", GalleryParams, "retrieval gallery: each query and its top-k hits with "
+                                        "distances")
+def run_gallery(p: GalleryParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.gallery import retrieval_gallery
+
+    root = p.index_root or ctx.defaults.index_root
+    url = p.catalog_url or ctx.defaults.catalog_url
+    if not root or not url:
+        raise ValueError("the gallery needs an index: 'index_root' and 'catalog_url'")
+    png, rows = retrieval_gallery(_checkpoint(p.checkpoint, ctx), root, url, list(p.queries),
+                                  k=p.k, out=ctx.path("gallery.png"))
+    ctx.add_artifact(png, "queries (left) and their nearest catalogued images with distances")
+    ctx.report.table(rows, "hits")
+
+
+# -- the digit classifier ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifierParams:
+    epochs: int = 4
+    width: int = 8
+    seed: int = 0
+
+
+@register_job("classifier", ClassifierParams,
+              "train the small digit classifier used by the classifier demos")
+def run_classifier(p: ClassifierParams, ctx: JobContext) -> None:
+    from service.jobs.visualization.classifier import ClassifierConfig, train_digit_classifier
+    from training.checkpoint import load_checkpoint
+
+    path = train_digit_classifier(ClassifierConfig(out=str(ctx.out_dir), epochs=p.epochs,
+                                                   width=p.width, seed=p.seed),
+                                  progress=ctx.progress)
+    ctx.add_artifact(path, "classifier checkpoint")
+    ctx.report.table([load_checkpoint(path).metrics], "held-out accuracy")
