@@ -16,7 +16,7 @@ COPY imgsim ./imgsim
 COPY protos ./protos
 RUN pip install . grpcio-tools==1.85.1 \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
-      protos/imgsim/v1/similarity.proto \
+      protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto \
  && touch imgsim/v1/__init__.py \
  && pip install --no-deps .
 
