@@ -123,7 +123,27 @@ class HardCasesMiner(_DistanceMiner):
         return a[keep], p[keep], n[keep]
 
 
+class AdjacentPairsMiner:
+    """The pairs a ``samplers.PairSampler`` batch was built of: (0, 1), (2, 3), ...; each is
+    a positive or a negative pair according to the labels."""
+
+    kind = "pairs"
+
+    def __init__(self) -> None:
+        self.last_count = 0
+
+    def __call__(self, emb: torch.Tensor, labels: torch.Tensor) -> PairIndices:
+        if len(labels) % 2:
+            raise ValueError("adjacent pairs need an even batch (a PairSampler batch)")
+        a = torch.arange(0, len(labels), 2, device=labels.device)
+        b = a + 1
+        same = labels[a] == labels[b]
+        self.last_count = len(a)
+        return a[same], b[same], a[~same], b[~same]
+
+
 MINERS = {
+    "adjacent-pairs": AdjacentPairsMiner,
     "all-pairs": AllPairsMiner,
     "all-triplets": AllTripletsMiner,
     "batch-hard": BatchHardMiner,
