@@ -47,6 +47,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--num-workers", type=int, default=2)
     lf.set_defaults(func=_eval_lfw)
 
+    from training.datasets import FORMATS
+
+    rt = esub.add_parser(
+        "retrieval", help="Recall@K, MAP@R and NMI on classes never trained on",
+        description="Every test image queries all the others (exact FAISS kNN): Recall@1/2/4/8, "
+                    "P@1, MAP@R, R-precision and NMI (k-means, one cluster per class). --format "
+                    "cub and lfw evaluate their test split (CUB classes 50-99; LFW people of "
+                    "folds 6-10); --format folder evaluates every image of the folder "
+                    "(<data>/<class>/<image>), which should hold unseen classes.")
+    rt.add_argument("--checkpoint", required=True)
+    rt.add_argument("--format", required=True, choices=sorted(FORMATS))
+    rt.add_argument("--data", required=True, help="dataset folder")
+    rt.add_argument("--split", choices=["test", "train"], default="test",
+                    help="cub/lfw: which half to evaluate (default test)")
+    rt.add_argument("--no-nmi", action="store_true", help="skip the k-means NMI")
+    rt.add_argument("--json", default=None, help="write the results as JSON here")
+    rt.add_argument("--batch-size", type=int, default=64)
+    rt.add_argument("--num-workers", type=int, default=2)
+    rt.set_defaults(func=_eval_retrieval)
+
 
 def _fmt_row(name: str, r: dict) -> str:
     return (f"{name:<10} {100 * r['accuracy_mean']:6.2f} ± {100 * r['accuracy_std']:5.2f}  "
@@ -85,6 +105,36 @@ def _eval_lfw(args: argparse.Namespace) -> int:
     if args.roc_png:
         _plot_roc(args.roc_png, {k: (d, pairs.same) for k, d in dists.items()}, results)
         print(f"wrote {args.roc_png}")
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    from training.data import list_image_folder
+    from training.datasets import load_split
+    from training.embedder import Embedder
+    from training.evaluation.retrieval import evaluate_retrieval
+
+    if args.format == "folder":
+        samples = list_image_folder(args.data)
+    else:
+        split = load_split(args.format, args.data)
+        samples = split.test if args.split == "test" else split.train
+    if len({s.label for s in samples}) < 2:
+        raise ValueError(f"retrieval needs at least two classes; {args.data} has fewer")
+    embedder = Embedder.from_checkpoint(args.checkpoint)
+    r = evaluate_retrieval(embedder, samples, batch_size=args.batch_size,
+                           num_workers=args.num_workers, nmi=not args.no_nmi)
+    print(f"retrieval on {args.format} {args.data} ({r['n_queries']} images, "
+          f"{r['n_classes']} classes), {embedder.model_version}")
+    keys = ["recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "map@r",
+            "r_precision"] + (["nmi"] if "nmi" in r else [])
+    print("  ".join(f"{k:>11}" for k in keys))
+    print("  ".join(f"{100 * r[k]:11.2f}" for k in keys))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint),
+                                               "model": embedder.model_version,
+                                               "format": args.format, **r}, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 
