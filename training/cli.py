@@ -1,4 +1,4 @@
-"""Command-line entry points of the training package: train, embed, eval."""
+"""Command-line entry points of the training package: train, models, embed, eval."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from training.datasets import FORMATS
+from training.distances import DISTANCES
 from training.evaluation import cli as evaluation_cli
 from training.losses import LOSSES
 from training.miners import MINERS
+from training.optim import OPTIMIZERS, SCHEDULES
+from training.train import SAMPLERS
+from training.transforms import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
 
@@ -18,30 +23,84 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     from training.backbones import BACKBONES
 
-    p = sub.add_parser("train", help="train an embedding network (Siamese, shared weights)",
-                       description="Train an embedding network on an image folder "
-                                   "(<data>/<class>/<image>) with a metric-learning loss; writes "
-                                   "<out>/model.pt (calibrated threshold), last.pt, metrics.csv.")
-    p.add_argument("--data", required=True, help="image folder, one sub-folder per class")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--arch", default="smallcnn", choices=sorted(BACKBONES))
-    p.add_argument("--embedding-dim", type=int, default=128)
-    p.add_argument("--input-size", type=int, default=64, help="square input side in pixels")
-    p.add_argument("--loss", default="triplet", choices=sorted(LOSSES))
-    p.add_argument("--miner", default=None, choices=sorted(MINERS),
-                   help="in-batch miner (default: all-pairs for contrastive, batch-hard for triplet)")
-    p.add_argument("--margin", type=float, default=None,
-                   help="loss margin (default 1.0 contrastive, 0.2 triplet)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--p", type=int, default=16, help="classes per batch")
-    p.add_argument("--k", type=int, default=4, help="images per class per batch")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrained", default=None, help="local backbone weights file (no downloads)")
-    p.add_argument("--name", default="model", help="model name reported by the service")
+    d = _train_defaults()
+    p = sub.add_parser(
+        "train", help="train an embedding network (Siamese, shared weights)",
+        argument_default=argparse.SUPPRESS,
+        description="Train an embedding network with a metric-learning loss and an in-batch "
+                    "miner on a class-disjoint split of a dataset. Writes <out>/model.pt (best "
+                    "validation weights, calibrated thresholds), last.pt and best.pt every "
+                    "epoch, metrics.csv, norms.csv (per-layer weight and gradient norms), "
+                    "loss.png and TensorBoard logs under <out>/tb. Settings come from --config "
+                    "(TOML, TrainConfig field names) and flags; flags win.")
+    p.add_argument("--config", help="TOML file of TrainConfig settings (flags override it)")
+    p.add_argument("--format", choices=sorted(FORMATS),
+                   help="folder: <data>/<class>/<image>; cub: CUB layout, classes 0-49 train; "
+                        f"lfw: people of pairs.txt folds 1-5 train (default {d['format']})")
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--arch", choices=sorted(BACKBONES), help=f"backbone (default {d['arch']})")
+    p.add_argument("--embedding-dim", type=int, help=f"default {d['embedding_dim']}")
+    p.add_argument("--input-size", type=int,
+                   help=f"square input side in pixels (default {d['input_size']})")
+    p.add_argument("--resize-size", type=int,
+                   help="eval resize of the shorter side before the centre crop (default: "
+                        "input size x the dataset's ratio: 2.0 for LFW faces, 1.14 for CUB)")
+    p.add_argument("--metric", choices=["cosine", "euclidean"],
+                   help=f"cosine: L2-normalised embeddings (default {d['metric']})")
+    p.add_argument("--loss", choices=sorted(LOSSES), help=f"default {d['loss']}")
+    p.add_argument("--miner", choices=sorted(MINERS),
+                   help="in-batch miner (default: all-pairs for contrastive, batch-hard for "
+                        "triplet, adjacent-pairs with --sampler pairs)")
+    p.add_argument("--margin", type=float, help="loss margin (default 1.0 contrastive, 0.2 triplet)")
+    p.add_argument("--squared-margin", action="store_true",
+                   help="contrastive: max(0, m²-d²) instead of max(0, m-d)²")
+    p.add_argument("--distance", choices=sorted(DISTANCES), help=f"default {d['distance']}")
+    p.add_argument("--sampler", choices=list(SAMPLERS),
+                   help="pk: P classes x K images per batch; pairs: genuine/impostor pairs "
+                        f"(default {d['sampler']})")
+    p.add_argument("--positive-fraction", type=float,
+                   help=f"pairs sampler: share of genuine pairs (default {d['positive_fraction']})")
+    p.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
+    p.add_argument("--steps-per-epoch", type=int,
+                   help="batches per epoch (default: as many as cover the data once)")
+    p.add_argument("--p", type=int, help=f"classes per batch (default {d['p']})")
+    p.add_argument("--k", type=int, help=f"images per class per batch (default {d['k']})")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help=f"default {d['optimizer']}")
+    p.add_argument("--lr", type=float, help=f"default {d['lr']}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d['weight_decay']}")
+    p.add_argument("--schedule", choices=list(SCHEDULES),
+                   help=f"per-step LR schedule (default {d['schedule']})")
+    p.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (default 0)")
+    p.add_argument("--grad-clip", type=float,
+                   help=f"clip the total gradient norm (default {d['grad_clip']}; 0: off)")
+    p.add_argument("--val-fraction", type=float,
+                   help=f"training classes held out for validation (default {d['val_fraction']})")
+    p.add_argument("--val-metric", help=f"selects best.pt (default {d['val_metric']})")
+    p.add_argument("--target-far", type=float,
+                   help=f"second calibrated threshold at this FAR (default {d['target_far']})")
+    p.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d['num_workers']})")
+    p.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    p.add_argument("--pretrained", help="local backbone weights file (no downloads)")
+    p.add_argument("--name", help="model name reported by the service")
+    p.add_argument("--augmentation", choices=sorted(AUGMENTATIONS),
+                   help="training augmentation (default: the dataset's: face for LFW, crop else)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the eval transform")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.set_defaults(func=_train)
+
+    m = sub.add_parser("models", help="registered backbones: parameters and FLOPs",
+                       description="Table of the registered backbones (with an embedding head) "
+                                   "and their parameter counts and forward FLOPs for one image "
+                                   "at the given input size (torch FlopCounterMode; a "
+                                   "multiply-add counts as 2 FLOPs).")
+    m.add_argument("--input-size", type=int, default=d["input_size"])
+    m.add_argument("--embedding-dim", type=int, default=d["embedding_dim"])
+    m.add_argument("--config", default=None, help="take input_size/embedding_dim from this TOML")
+    m.add_argument("--json", default=None, help="write the table as JSON here")
+    m.set_defaults(func=_models)
 
     e = sub.add_parser("embed", help="embed a list of images into an .npy matrix",
                        description="Embed the images listed in FILE (one path per line) and write "
@@ -57,17 +116,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluation_cli.register(sub)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, train
+def _train_defaults() -> dict:
+    from dataclasses import MISSING, fields
 
-    cfg = TrainConfig(data=args.data, out=args.out, arch=args.arch,
-                      embedding_dim=args.embedding_dim, input_size=args.input_size,
-                      loss=args.loss, miner=args.miner, margin=args.margin, epochs=args.epochs,
-                      steps_per_epoch=args.steps_per_epoch, p=args.p, k=args.k, lr=args.lr,
-                      num_workers=args.num_workers, seed=args.seed, pretrained=args.pretrained,
-                      name=args.name)
+    from training.train import TrainConfig
+
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import merge_config, read_toml_config
+    from training.train import train
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config",
+                                                              "verbose")}
+    if flags.get("grad_clip") == 0:
+        flags["grad_clip"] = None
+    file_values = read_toml_config(args.config) if getattr(args, "config", None) else {}
+    cfg = merge_config(file_values, flags)
     path = train(cfg)
     print(f"wrote {path}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import json
+
+    from training.model_info import model_table
+
+    size, dim = args.input_size, args.embedding_dim
+    if args.config:
+        from training.config import read_toml_config
+
+        values = read_toml_config(args.config)
+        size, dim = values.get("input_size", size), values.get("embedding_dim", dim)
+    rows = model_table(input_size=size, embedding_dim=dim)
+    print(f"backbones + {dim}-d head, one {size}x{size} RGB image (FLOPs: multiply-add = 2)")
+    print(f"{'arch':<20} {'params':>10} {'GFLOPs':>8}")
+    for r in rows:
+        print(f"{r['arch']:<20} {r['params'] / 1e6:9.2f}M {r['flops'] / 1e9:8.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"input_size": size, "embedding_dim": dim,
+                                               "models": rows}, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 
