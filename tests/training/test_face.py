@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import shared_data
+from training.dlib.serialize import DlibWriter
 from training.face import (
     FixedAligner,
     LandmarkAligner,
@@ -22,6 +23,7 @@ from training.face import (
 )
 from training.face.aligners import LFW_DEEPFUNNELED_LANDMARKS, find_landmarks_file
 from training.face.chips import face_chip_points
+from training.face.landmarks import ShapePredictor
 from training.spec import ModelSpec
 from training.transforms import eval_transform
 
@@ -97,8 +99,58 @@ def test_fixed_aligner_scales_its_landmarks_with_the_image():
 
 
 def test_unknown_aligner_lists_the_valid_names():
-    with pytest.raises(ValueError, match="dlib5, lfw-fixed"):
+    with pytest.raises(ValueError, match="dlib5, haar5, lfw-fixed"):
         get_face_aligner("mtcnn")
+
+
+def _write_predictor(path, seed: int = 0, parts: int = 5, cascades: int = 3, trees: int = 4,
+                     depth: int = 3, pixels: int = 12) -> None:
+    """A small random shape predictor in dlib's format (same layout as the 5-point model)."""
+    rng = np.random.default_rng(seed)
+    w = DlibWriter()
+    w.int(1)
+    w.float_matrix(rng.uniform(0.2, 0.8, (2 * parts, 1)))
+    n_splits = 2 ** depth - 1
+    w.uint(cascades)
+    for _ in range(cascades):
+        w.uint(trees)
+        for _ in range(trees):
+            w.uint(n_splits)
+            for _ in range(n_splits):
+                w.uint(int(rng.integers(pixels)))
+                w.uint(int(rng.integers(pixels)))
+                w.float(float(rng.normal(0, 25)))
+            w.uint(n_splits + 1)
+            for _ in range(n_splits + 1):
+                w.float_matrix(rng.normal(0, 0.03, (2 * parts, 1)))
+    w.uint(cascades)
+    for _ in range(cascades):
+        w.uint(pixels)
+        for _ in range(pixels):
+            w.uint(int(rng.integers(parts)))
+    w.uint(cascades)
+    for _ in range(cascades):
+        w.uint(pixels)
+        for _ in range(pixels):
+            w.float(float(rng.normal(0, 0.15)))
+            w.float(float(rng.normal(0, 0.15)))
+    path.write_bytes(w.getvalue())
+
+
+def test_shape_predictor_port_matches_dlib_on_a_written_model(tmp_path):
+    dlib = pytest.importorskip("dlib", reason="dlib-bin (dev extra) is needed for parity tests")
+    path = tmp_path / "sp.dat"
+    _write_predictor(path)
+    ours, theirs = ShapePredictor.from_file(path), dlib.shape_predictor(str(path))
+    img = _photo(seed=5)
+    for box in [(60, 50, 190, 180), (-20, 10, 120, 160), (100, 120, 260, 270)]:
+        expected = np.array([[p.x, p.y] for p in theirs(img, dlib.rectangle(*box)).parts()])
+        np.testing.assert_array_equal(ours(img, box), expected)
+    cache = tmp_path / "cache"
+    cached = ShapePredictor.load(path, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    again = ShapePredictor.load(path, cache_dir=cache)  # from the .npz this time
+    np.testing.assert_array_equal(again(img, (60, 50, 190, 180)), cached(img, (60, 50, 190, 180)))
 
 
 def test_face_align_travels_with_the_spec_into_the_eval_transform():
@@ -129,8 +181,14 @@ def test_landmark_aligner_on_an_lfw_face_matches_dlibs_pipeline():
     boxes = aligner.detect(img)
     assert boxes, "dlib's detector finds the face"
     lm = aligner.landmarks(img, boxes[0])
+    import dlib
+
+    ref = dlib.shape_predictor(str(find_landmarks_file()))(img, dlib.rectangle(*boxes[0]))
+    assert np.abs(lm - [[p.x, p.y] for p in ref.parts()]).max() <= 1  # our numpy port
     # deep-funneled faces sit where the mean landmarks say (within a few pixels)
     assert np.abs(lm - LFW_DEEPFUNNELED_LANDMARKS).max() < 25
+    haar = LandmarkAligner(detector="haar", fallback=False)
+    assert np.abs(haar.landmarks(img, haar.detect(img)[0]) - lm).max() < 8
     chip = np.asarray(aligner(Image.fromarray(img))).astype(int)
     assert np.abs(chip - _dlib_chip(img, lm).astype(int)).max() <= 2
 

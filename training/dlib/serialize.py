@@ -23,7 +23,8 @@ class DlibReader:
     """
 
     def __init__(self, data: bytes, *, name: str = "<bytes>") -> None:
-        self.data = memoryview(data)
+        self.raw = bytes(data)
+        self.data = memoryview(self.raw)
         self.pos = 0
         self.name = name
 
@@ -70,6 +71,41 @@ class DlibReader:
             return math.nan
         return math.ldexp(float(mantissa), exponent)
 
+    def floats(self, n: int) -> np.ndarray:
+        """``n`` consecutive floats, decoded in one tight loop (shape predictors hold millions).
+        Returns (n,) float32."""
+        raw, pos, end = self.raw, self.pos, len(self.raw)
+        out = np.empty(n, np.float64)
+        from_bytes, ldexp = int.from_bytes, math.ldexp
+        try:
+            for i in range(n):
+                c = raw[pos]
+                size = c & 0x0F
+                if not 0 < size <= 8 or pos + 1 + size > end:
+                    raise IndexError
+                mantissa = from_bytes(raw[pos + 1:pos + 1 + size], "little")
+                if c & 0x80:
+                    mantissa = -mantissa
+                pos += 1 + size
+                c = raw[pos]
+                size = c & 0x0F
+                if not 0 < size <= 8 or pos + 1 + size > end:
+                    raise IndexError
+                exponent = from_bytes(raw[pos + 1:pos + 1 + size], "little")
+                if c & 0x80:
+                    exponent = -exponent
+                pos += 1 + size
+                if exponent >= _EXP_INF:
+                    out[i] = (math.inf if exponent == _EXP_INF else
+                              -math.inf if exponent == _EXP_NINF else math.nan)
+                else:
+                    out[i] = ldexp(mantissa, exponent)
+        except IndexError:
+            self.pos = pos
+            raise self._fail("truncated or malformed float") from None
+        self.pos = pos
+        return out.astype(np.float32)
+
     def bool(self) -> bool:
         ch = self._take(1)[0]
         if ch not in (0x30, 0x31):
@@ -112,7 +148,7 @@ class DlibReader:
         if version == 2:  # raw little-endian IEEE float32
             arr = np.frombuffer(self._take(4 * count), dtype="<f4").astype(np.float32)
         else:  # version 1: one float_details per value
-            arr = np.array([self.float() for _ in range(count)], dtype=np.float32)
+            arr = self.floats(count)
         return arr.reshape(shape)
 
     def alias_tensor(self) -> tuple[int, int, int, int]:
@@ -123,7 +159,7 @@ class DlibReader:
         """A dlib::matrix of floats: rows and columns (stored negated by newer dlib), then values."""
         nr, nc = self.int(), self.int()
         nr, nc = abs(nr), abs(nc)
-        return np.array([self.float() for _ in range(nr * nc)], dtype=np.float32).reshape(nr, nc)
+        return self.floats(nr * nc).reshape(nr, nc)
 
 
 class DlibWriter:
@@ -193,3 +229,10 @@ class DlibWriter:
         for d in shape:
             self.int(d)
 
+    def float_matrix(self, arr: np.ndarray) -> None:
+        """A dlib::matrix of floats, with the negated dimensions newer dlib writes."""
+        arr = np.atleast_2d(np.asarray(arr, np.float64))
+        self.int(-arr.shape[0])
+        self.int(-arr.shape[1])
+        for v in arr.ravel():
+            self.float(float(v))
