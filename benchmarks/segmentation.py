@@ -42,6 +42,8 @@ def main() -> int:
     p.add_argument("--out", default="runs/seg-bench")
     p.add_argument("--models", default=",".join(MODELS), help="arch:upsampling,...")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop a model's training after this wall time (safety cap)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--width", type=int, default=8)
@@ -59,7 +61,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     val = load_isbi(args.data, parse_slices(args.val_slices))
-    base = SegTrainConfig(data=args.data, steps=args.steps, batch_size=args.batch_size,
+    base = SegTrainConfig(data=args.data, steps=args.steps, max_seconds=args.max_seconds,
+                          batch_size=args.batch_size,
                           tile=args.tile, width=args.width, depth=args.depth, lr=args.lr,
                           weight_map=args.weight_map, train_slices=args.train_slices,
                           val_slices="", seed=args.seed, threads=args.threads)

@@ -234,11 +234,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     from indexer.cli import _ensure_sqlite_dir
     from service.jobs.context import JobDefaults
-    from service.jobs.worker import DEFAULT_ARTIFACTS_ROOT, JobWorker, WorkerConfig
+    from service.jobs.worker import JobWorker, WorkerConfig, default_artifacts_root
 
     _ensure_sqlite_dir(args.catalog)
     cfg = WorkerConfig(catalog_url=args.catalog,
-                       artifacts_root=args.artifacts or DEFAULT_ARTIFACTS_ROOT,
+                       artifacts_root=args.artifacts or default_artifacts_root(),
                        concurrency=args.concurrency, poll_seconds=args.poll,
                        defaults=JobDefaults(checkpoint=args.checkpoint,
                                             index_root=args.index_root,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -13,7 +15,11 @@ from service.jobs.context import JobDefaults
 from service.jobs.core import JobsCore
 from service.jobs.servicer import JobServicer
 from service.jobs.store import open_job_store
-from service.jobs.worker import DEFAULT_ARTIFACTS_ROOT, JobWorker, WorkerConfig
+from service.jobs.worker import JobWorker, WorkerConfig, default_artifacts_root
+
+if TYPE_CHECKING:
+    from service.auth import Authenticator
+    from service.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +39,39 @@ class JobsRuntime:
 
 
 def add_job_service(server: grpc.Server, catalog_url: str, *,
-                    artifacts_root: str = DEFAULT_ARTIFACTS_ROOT, worker_threads: int = 1,
+                    artifacts_root: str | None = None, worker_threads: int = 1,
                     defaults: JobDefaults | None = None,
-                    poll_seconds: float = 1.0) -> JobsRuntime:
+                    poll_seconds: float = 1.0,
+                    authenticator: Authenticator | None = None) -> JobsRuntime:
     """Register JobService on ``server`` and start ``worker_threads`` job-running threads
     (0: none; jobs then wait for an `imgsim jobs worker` process on the same catalogue)."""
     sessions = open_job_store(catalog_url)
     core = JobsCore(sessions)
-    jobs_pb_grpc.add_JobServiceServicer_to_server(JobServicer(core), server)
+    jobs_pb_grpc.add_JobServiceServicer_to_server(
+        JobServicer(core, authenticator=authenticator), server)
     worker = None
     if worker_threads > 0:
-        worker = JobWorker(WorkerConfig(catalog_url=catalog_url, artifacts_root=artifacts_root,
+        worker = JobWorker(WorkerConfig(catalog_url=catalog_url,
+                                        artifacts_root=artifacts_root or default_artifacts_root(),
                                         concurrency=worker_threads,
                                         poll_seconds=poll_seconds,
                                         defaults=defaults or JobDefaults(catalog_url=catalog_url)),
                            sessions=sessions).start()
     log.info("JobService on; %d job worker thread(s)", worker_threads)
     return JobsRuntime(core, worker)
+
+
+def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
+    """The imgsim server's registrar for JobService (see service.server.SERVICER_REGISTRARS).
+
+    Jobs default to the server's model, index and catalogue; IMGSIM_JOB_THREADS worker
+    threads (default 1; 0: none, leave the jobs to `imgsim jobs worker`) run them in the
+    server process, outside the request path. The threads are daemons: a job still running
+    when the server exits is marked failed by the next worker that starts on this host."""
+    cfg = server.cfg
+    threads = int(os.environ.get("IMGSIM_JOB_THREADS", "1"))
+    server.jobs = add_job_service(  # type: ignore[attr-defined]
+        grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
+        defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
+                             catalog_url=cfg.catalog_url, data_root=os.environ.get("IMGSIM_DATA")))
+    return JOB_SERVICE_NAME

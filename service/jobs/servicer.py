@@ -9,17 +9,13 @@ import grpc
 
 from imgsim.v1 import jobs_pb2 as pb
 from imgsim.v1 import jobs_pb2_grpc as pb_grpc
-from service.core import FailedPrecondition, InvalidInput, NotFound, ServiceError
+from service.auth import Authenticator, key_from_metadata
+from service.errors import ServiceError
 from service.jobs.core import JobInfo, JobsCore
 from service.jobs.store import JobState
+from service.servicer import STATUS_OF
 
 log = logging.getLogger(__name__)
-
-STATUS_OF = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
 STATE_TO_PB = {
     JobState.QUEUED: pb.JOB_STATE_QUEUED,
     JobState.RUNNING: pb.JOB_STATE_RUNNING,
@@ -41,27 +37,35 @@ def job_to_pb(j: JobInfo) -> pb.Job:
 
 
 class JobServicer(pb_grpc.JobServiceServicer):
-    def __init__(self, core: JobsCore) -> None:
-        self.core = core
+    """With an authenticator (the server's API keys), Submit and Cancel need a write key (jobs
+    read files on the server and spend its CPU); Get and List need any valid key."""
 
-    def _call(self, context: grpc.ServicerContext, fn):
+    def __init__(self, core: JobsCore, *, authenticator: Authenticator | None = None) -> None:
+        self.core = core
+        self.auth = authenticator
+
+    def _call(self, context: grpc.ServicerContext, access: str, fn):
         try:
+            if self.auth is not None:
+                principal = self.auth.authenticate(
+                    key_from_metadata(context.invocation_metadata()))
+                principal.require(access, [])
             return fn()
         except ServiceError as e:
             context.abort(STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
     def Submit(self, request: pb.SubmitJobRequest, context) -> pb.Job:
-        return job_to_pb(self._call(context, lambda: self.core.submit(request.kind,
-                                                                      request.params_json)))
+        return job_to_pb(self._call(context, "write", lambda: self.core.submit(
+            request.kind, request.params_json)))
 
     def Get(self, request: pb.GetJobRequest, context) -> pb.Job:
-        return job_to_pb(self._call(context, lambda: self.core.get(request.id)))
+        return job_to_pb(self._call(context, "read", lambda: self.core.get(request.id)))
 
     def List(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
         state = STATE_FROM_PB.get(request.state)
-        jobs = self._call(context, lambda: self.core.list(state=state, kind=request.kind,
-                                                          limit=request.limit))
+        jobs = self._call(context, "read", lambda: self.core.list(state=state, kind=request.kind,
+                                                                  limit=request.limit))
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs])
 
     def Cancel(self, request: pb.CancelJobRequest, context) -> pb.Job:
-        return job_to_pb(self._call(context, lambda: self.core.cancel(request.id)))
+        return job_to_pb(self._call(context, "write", lambda: self.core.cancel(request.id)))

@@ -178,3 +178,19 @@ def request_cancel(session: Session, job_id: int) -> JobRow | None:
         row.message = "cancel requested"
         return row
     raise InvalidTransition(f"job {job_id} already {state.value}; nothing to cancel")
+
+
+def fail_orphaned_jobs(session: Session, host: str, is_alive) -> list[int]:
+    """Mark failed the running jobs of dead worker processes on ``host`` (workers are named
+    ``host:pid``; ``is_alive(pid)`` tells). Returns their ids."""
+    rows = session.scalars(select(JobRow).where(JobRow.state == JobState.RUNNING.value,
+                                                JobRow.worker.like(f"{host}:%")))
+    failed = []
+    for row in rows:
+        pid = row.worker.rsplit(":", 1)[1]
+        if pid.isdigit() and not is_alive(int(pid)):
+            transition(row, JobState.FAILED)
+            row.error = f"worker {row.worker} exited while the job was running"
+            row.message = "failed"
+            failed.append(row.id)
+    return failed

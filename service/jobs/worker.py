@@ -19,6 +19,7 @@ from service.jobs.store import (
     JobRow,
     JobState,
     claim_next,
+    fail_orphaned_jobs,
     finish_job,
     open_job_store,
     set_progress,
@@ -26,13 +27,18 @@ from service.jobs.store import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARTIFACTS_ROOT = os.environ.get("IMGSIM_JOBS_ROOT", "var/jobs")
+DEFAULT_ARTIFACTS_ROOT = "var/jobs"
+
+
+def default_artifacts_root() -> str:
+    """$IMGSIM_JOBS_ROOT, read when asked (not at import), else var/jobs."""
+    return os.environ.get("IMGSIM_JOBS_ROOT") or DEFAULT_ARTIFACTS_ROOT
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     catalog_url: str
-    artifacts_root: str = DEFAULT_ARTIFACTS_ROOT
+    artifacts_root: str = field(default_factory=default_artifacts_root)
     concurrency: int = 1          # jobs run at the same time (threads)
     poll_seconds: float = 1.0
     kinds: frozenset[str] | None = None  # None: every registered kind
@@ -52,6 +58,15 @@ class JobWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         load_builtin_kinds()
+        self.recover()
+
+    def recover(self) -> list[int]:
+        """Fail the jobs left running by dead workers of this host (a killed server)."""
+        with self.sessions.begin() as s:
+            ids = fail_orphaned_jobs(s, socket.gethostname(), _pid_alive)
+        if ids:
+            log.warning("marked %d orphaned job(s) failed: %s", len(ids), ids)
+        return ids
 
     # -- running ----------------------------------------------------------------------------
     def run_one(self) -> int | None:
@@ -139,6 +154,16 @@ class JobWorker:
                 pass
         finally:
             self.stop()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def job_row_summary(row: JobRow) -> str:

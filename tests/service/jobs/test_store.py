@@ -154,3 +154,19 @@ def test_background_threads_drain_the_queue(store, tmp_path):
         time.sleep(0.05)
     worker.stop()
     assert all(core.get(i).state == JobState.SUCCEEDED for i in ids)
+
+
+def test_jobs_of_dead_workers_are_failed_on_restart(store, tmp_path):
+    import socket
+
+    url, sessions = store
+    with sessions.begin() as s:
+        dead, alive = create_job(s, "test-loop", {}).id, create_job(s, "test-loop", {}).id
+    host = socket.gethostname()
+    with sessions.begin() as s:
+        claim_next(s, f"{host}:999999999")  # no such pid
+        claim_next(s, f"{host}:{__import__('os').getpid()}")
+    _worker(url, tmp_path)  # a new worker recovers on start
+    core = JobsCore(sessions)
+    assert core.get(dead).state == JobState.FAILED and "exited" in core.get(dead).error
+    assert core.get(alive).state == JobState.RUNNING
