@@ -82,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d['num_workers']})")
     p.add_argument("--seed", type=int, help=f"default {d['seed']}")
     p.add_argument("--pretrained", help="local backbone weights file (no downloads)")
+    p.add_argument("--init", help="start from this checkpoint (its architecture, preprocessing "
+                                  "and weights; --arch, --input-size, ... are then ignored)")
     p.add_argument("--name", help="model name reported by the service")
     p.add_argument("--augmentation", choices=sorted(AUGMENTATIONS),
                    help="training augmentation (default: the dataset's: face for LFW, crop else)")

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     pretrained: str | None = None
+    init: str | None = None  # start from this checkpoint: its architecture, preprocessing, weights
     name: str = "model"
     augment: bool = True
     augmentation: str | None = None  # default: the dataset's (crop for objects, face for LFW)
@@ -299,8 +300,14 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     split, train_s, val_s = _split(cfg, samples)
-    spec = build_spec(cfg, split)
-    model = build_model(spec)
+    if cfg.init:  # e.g. a model imported by `imgsim import-dlib`: keep its spec, fine-tune it
+        start = load_checkpoint(cfg.init)
+        spec = replace(start.spec, name=cfg.name, threshold=None)
+        model = start.build().train()
+        log.info("starting from %s (%s)", cfg.init, spec.arch)
+    else:
+        spec = build_spec(cfg, split)
+        model = build_model(spec)
     if cfg.pretrained:
         missing, _ = load_pretrained_backbone(model, cfg.pretrained)
         log.info("loaded %s (%d backbone keys missing)", cfg.pretrained, len(missing))

@@ -100,7 +100,8 @@ def face_transform(spec: ModelSpec, *, color_jitter: float = 0.2) -> T.Compose:
     Big random crops would train on background the eval crop never shows."""
     resize = spec.resize_size or spec.input_size
     context = min(resize, int(round(spec.input_size * 1.15)))
-    ops: list = [ToMode(_mode(spec)), T.Resize(resize, antialias=True), T.CenterCrop(context),
+    ops: list = [ToMode(_mode(spec)), *_face_ops(spec), T.Resize(resize, antialias=True),
+                 T.CenterCrop(context),
                  T.RandomResizedCrop(spec.input_size, scale=(0.7, 1.0), ratio=(0.9, 1.1),
                                      antialias=True),
                  T.RandomHorizontalFlip()]

@@ -228,3 +228,29 @@ def test_import_dlib_cli(synthetic_dat, tmp_path, capsys):
     bad.write_bytes(b"\x01\x01\x01\x05hello")
     assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(bad)]) == 2
     assert "loss" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_can_start_from_an_imported_checkpoint(synthetic_dat, tmp_path):
+    from PIL import Image
+
+    from training.train import TrainConfig, train
+
+    start = save_checkpoint(tmp_path / "start.pt",
+                            import_face_resnet(synthetic_dat, face_align="lfw-fixed"))
+    data = tmp_path / "faces"
+    for c in range(4):  # 4 "people" x 3 images
+        (data / f"p{c}").mkdir(parents=True)
+        for i, chip in enumerate(_chips(3, seed=10 + c)):
+            Image.fromarray(chip).resize((250, 250)).save(data / f"p{c}" / f"{i}.png")
+    out = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), init=str(start),
+                            loss="triplet", epochs=1, steps_per_epoch=2, p=2, k=2, lr=1e-3,
+                            num_workers=0, val_fraction=0.5, calibration_pairs=20,
+                            val_max_images=12, tensorboard=False, name="tuned"))
+    tuned, before = load_checkpoint(out), load_checkpoint(start)
+    assert tuned.spec.arch == "dlib_resnet" and tuned.spec.face_align == "lfw-fixed"
+    assert tuned.spec.metric == "euclidean" and tuned.spec.name == "tuned"
+    assert tuned.spec.threshold is not None  # calibrated anew
+    moved = [k for k in before.state_dict
+             if not torch.equal(before.state_dict[k], tuned.state_dict[k])]
+    assert "fc.weight" in moved and len(moved) > 10
