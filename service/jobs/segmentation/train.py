@@ -53,7 +53,7 @@ class SegTrainConfig:
     max_seconds: float | None = None  # stop early when this wall time is spent
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    weight_map: str = "none"  # none | balance | unet (class balance + touching-cell borders)
+    weight_map: str = "unet"  # none | balance | unet (class balance + touching-cell borders)
     border_w0: float = 10.0   # U-Net weight map: w0 and sigma of the border term
     border_sigma: float = 5.0
     augment: bool = True
