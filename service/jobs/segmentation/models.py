@@ -82,6 +82,26 @@ def make_upsampler(name: str, cin: int, cout: int) -> nn.Module:
     return UPSAMPLERS[name](cin, cout)
 
 
+class _ReduceThenUnpool(nn.Module):
+    """A 1x1 conv to the pooled level's width, then unpool + 3x3 conv: the pooling indices
+    were taken on ``cout`` channels, so the unpooled tensor must have that many."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(cin, cout, 1)
+        self.up = UnpoolUp(cout, cout)
+
+    def forward(self, x, indices=None, size=None):
+        return self.up(self.reduce(x), indices, size)
+
+
+def decoder_upsampler(name: str, cin: int, cout: int) -> nn.Module:
+    """The upsampling of one decoder level, from ``cin`` deep channels to ``cout``."""
+    if name == "unpool":
+        return _ReduceThenUnpool(cin, cout)
+    return make_upsampler(name, cin, cout)
+
+
 class Encoder(nn.Module):
     """``depth`` conv blocks each followed by 2x2 max-pooling that keeps its indices,
     then a bottleneck block. Channel widths double at each level: width, 2*width, ..."""
@@ -125,12 +145,7 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in reversed(range(depth)):
-            # unpooling keeps the channel count, so its conv maps 2c -> c after the unpool;
-            # index shapes require the unpooled tensor to have the skip's channel count
-            if upsampling == "unpool":
-                self.ups.append(_ReduceThenUnpool(c[level + 1], c[level]))
-            else:
-                self.ups.append(make_upsampler(upsampling, c[level + 1], c[level]))
+            self.ups.append(decoder_upsampler(upsampling, c[level + 1], c[level]))
             self.decoders.append(conv_block(2 * c[level], c[level]))
         self.head = nn.Conv2d(c[0], num_classes, 1)
         self.upsampling = upsampling
@@ -141,18 +156,6 @@ class UNet(nn.Module):
                                             reversed(indices), reversed(sizes), strict=True):
             y = dec(torch.cat([up(y, idx, size), skip], dim=1))
         return self.head(y)
-
-
-class _ReduceThenUnpool(nn.Module):
-    """U-Net's unpooling variant: 1x1 conv to the skip's width, then unpool + 3x3 conv."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(cin, cout, 1)
-        self.up = UnpoolUp(cout, cout)
-
-    def forward(self, x, indices=None, size=None):
-        return self.up(self.reduce(x), indices, size)
 
 
 class SegNet(nn.Module):
@@ -171,11 +174,7 @@ class SegNet(nn.Module):
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in reversed(range(depth)):
-            if upsampling == "unpool":
-                # indices were taken on c[level] channels: reduce first, then unpool
-                self.ups.append(_ReduceThenUnpool(c[level + 1], c[level]))
-            else:
-                self.ups.append(make_upsampler(upsampling, c[level + 1], c[level]))
+            self.ups.append(decoder_upsampler(upsampling, c[level + 1], c[level]))
             self.decoders.append(conv_block(c[level], c[level]))
         self.head = nn.Conv2d(c[0], num_classes, 1)
         self.upsampling = upsampling
