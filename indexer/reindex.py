@@ -1,0 +1,402 @@
+"""Re-embed a whole collection with a new checkpoint into a new index version: resumable, shardable.
+
+A reindex works in a directory of its own (default ``<index-root>/reindex/<collection>-<ckpt>``):
+
+- ``plan.npz`` + ``run.json``: the catalogue snapshot (ids, paths, content hashes, by id) and
+  the run's settings, written once; every worker and every resumption reads the same plan;
+- ``chunks/NNNNNN.npy``: embeddings of plan rows ``[j * chunk_size, (j + 1) * chunk_size)``,
+  each written atomically when finished, so a killed run loses at most the chunk in flight and
+  a restarted one skips every chunk already on disk;
+- optionally ``trained.faiss`` (:func:`prepare`: an IVF trained on evenly spaced chunks) and
+  ``shards/shard-I-of-N.faiss`` (worker I's vectors added to a copy of it).
+
+:func:`merge` assembles the index: with IVF shards, FAISS's own merge of inverted lists
+(``IndexIVF.merge_from``), otherwise a build from all chunks (``auto`` measures candidates).
+It then catches up with catalogue changes made since the plan, tunes the search parameters on
+held-out queries, publishes the version and records it in the catalogue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import select
+
+from indexer.build import manifest_for, model_row, publish_built
+from indexer.catalog import DEFAULT_COLLECTION, ImageRow, open_catalog
+from indexer.construct import (
+    AUTO,
+    BuiltIndex,
+    IndexingConfig,
+    auto_candidates,
+    index_vectors,
+)
+from indexer.embedding import embed_unique, progress_bar
+from indexer.factory import new_index, parse_factory, uses_direct_map
+from indexer.tune import held_out_from_collection, tune_search_params
+from training.checkpoint import file_sha256
+from training.embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, PLAN_FILE, TRAINED_FILE = "run.json", "plan.npz", "trained.faiss"
+PLAN_WAIT_SECONDS = 600  # a worker waits this long for another worker to write the plan
+
+
+@dataclass(frozen=True)
+class ReindexConfig:
+    checkpoint: str
+    catalog_url: str
+    index_root: str
+    collection: str = DEFAULT_COLLECTION
+    work_dir: str | None = None  # default: <index_root>/reindex/<collection>-<checkpoint sha12>
+    factory: str = AUTO
+    chunk_size: int = 2048  # images per embedding chunk (the unit of resumption)
+    batch_size: int = 64
+    num_workers: int = 2
+    memory_budget_mb: float = 2048.0
+    target_recall: float = 0.95
+    tuning_queries: int = 500
+    seed: int = 0
+    keep_versions: int = 5
+    keep_work: bool = False  # keep the work directory (embeddings) after publishing
+    progress: bool = True
+
+    def indexing(self, factory: str | None = None) -> IndexingConfig:
+        return IndexingConfig(factory=factory or self.factory,
+                              memory_budget_mb=self.memory_budget_mb,
+                              target_recall=self.target_recall,
+                              tuning_queries=self.tuning_queries, seed=self.seed,
+                              progress=self.progress)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The images a reindex embeds, in id order, and where its files live."""
+
+    work: Path
+    ids: np.ndarray  # (n,) int64 catalogue ids
+    paths: np.ndarray  # (n,) str
+    sha256: np.ndarray  # (n,) str
+    chunk_size: int
+    checkpoint_sha256: str
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(len(self.ids) / self.chunk_size)
+
+    def chunk_rows(self, j: int) -> slice:
+        return slice(j * self.chunk_size, min((j + 1) * self.chunk_size, len(self.ids)))
+
+    def chunk_path(self, j: int) -> Path:
+        return self.work / "chunks" / f"{j:06d}.npy"
+
+    def done(self, j: int) -> bool:
+        return self.chunk_path(j).is_file()
+
+    def shard_path(self, shard: int, num_shards: int) -> Path:
+        return self.work / "shards" / f"shard-{shard:05d}-of-{num_shards:05d}.faiss"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> (i, N) with 0 <= i < N."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= i < N")
+    return i, n
+
+
+def shard_chunks(num_chunks: int, shard: int, num_shards: int) -> range:
+    """Worker ``shard``'s contiguous block of chunks, so that merging shards in order
+    reproduces a single worker's index exactly."""
+    return range(shard * num_chunks // num_shards, (shard + 1) * num_chunks // num_shards)
+
+
+def work_dir(cfg: ReindexConfig, checkpoint_sha256: str) -> Path:
+    if cfg.work_dir:
+        return Path(cfg.work_dir)
+    return Path(cfg.index_root) / "reindex" / f"{cfg.collection}-{checkpoint_sha256[:12]}"
+
+
+# -- plan -------------------------------------------------------------------------------------
+def make_plan(cfg: ReindexConfig, *, checkpoint_sha256: str | None = None) -> Plan:
+    """Load the run's plan, or snapshot the catalogue into one (exactly one worker writes it)."""
+    sha = checkpoint_sha256 or file_sha256(cfg.checkpoint)
+    work = work_dir(cfg, sha)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / RUN_FILE).is_file():
+        try:
+            fd = os.open(work / "plan.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            _wait_for(work / RUN_FILE)
+        else:
+            os.close(fd)
+            _write_plan(cfg, work, sha)
+    return _read_plan(cfg, work, sha)
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + PLAN_WAIT_SECONDS
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another worker holds {path.parent / 'plan.lock'} but wrote no "
+                               f"{path.name} in {PLAN_WAIT_SECONDS}s; remove the lock if it died")
+        time.sleep(0.5)
+
+
+def _write_plan(cfg: ReindexConfig, work: Path, sha: str) -> None:
+    Session = open_catalog(cfg.catalog_url)
+    with Session() as s:
+        rows = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
+                         .where(ImageRow.collection == cfg.collection)
+                         .order_by(ImageRow.id)).all()
+    if not rows:
+        raise ValueError(f"collection {cfg.collection!r} has no images in {cfg.catalog_url}")
+    ids = np.array([r[0] for r in rows], np.int64)
+    paths = np.array([r[1] for r in rows], dtype=str)
+    hashes = np.array([r[2] for r in rows], dtype=str)
+    _atomic(work / PLAN_FILE, lambda f: np.savez(f, ids=ids, paths=paths, sha256=hashes))
+    digest = hashlib.sha256(ids.tobytes() + "".join(hashes.tolist()).encode()).hexdigest()
+    run = {"collection": cfg.collection, "checkpoint_sha256": sha,
+           "checkpoint": str(Path(cfg.checkpoint).resolve()), "chunk_size": cfg.chunk_size,
+           "count": len(ids), "plan_sha256": digest, "created": time.time()}
+    _atomic(work / RUN_FILE, lambda f: f.write(json.dumps(run, indent=2).encode()))
+    log.info("reindex plan: %d images of %r in %d chunks under %s", len(ids), cfg.collection,
+             math.ceil(len(ids) / cfg.chunk_size), work)
+
+
+def _read_plan(cfg: ReindexConfig, work: Path, sha: str) -> Plan:
+    run = json.loads((work / RUN_FILE).read_text())
+    if run["checkpoint_sha256"] != sha or run["collection"] != cfg.collection:
+        raise ValueError(f"{work} belongs to another reindex (collection {run['collection']!r}, "
+                         f"checkpoint {run['checkpoint_sha256'][:12]}); pick another --work-dir "
+                         "or delete it")
+    with np.load(work / PLAN_FILE, allow_pickle=False) as z:
+        ids, paths, hashes = z["ids"], z["paths"], z["sha256"]
+    return Plan(work, ids, paths, hashes, int(run["chunk_size"]), sha)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write a file under a temporary name, fsync, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# -- embedding ---------------------------------------------------------------------------------
+def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
+                 cfg: ReindexConfig, desc: str = "reindex") -> int:
+    """Embed the listed chunks that are not on disk yet; returns how many were embedded."""
+    todo = [j for j in chunks if not plan.done(j)]
+    total = sum(_len(plan.chunk_rows(j)) for j in chunks)
+    done = total - sum(_len(plan.chunk_rows(j)) for j in todo)
+    if done:
+        log.info("resuming: %d of %d images already embedded", done, total)
+    with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
+        for j in todo:
+            rows = plan.chunk_rows(j)
+            vectors = embed_unique(embedder, plan.paths[rows].tolist(), plan.sha256[rows].tolist(),
+                                   batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   bar=bar)
+            _atomic(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
+    return len(todo)
+
+
+def _len(s: slice) -> int:
+    return s.stop - s.start
+
+
+def load_vectors(plan: Plan, chunks: range | list[int] | None = None) -> np.ndarray:
+    """(rows, d) float32 embeddings of the given chunks (default: all), in plan order."""
+    chunks = range(plan.num_chunks) if chunks is None else chunks
+    missing = [j for j in chunks if not plan.done(j)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} embedding chunk(s) missing under "
+                                f"{plan.work / 'chunks'} (first: {missing[0]}); run the "
+                                "remaining `imgsim reindex --shard i/N` workers first")
+    return np.concatenate([np.load(plan.chunk_path(j)) for j in chunks]) if len(chunks) else \
+        np.zeros((0, 0), np.float32)
+
+
+def _embedder(cfg: ReindexConfig) -> Embedder:
+    return Embedder.from_checkpoint(cfg.checkpoint)
+
+
+# -- distributed IVF: train once, add per shard ----------------------------------------------
+def choose_factory(cfg: ReindexConfig, n: int, dim: int) -> str:
+    """The factory a distributed run builds: the requested one, or for ``auto`` the rule's
+    first IVF candidate (shards cannot time candidates they only hold a part of)."""
+    if cfg.factory != AUTO:
+        parse_factory(cfg.factory, dim)
+        return cfg.factory
+    return next((f for f in auto_candidates(n, dim, cfg.indexing()) if f.startswith("IVF")),
+                "Flat")
+
+
+def prepare(cfg: ReindexConfig) -> str:
+    """For sharded IVF builds: embed evenly spaced chunks (reused later, not recomputed),
+    train the IVF on them and write ``trained.faiss``. Returns the factory chosen."""
+    embedder = _embedder(cfg)
+    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+    factory = choose_factory(cfg, len(plan.ids), embedder.dim)
+    kind = parse_factory(factory, embedder.dim)
+    if not kind.trained or (plan.work / TRAINED_FILE).is_file():
+        return factory
+    want = max(cfg.indexing().train_points_per_list * kind.nlist, 10_000)  # as make_index
+    n_chunks = min(plan.num_chunks, math.ceil(want / plan.chunk_size))
+    sample = sorted({round(i * plan.num_chunks / n_chunks) for i in range(n_chunks)})
+    embed_chunks(plan, embedder, sample, cfg=cfg, desc="reindex (training sample)")
+    vectors = load_vectors(plan, sample)
+    trained = new_index(factory, embedder.dim)
+    ivf = faiss.extract_index_ivf(trained)
+    trained.train(vectors[:want])
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:  # shards are merged without it
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+    _atomic(plan.work / TRAINED_FILE,
+            lambda f: f.write(faiss.serialize_index(trained).tobytes()))
+    (plan.work / "factory.txt").write_text(factory + "\n")
+    log.info("trained %s on %d vectors from %d chunks", factory, min(len(vectors), want),
+             len(sample))
+    return factory
+
+
+def run_shard(cfg: ReindexConfig, shard: int = 0, num_shards: int = 1) -> Plan:
+    """Worker ``shard`` of ``num_shards``: embed its block of chunks; when a trained IVF exists
+    (:func:`prepare`), also add them to a copy of it and write its shard index."""
+    embedder = _embedder(cfg)
+    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+    chunks = shard_chunks(plan.num_chunks, shard, num_shards)
+    embed_chunks(plan, embedder, chunks, cfg=cfg,
+                 desc=f"reindex {shard}/{num_shards}" if num_shards > 1 else "reindex")
+    trained = plan.work / TRAINED_FILE
+    out = plan.shard_path(shard, num_shards)
+    if trained.is_file() and not out.is_file():
+        index = faiss.read_index(str(trained))
+        for j in chunks:
+            rows = plan.chunk_rows(j)
+            index.add_with_ids(np.load(plan.chunk_path(j)), plan.ids[rows])
+        _atomic(out, lambda f: f.write(faiss.serialize_index(index).tobytes()))
+    return plan
+
+
+def _merge_shards(plan: Plan) -> tuple[faiss.Index, str, int] | None:
+    """FAISS's merge of inverted lists over the shard indexes of one complete set, in order."""
+    shard_dir = plan.work / "shards"
+    if not (plan.work / TRAINED_FILE).is_file() or not shard_dir.is_dir():
+        return None
+    sets: dict[int, list[Path]] = {}
+    for p in sorted(shard_dir.glob("shard-*-of-*.faiss")):
+        sets.setdefault(int(p.stem.split("-of-")[1]), []).append(p)
+    complete = [n for n, files in sets.items() if len(files) == n]
+    if not complete:
+        return None
+    files = sets[max(complete)]
+    merged = faiss.read_index(str(files[0]))
+    for p in files[1:]:
+        part = faiss.read_index(str(p))
+        faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(part), 0)
+    return merged, (plan.work / "factory.txt").read_text().strip(), len(files)
+
+
+# -- merge + publish --------------------------------------------------------------------------
+def merge(cfg: ReindexConfig) -> Path:
+    """Build the index from the finished chunks (or merge IVF shards), catch up with catalogue
+    changes since the plan, tune, publish, record; returns the version directory."""
+    t0 = time.perf_counter()
+    embedder = _embedder(cfg)
+    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+    vectors, ids = load_vectors(plan), plan.ids
+    Session = open_catalog(cfg.catalog_url)
+    with Session() as session:
+        gone, new = _catalogue_changes(session, plan, cfg.collection)
+    if gone or new:
+        log.info("catching up with the catalogue: %d removed, %d added or changed since the "
+                 "plan", len(gone), len(new))
+    new_vectors = embed_unique(embedder, [r[1] for r in new], [r[2] for r in new],
+                               batch_size=cfg.batch_size, num_workers=0)
+    new_ids = np.array([r[0] for r in new], np.int64)
+    keep = ~np.isin(ids, np.array(gone, np.int64))
+    vectors = np.concatenate([vectors[keep], new_vectors])
+    ids = np.concatenate([ids[keep], new_ids])
+    icfg = cfg.indexing()
+    merged = _merge_shards(plan)
+    if merged is not None:
+        index, factory, _ = merged
+        if gone:
+            index.remove_ids(np.array(gone, np.int64))
+        if len(new_ids):
+            index.add_with_ids(new_vectors, new_ids)
+        kind = parse_factory(factory, embedder.dim)
+        if uses_direct_map(kind, embedder.dim):
+            faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
+        held = held_out_from_collection(vectors, ids, nq=cfg.tuning_queries, k=icfg.k,
+                                        rng=np.random.default_rng(cfg.seed))
+        tuned = tune_search_params(index, kind, held, target_recall=cfg.target_recall)
+        built = BuiltIndex(index, factory, tuned.params, tuned.recall, tuned.met_target, 0.0)
+        log.info("merged the inverted lists of %s shard indexes: %s", merged[2], factory)
+    else:
+        built = index_vectors(vectors, ids, icfg)
+    with Session.begin() as session:
+        manifest = manifest_for(built, embedder, collection=cfg.collection,
+                                requested=cfg.factory, cfg=icfg,
+                                seconds=time.perf_counter() - t0)
+        manifest = replace(manifest, build_params={
+            **manifest.build_params, "reindex_images": len(plan.ids),
+            "chunk_size": plan.chunk_size, "shards": merged[2] if merged else 1})
+        model = model_row(session, embedder, cfg.checkpoint)
+        path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
+                             keep=cfg.keep_versions)
+    if not cfg.keep_work:
+        shutil.rmtree(plan.work, ignore_errors=True)
+    log.info("reindexed %s: %d images -> %s", cfg.collection, manifest.count, path)
+    return path
+
+
+def _catalogue_changes(session, plan: Plan, collection: str) -> tuple[list[int], list[tuple]]:
+    """(ids planned but since deleted or changed, rows (id, path, sha256) added or changed)."""
+    now = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
+                          .where(ImageRow.collection == collection)).all()
+    planned = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
+    current = {r[0]: tuple(r) for r in now}
+    gone = [i for i, sha in planned.items() if i not in current or current[i][2] != sha]
+    new = [r for i, r in sorted(current.items()) if planned.get(i) != r[2]]
+    return gone, new
+
+
+def reindex(cfg: ReindexConfig) -> Path:
+    """The whole reindex in this process: plan, embed (resuming), build, publish."""
+    run_shard(cfg, 0, 1)
+    return merge(cfg)
+
+
+def status(cfg: ReindexConfig) -> dict:
+    """How far a reindex has got: chunks done per the plan (for `imgsim reindex --status`)."""
+    plan = make_plan(cfg)
+    done = sum(plan.done(j) for j in range(plan.num_chunks))
+    return {"work_dir": str(plan.work), "images": len(plan.ids), "chunks": plan.num_chunks,
+            "chunks_done": done, "trained": (plan.work / TRAINED_FILE).is_file(),
+            "config": asdict(cfg)}
+

@@ -1,0 +1,233 @@
+"""imgsim reindex: new checkpoint -> new version; resumable; sharded workers == one worker."""
+
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from dataclasses import replace
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import reindex as rx
+from indexer.build import BuildConfig, build_index
+from indexer.catalog import all_images, image_by_key, index_versions, open_catalog, upsert_images
+from indexer.factory import stored_ids
+from indexer.versions import current_version_name, load_index_version
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.embedder import Embedder
+
+
+@pytest.fixture(scope="module")
+def new_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """The tiny model with perturbed weights: a different checkpoint with other embeddings."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    g = __import__("torch").Generator().manual_seed(0)
+    state = {k: v + 0.05 * __import__("torch").randn(v.shape, generator=g)
+             if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    ckpt.state_dict = state
+    ckpt.spec = replace(ckpt.spec, name="tiny-v2")
+    return save_checkpoint(tmp_path_factory.mktemp("v2") / "model.pt", ckpt)
+
+
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory, digits_dir, tiny_checkpoint):
+    tmp = tmp_path_factory.mktemp("built")
+    build_index(BuildConfig(checkpoint=str(tiny_checkpoint), images=str(digits_dir),
+                            index_root=str(tmp / "idx"), catalog_url=f"sqlite:///{tmp / 'cat.db'}",
+                            factory="Flat", collection="digits", num_workers=0, progress=False))
+    return tmp
+
+
+@pytest.fixture
+def catalogue(tmp_path, built_once):
+    """A collection built with the old checkpoint (a fresh copy per test): (dir, catalogue URL)."""
+    shutil.copytree(built_once / "idx", tmp_path / "idx")
+    for f in built_once.glob("cat.db*"):  # with the WAL
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path, f"sqlite:///{tmp_path / 'cat.db'}"
+
+
+def _cfg(tmp, url, ckpt, **kw):
+    base = dict(checkpoint=str(ckpt), catalog_url=url, index_root=str(tmp / "idx"),
+                collection="digits", factory="Flat", chunk_size=64, num_workers=0,
+                progress=False, tuning_queries=100)
+    return rx.ReindexConfig(**{**base, **kw})
+
+
+def _embedded_by(ckpt, url, collection="digits"):
+    with open_catalog(url)() as s:
+        rows = all_images(s, collection=collection)
+    emb = Embedder.from_checkpoint(ckpt)
+    return np.array([r.id for r in rows]), emb.embed_paths([r.path for r in rows])
+
+
+def test_reindex_publishes_a_version_of_the_new_checkpoint(catalogue, new_checkpoint):
+    tmp, url = catalogue
+    old = current_version_name(tmp / "idx")
+    path = rx.reindex(_cfg(tmp, url, new_checkpoint))
+    version = load_index_version(tmp / "idx")
+    assert version.path == path and version.manifest.version != old
+    emb = Embedder.from_checkpoint(new_checkpoint)
+    assert version.manifest.checkpoint_sha256 == emb.checkpoint_sha256
+    ids, vectors = _embedded_by(new_checkpoint, url)
+    assert version.index.ntotal == len(ids) == 400
+    for i in range(0, 400, 37):  # every vector is the new model's embedding of that image
+        np.testing.assert_allclose(version.index.reconstruct(int(ids[i])), vectors[i], atol=1e-5)
+    with open_catalog(url)() as s:
+        rows = index_versions(s, collection="digits")
+        assert [r.name for r in rows][-1] == version.manifest.version
+        assert rows[-1].state == "published" and rows[-1].count == 400
+    assert not (tmp / "idx" / "reindex").exists() or not any((tmp / "idx" / "reindex").iterdir())
+
+
+def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue, new_checkpoint,
+                                                                     monkeypatch):
+    tmp, url = catalogue
+    cfg = _cfg(tmp, url, new_checkpoint, keep_work=True)
+    real, calls = rx.embed_unique, []
+
+    def dies_after_three(*args, **kw):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")  # what Ctrl-C or a scheduler's kill does
+        calls.append(len(args[1]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rx, "embed_unique", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        rx.reindex(cfg)
+    plan = rx.make_plan(cfg)
+    assert [plan.done(j) for j in range(plan.num_chunks)] == [True] * 3 + [False] * 4
+    assert not list((plan.work / "chunks").glob(".*"))  # no half-written chunk left behind
+    first = {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)}
+    calls.clear()
+    monkeypatch.setattr(rx, "embed_unique", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
+    rx.reindex(cfg)
+    assert len(calls) == 4 + 1  # the 4 missing chunks, and the (empty) catch-up
+    assert {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)} == first
+    ids, vectors = _embedded_by(new_checkpoint, url)
+    version = load_index_version(tmp / "idx")
+    _, found = version.index.search(vectors, 1)
+    assert (found[:, 0] == ids).all()
+
+
+def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_checkpoint,
+                                                                digits_dir):
+    tmp, url = catalogue
+    cfg = _cfg(tmp, url, new_checkpoint)
+    rx.run_shard(cfg, 0, 1)  # embedded per the plan; now the catalogue changes
+    Session = open_catalog(url)
+    extra = sorted((digits_dir / "5").iterdir())[0]
+    with Session.begin() as s:
+        gone = image_by_key(s, "3/" + sorted((digits_dir / "3").iterdir())[0].stem,
+                            collection="digits")
+        gone_id = gone.id
+        s.delete(gone)
+        (added,) = upsert_images(s, [{"key": "late/one", "path": str(extra), "label": "5",
+                                      "sha256": "e" * 64}], collection="digits")
+        added_id = added.id
+    rx.merge(cfg)
+    version = load_index_version(tmp / "idx")
+    ids = set(stored_ids(version.index).tolist())
+    assert added_id in ids and gone_id not in ids and len(ids) == 400
+    emb = Embedder.from_checkpoint(new_checkpoint)
+    np.testing.assert_allclose(version.index.reconstruct(added_id),
+                               emb.embed_paths([extra])[0], atol=1e-5)
+
+
+def test_a_work_dir_of_another_run_is_refused(catalogue, new_checkpoint, tiny_checkpoint):
+    tmp, url = catalogue
+    rx.make_plan(_cfg(tmp, url, new_checkpoint, work_dir=str(tmp / "w")))
+    with pytest.raises(ValueError, match="belongs to another reindex"):
+        rx.make_plan(_cfg(tmp, url, tiny_checkpoint, work_dir=str(tmp / "w")))
+
+
+@pytest.mark.parametrize("text,err", [("2/2", "0 <= i < N"), ("a/b", "i/N"), ("1", "i/N")])
+def test_bad_shard_specs(text, err):
+    with pytest.raises(ValueError, match=err):
+        rx.parse_shard(text)
+
+
+def test_shards_cover_all_chunks_contiguously():
+    for chunks in (1, 7, 8, 100):
+        for n in (1, 2, 3, 8):
+            parts = [list(rx.shard_chunks(chunks, i, n)) for i in range(n)]
+            assert sum(parts, []) == list(range(chunks))
+
+
+def _single_threaded(target, *args):
+    # an OpenMP thread pool does not survive fork(): the child runs its work on one thread
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    target(*args)
+
+
+def _fork(target, *args):
+    """A real second process (forked, so without re-importing torch: seconds saved per test)."""
+    proc = multiprocessing.get_context("fork").Process(target=_single_threaded,
+                                                       args=(target, *args))
+    proc.start()
+    return proc
+
+
+@pytest.mark.slow
+def test_two_local_workers_build_the_same_index_as_one(catalogue, new_checkpoint, tmp_path):
+    """prepare; N concurrent `--shard i/N` worker processes; merge (FAISS merges IVF lists)."""
+    tmp, url = catalogue
+    results = []
+    for n in (1, 2):
+        cfg = _cfg(tmp, url, new_checkpoint, factory="IVF8,Flat", index_root=str(tmp / f"i{n}"),
+                   work_dir=str(tmp / f"work{n}"), keep_work=True)
+        assert rx.prepare(cfg) == "IVF8,Flat"
+        workers = [_fork(rx.run_shard, cfg, i, n) for i in range(n)]
+        for w in workers:
+            w.join(timeout=300)
+            assert w.exitcode == 0
+        assert len(list((tmp / f"work{n}" / "shards").glob("*.faiss"))) == n
+        rx.merge(cfg)
+        results.append(load_index_version(tmp / f"i{n}"))
+    one, two = results
+    assert one.manifest.search_params == two.manifest.search_params
+    assert one.manifest.recall_at_10 == two.manifest.recall_at_10
+    assert two.manifest.build_params["shards"] == 2
+    # the very same index, byte for byte: same centroids, same lists in the same order
+    assert faiss.serialize_index(one.index).tobytes() == faiss.serialize_index(two.index).tobytes()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_reindex_then_resume(catalogue, new_checkpoint):
+    tmp, url = catalogue
+    cfg = _cfg(tmp, url, new_checkpoint, chunk_size=16, work_dir=str(tmp / "work"),
+               keep_work=True, tuning_queries=50)
+    chunks = tmp / "work" / "chunks"
+    proc = _fork(rx.reindex, cfg)
+    deadline = time.monotonic() + 240
+    while len(list(chunks.glob("0*.npy"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    done = sorted(chunks.glob("0*.npy"))
+    assert 2 <= len(done) < 25, "the worker should have been killed part-way"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    assert not list(chunks.glob(".*"))  # the chunk in flight left no partial file
+    rx.reindex(cfg)
+    # the chunks finished before the kill were reused, not recomputed
+    assert {p.name: p.stat().st_mtime_ns for p in done} == stamps
+    assert len(list(chunks.glob("0*.npy"))) == 25
+    version = load_index_version(tmp / "idx")
+    assert version.index.ntotal == 400
+    ids, vectors = _embedded_by(new_checkpoint, url)
+    _, found = version.index.search(vectors, 1)
+    assert (found[:, 0] == ids).all()
+
+
+def test_cli_reindex_rejects_a_bad_shard(capsys):
+    from imgsim.cli import main
+
+    assert main(["reindex", "--checkpoint", "x.pt", "--shard", "2/2"]) == 2
+    assert "0 <= i < N" in capsys.readouterr().err
