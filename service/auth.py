@@ -135,9 +135,10 @@ class Authenticator:
                                   "'x-api-key: <key>' metadata")
         key_id, secret = _split(key)
         digest = _hash(secret)
+        cache_key = f"{key_id}:{digest}"
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(digest)
+            hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now:
             principal = hit[1]
         else:
@@ -145,7 +146,7 @@ class Authenticator:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[digest] = (now + self.cache_seconds, principal)
+                self._cache[cache_key] = (now + self.cache_seconds, principal)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
         return principal

@@ -47,6 +47,7 @@ class ServeConfig:
     max_k: int = 1000
     max_items: int = 64
     max_upsert_items: int = 1000
+    max_upsert_bytes: int = 256 * 1024 * 1024
     # index versions
     watch_seconds: float = 2.0  # poll CURRENT this often (0: only the Reload call swaps)
     keep_versions: int = 5

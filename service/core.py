@@ -58,6 +58,7 @@ class CoreOptions:
     max_k: int = MAX_K
     max_items: int = 64  # queries per BatchSearch, images per Embed
     max_upsert_items: int = 1000  # images per Upsert stream, keys per Delete
+    max_upsert_bytes: int = 256 * 1024 * 1024  # encoded image bytes per Upsert stream
     keep_versions: int = 5
     blob_dir: str = ""  # where inline Upsert images are kept; "" -> <index root>/blobs
     default_threshold: float = 1.0
@@ -444,7 +445,12 @@ class SimilarityCore:
         return IndexInfo(live.collection, self.embedder.model_version, m.version, m.factory,
                          self.embedder.spec.metric, m.dimension, int(v.index.ntotal),
                          m.recall_at_10, self.threshold, m.checkpoint_sha256, m.created_at,
-                         dict(m.search_params), self.options.face, self.collections)
+                         dict(m.search_params), self._face_info(), self.collections)
+
+    def _face_info(self) -> str:
+        align = self.embedder.spec.face_align
+        return f"{self.options.face} (the model aligns faces: {align})" if align \
+            else self.options.face
 
     def close(self) -> None:
         """Stop the batchers and watchers (queued work finishes first)."""

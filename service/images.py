@@ -12,13 +12,15 @@ from PIL import Image
 
 from service.batching import BatchObserver, MicroBatcher, wait_result
 from service.errors import InvalidInput
-from service.face import check_face_mode, crop_largest_face
+from service.face import check_face_mode, crop_largest_face, detect_faces
 from training.embedder import Embedder
+from training.face import FaceNotFoundError
 from training.transforms import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+NO_FACE = "no face found in the image (this model needs a face)"
 
 
 class ImagePipeline:
@@ -57,14 +59,25 @@ class ImagePipeline:
         return img
 
     def preprocess(self, data: bytes) -> torch.Tensor:
-        """Encoded bytes -> (C, H, W) float32, as the model expects."""
+        """Encoded bytes -> (C, H, W) float32, as the model expects.
+
+        A model whose spec names a face aligner (``spec.face_align``) detects and aligns faces
+        in its own transform; the face mode then only decides whether an image without a
+        detected face is refused. Other models get the largest face cropped here."""
         img = self.decode(data)
         if self.face != "off":
-            face = crop_largest_face(img)
-            if face is None and self.face == "require":
-                raise InvalidInput("no face found in the image (this model needs a face)")
-            img = face if face is not None else img
-        return self.embedder.transform(img)
+            if self.embedder.spec.face_align:
+                if self.face == "require" and not detect_faces(img):
+                    raise InvalidInput(NO_FACE)
+            else:
+                face = crop_largest_face(img)
+                if face is None and self.face == "require":
+                    raise InvalidInput(NO_FACE)
+                img = face if face is not None else img
+        try:
+            return self.embedder.transform(img)
+        except FaceNotFoundError as e:  # the model's own aligner found none
+            raise InvalidInput(f"{NO_FACE}: {e}") from e
 
     def embed(self, datas: Sequence[bytes], *, deadline: float | None = None,
               names: Sequence[str] | None = None) -> np.ndarray:

@@ -50,12 +50,17 @@ def _collect(core: SimilarityCore, items: Iterable[UpsertItem]) -> tuple[LiveInd
     batch: list[UpsertItem] = []
     seen: set[str] = set()
     live: LiveIndex | None = None
+    total = 0
     for n, it in enumerate(items):
         if n >= core.options.max_upsert_items:
             raise InvalidInput(f"more than {core.options.max_upsert_items} images in one Upsert "
                                "stream; split it into several")
         name = f"item {n} (key {it.key!r})"
         _check_item(it, name)
+        total += len(it.data)
+        if total > core.options.max_upsert_bytes:  # the stream is held in memory until applied
+            raise InvalidInput(f"more than {core.options.max_upsert_bytes} bytes of images in one "
+                               "Upsert stream; split it into several")
         if live is None:
             live = core.live(it.collection)
         elif core.collection_name(it.collection) != live.collection:

@@ -72,3 +72,43 @@ def test_face_crop_box_is_the_largest_detection(monkeypatch):
     assert face.size == (60, 60)  # 40 + 2 * 10 margin
     monkeypatch.setattr(service.face, "detect_faces", lambda im: [(180, 80, 40, 40)])
     assert crop_largest_face(img, margin=0.25).size == (30, 30)  # clipped at the border
+
+
+def test_a_model_that_aligns_faces_itself(embedder, digits_dir, monkeypatch):
+    """spec.face_align: the model's transform detects and aligns; its 'no face' is a clear
+    INVALID_ARGUMENT, and face=require refuses an image before the model sees it."""
+    from dataclasses import replace
+
+    import service.images
+    from training.face import FaceNotFoundError
+
+    data = digit(digits_dir, "3").read_bytes()
+    model = Embedder(embedder.model, replace(embedder.spec, face_align="haar5"))
+
+    def aligner_finds_nothing(img):
+        raise FaceNotFoundError("no face found in the image")
+
+    model.transform = aligner_finds_nothing
+    p = ImagePipeline(model, face="off")
+    try:
+        with pytest.raises(InvalidInput, match="no face found"):
+            p.embed([data])
+    finally:
+        p.close()
+    seen = []
+    model.transform = lambda img: seen.append(img) or embedder.transform(img)
+    monkeypatch.setattr(service.images, "detect_faces", lambda img: [])
+    p = ImagePipeline(model, face="require")
+    try:
+        with pytest.raises(InvalidInput, match="no face found"):
+            p.embed([data])
+        assert seen == []  # refused before the model's transform ran
+    finally:
+        p.close()
+    monkeypatch.setattr(service.images, "detect_faces", lambda img: [(0, 0, 8, 8)])
+    p = ImagePipeline(model, face="require")
+    try:
+        assert p.embed([data]).shape == (1, embedder.dim)
+        assert seen[0].size == (32, 32)  # the whole image: the model aligns, not the service
+    finally:
+        p.close()

@@ -12,7 +12,7 @@ from tests.service.conftest import digit, make_core
 
 @pytest.fixture()
 def core(workspace, tiny_checkpoint):
-    c = make_core(workspace, tiny_checkpoint, max_upsert_items=5)
+    c = make_core(workspace, tiny_checkpoint, max_upsert_items=5, max_upsert_bytes=20_000)
     yield c
     c.close()
 
@@ -121,6 +121,9 @@ def test_failed_commit_restores_current(core, workspace, digits_dir):
 def test_stream_rules(core, digits_dir):
     with pytest.raises(InvalidInput, match="more than 5 images"):
         core.upsert([item(digits_dir, f"k/{i}") for i in range(6)])
+    big = UpsertItem("k/big", item(digits_dir, "k").data + b"\0" * 20_000)
+    with pytest.raises(InvalidInput, match="bytes of images in one Upsert stream"):
+        core.upsert([item(digits_dir, "k/0"), big])
     with pytest.raises(InvalidInput, match="appears twice"):
         core.upsert([item(digits_dir, "k/0"), item(digits_dir, "k/0")])
     with pytest.raises(InvalidInput, match="one collection"):
