@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -162,12 +163,22 @@ def locust(target: str, queries: str, users: int, seconds: int, csv_prefix: Path
            "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "30"]
     if rate:
         cmd += ["--rate", str(rate)]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, cwd=REPO, env=CHILD_ENV, stdout=subprocess.DEVNULL)
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    locust_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     with open(f"{csv_prefix}_stats.csv") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+            "locust_cpu_s": locust_cpu,
             "rps": float(row["Requests/s"]), "p50": float(row["50%"]),
             "p95": float(row["95%"]), "p99": float(row["99%"])}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def publish_same_model_version(index_root: str) -> str:
@@ -214,13 +225,15 @@ def run(cfg: LoadConfig) -> dict:
             # level is compared with the mean of the measurements just before and after it:
             # the machine is shared, so its speed drifts during the run
             for users in cfg.users:
-                rows.append(measure(cfg, c, target, info, mport, users, swap=(
-                    users == max(cfg.users)), swap_log=swap))
+                rows.append(measure(cfg, c, target, info, mport, users, server_pid=server.pid,
+                                    swap=users == max(cfg.users), swap_log=swap))
                 limits.append(limit_now(cfg, info))
                 rows[-1]["limit"] = (limits[-2] + limits[-1]) / 2
+            # half load: the saturating level's users, paced to half its request rate
             sat = max(rows, key=lambda r: r["img_s"] / r["limit"])
             rate = 0.5 * sat["rps"]
-            half = measure(cfg, c, target, info, mport, max(cfg.users), rate=rate)
+            half = measure(cfg, c, target, info, mport, sat["users"], server_pid=server.pid,
+                           rate=rate)
             half["mode"] = f"paced {rate:.1f} req/s"
             limits.append(limit_now(cfg, info))
             half["limit"] = (limits[-2] + limits[-1]) / 2
@@ -237,8 +250,10 @@ def run(cfg: LoadConfig) -> dict:
 
 
 def measure(cfg: LoadConfig, client: SimilarityClient, target: str, info: dict, mport: int,
-            users: int, *, rate: float = 0.0, swap: bool = False, swap_log: dict | None = None):
+            users: int, *, server_pid: int, rate: float = 0.0, swap: bool = False,
+            swap_log: dict | None = None):
     before = scrape(mport)
+    server_cpu = process_cpu_seconds(server_pid)
     timer = None
     if swap:
         def do_swap():
@@ -256,11 +271,15 @@ def measure(cfg: LoadConfig, client: SimilarityClient, target: str, info: dict, 
         swap_log["failures_in_run"] = stats["failures"]
         swap_log["served_at_end"] = client.describe().index_version
     after = scrape(mport)
+    server_cpu = process_cpu_seconds(server_pid) - server_cpu
     key = 'imgsim_batch_size_{}{{batcher="embed"}}'
     images = after[key.format("sum")] - before[key.format("sum")]
     batches = after[key.format("count")] - before[key.format("count")]
+    n = max(stats["requests"], 1)
     return {"users": users, "mode": "closed loop", **stats,
-            "img_s": images / elapsed, "mean_batch": images / max(batches, 1)}
+            "img_s": images / elapsed, "mean_batch": images / max(batches, 1),
+            "server_cpu_ms": 1e3 * server_cpu / n, "locust_cpu_ms": 1e3 * stats["locust_cpu_s"] / n,
+            "cpu_busy": (server_cpu + stats["locust_cpu_s"]) / elapsed}
 
 
 def table(res: dict) -> str:
@@ -272,13 +291,14 @@ def table(res: dict) -> str:
         f"with OMP_WAIT_POLICY={CHILD_ENV['OMP_WAIT_POLICY']}",
         "",
         "| users | load | req/s | img/s | limit img/s | img/s / limit | mean batch | p50 ms "
-        "| p95 ms | p99 ms | failures / requests |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| p95 ms | p99 ms | failures / requests | CPU ms/req server, locust | cores busy |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['users']} | {r['mode']} | {r['rps']:.1f} | {r['img_s']:.1f} | "
                      f"{r['limit']:.1f} | {r['ratio']:.2f} | {r['mean_batch']:.1f} | "
                      f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
-                     f"{r['failures']} / {r['requests']} |")
+                     f"{r['failures']} / {r['requests']} | {r['server_cpu_ms']:.0f}, "
+                     f"{r['locust_cpu_ms']:.0f} | {r['cpu_busy']:.2f} |")
     closed = [r for r in res["rows"] if r["mode"] == "closed loop"]
     sat = max(closed, key=lambda r: r["ratio"])
     half = res["rows"][-1]
