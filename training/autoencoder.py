@@ -333,3 +333,4 @@ def init_backbone_from_autoencoder(model: nn.Module, spec: ModelSpec, path: str 
     log.info("backbone initialised from %s (%d images, %s)", path, payload["images"]["count"],
              "VAE" if payload["config"]["variational"] else "AE")
     return {k: v for k, v in payload.items() if k != "state_dict"}
+

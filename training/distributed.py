@@ -115,9 +115,9 @@ def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """``TransparentDDP`` around the model when distributed: rank 0's weights are broadcast
     at construction, gradients are averaged across ranks in backward, BatchNorm buffers are
     broadcast from rank 0 at every training forward (see ``sync_buffers`` for after it)."""
-    model = model.to(info.device)
     if not info.enabled:
         return model
+    model = model.to(info.device)
     ids = [info.local_rank] if info.device.type == "cuda" else None
     return TransparentDDP(model, device_ids=ids)
 
@@ -178,6 +178,27 @@ def save_on_main(info: DistInfo, path: str | Path, ckpt) -> Path | None:
     out = on_main(info, save_checkpoint, path, ckpt)
     barrier(info)
     return out
+
+
+class DistributedSync:
+    """Training-loop callback for DDP runs (put it first): at every epoch end all ranks take
+    rank 0's BatchNorm statistics before anything evaluates or saves, and the epoch's row in
+    ``state.history`` reports the loss averaged over ranks and the images/s of all ranks."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+
+    def on_epoch_end(self, state) -> None:
+        sync_buffers(state.model, self.info)
+        if state.history:
+            row = state.history[-1]
+            row["loss"] = all_reduce_mean(row["loss"], self.info)
+            row["images_per_s"] = all_reduce_mean(row["images_per_s"], self.info) \
+                * self.info.world_size
+            row["world_size"] = self.info.world_size
+
+    def on_train_end(self, state) -> None:
+        sync_buffers(state.model, self.info)
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

@@ -158,6 +158,8 @@ class HardNegativeCallback(Refresh):
     see ``training.refresh.Refresh`` for the hooks.
     """
 
+    label = "mining"
+
     def __init__(self, *, sampler: HardNegativeSampler, k: int = 10, every_steps: int = 0,
                  embedder=None, max_per_class: int | None = None,
                  info: DistInfo = SINGLE_PROCESS) -> None:
@@ -165,6 +167,12 @@ class HardNegativeCallback(Refresh):
                          max_per_class=max_per_class, info=info)
         self.sampler, self.k = sampler, k
         self.history: list[dict] = []
+        self.last: dict = {}
+
+    def on_epoch_end(self, state) -> None:
+        super().on_epoch_end(state)
+        if getattr(state, "history", None) and self.last:
+            state.history[-1]["mined_nn_is_other_class"] = self.last["nn_is_other_class"]
 
     def refresh(self, tag: str) -> None:
         emb = self.embedder()
@@ -176,6 +184,7 @@ class HardNegativeCallback(Refresh):
         stats = {"tag": tag, "nn_is_other_class": hn.nn_is_other_class,
                  "mean_hardest_distance": float(hardest.mean()) if len(hardest) else float("nan")}
         self.history.append(stats)
+        self.last = stats
         log.info("hard negatives mined (%s): nearest neighbour of another class for %.1f%% of "
                  "images, mean hardest distance %.3f", tag, 100 * stats["nn_is_other_class"],
                  stats["mean_hardest_distance"])

@@ -232,11 +232,13 @@ class HierarchicalTripletLoss:
     tuple_kind = "triplets"
 
     def __init__(self, tree: ClassTree | None = None, *, beta: float = 0.1, distance=None,
-                 reduction: str = "nonzero") -> None:
-        self.beta = beta
+                 reduction: str = "nonzero", margin: float | None = None) -> None:
+        # ``margin`` is β under the name the loss registry passes to every loss
+        self.beta = beta if margin is None else margin
         self.distance = distance or LpDistance()
         self.reduction = reduction
         self.tree: ClassTree | None = None
+        self._warned = False
         if tree is not None:
             self.set_tree(tree)
         self.last_active = self.last_total = 0
@@ -249,8 +251,13 @@ class HierarchicalTripletLoss:
 
     def margins(self, ya: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
         if self.tree is None:
-            raise RuntimeError("HierarchicalTripletLoss has no class tree yet: call set_tree "
-                               "(HTLCallback does before the first step)")
+            # no tree yet: every class pair at the same distance, i.e. the triplet loss with
+            # margin β (the training loop's HTLCallback sets a tree before the first step)
+            if not self._warned:
+                log.warning("HierarchicalTripletLoss has no class tree: margin is β=%.3g for "
+                            "every triplet until set_tree is called", self.beta)
+                self._warned = True
+            return torch.full(ya.shape, float(self.beta))
         return self.beta + self._dh[ya, yn] - self._s[ya]
 
     def __call__(self, emb: torch.Tensor, labels: torch.Tensor, indices=None) -> torch.Tensor:
@@ -274,14 +281,16 @@ class HierarchicalTripletLoss:
 
 class HTLCallback(Refresh):
     """Rebuilds the class tree from the model's embeddings every epoch (``every_steps=0``) or
-    every N optimiser steps, hands it to the sampler and the loss, and writes
+    every N optimiser steps, hands it to the sampler and/or the loss, and writes
     ``tree_<tag>.json`` + ``dendrogram_<tag>.png`` into ``out_dir`` (default: ``<run>/htl``;
     on rank 0 only). ``max_per_class`` bounds the images embedded per rebuild; ``seconds``
     adds up the time spent rebuilding. See ``training.refresh.Refresh`` for the hooks.
     """
 
-    def __init__(self, *, sampler: HierarchicalSampler, loss: HierarchicalTripletLoss,
-                 levels: int = 8, every_steps: int = 0, out_dir: str | Path | None = None,
+    label = "tree"
+
+    def __init__(self, *, sampler: HierarchicalSampler | None = None,
+                 loss: HierarchicalTripletLoss | None = None, levels: int = 8, every_steps: int = 0, out_dir: str | Path | None = None,
                  class_names: Sequence[str] | None = None, write: bool = True,
                  embedder=None, max_per_class: int | None = None,
                  info: DistInfo = SINGLE_PROCESS) -> None:
@@ -301,8 +310,10 @@ class HTLCallback(Refresh):
 
     def refresh(self, tag: str) -> None:
         tree = ClassTree.rebuild(self.embedder(), self.embedder.labels, levels=self.levels)
-        self.sampler.set_tree(tree)
-        self.loss.set_tree(tree)
+        if self.sampler is not None:
+            self.sampler.set_tree(tree)
+        if self.loss is not None:
+            self.loss.set_tree(tree)
         self.tree = tree
         if self.write and self.out_dir is not None:
             tree.write(self.out_dir, tag, self.class_names)

@@ -118,6 +118,16 @@ class Refresh:
                                             batch_size=self.batch_size,
                                             seed=int(state.config.get("seed", 0)))
 
+    label = "refresh"  # history column prefix: "<label>_seconds", "<label>s"
+
+    def on_epoch_end(self, state) -> None:
+        """Adds this epoch's refresh time and count to ``state.history[-1]`` (metrics.csv)."""
+        done = getattr(self, "_done", (0.0, 0))
+        if getattr(state, "history", None):
+            state.history[-1][f"{self.label}_seconds"] = self.seconds - done[0]
+            state.history[-1][f"{self.label}s"] = self.count - done[1]
+        self._done = (self.seconds, self.count)
+
     def on_epoch_start(self, state) -> None:
         """Refreshes once per epoch, and before the first step in any case."""
         if self.every_steps == 0 or self.count == 0:

@@ -108,3 +108,28 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     code = main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--epochs", "0"])
     assert code == 2 and "--epochs must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_init_from_autoencoder(tmp_path, few_digits, digits_dir):
+    from training.checkpoint import load_checkpoint
+    from training.train import TrainConfig, train
+
+    train_list, _, _, _ = few_digits
+    ae_path = pretrain(PretrainConfig(out=str(tmp_path / "ae"), list_file=str(train_list),
+                                      arch_kwargs={"width": 4}, input_size=16, epochs=1,
+                                      batch_size=16, num_workers=0, latent_channels=4))
+    ae, _ = load_autoencoder(ae_path)
+    # lr 0: the run's weights are exactly the ones it started from
+    cfg = TrainConfig(data=str(digits_dir), out=str(tmp_path / "run"),
+                      init_from_autoencoder=str(ae_path), lr=0.0, arch="smallcnn",
+                      arch_kwargs={"width": 4}, input_size=16, embedding_dim=8, p=4, k=2,
+                      steps_per_epoch=1, epochs=1, num_workers=0, val_fraction=0.0,
+                      tensorboard=False, calibration_pairs=50)
+    model = load_checkpoint(train(cfg)).build()
+    for name, p in model.backbone.named_parameters():
+        assert torch.equal(p, dict(ae.backbone.named_parameters())[name]), name
+    with pytest.raises(ValueError, match="does not match"):
+        train(TrainConfig(data=str(digits_dir), out=str(tmp_path / "bad"), arch="smallcnn",
+                          arch_kwargs={"width": 8}, init_from_autoencoder=str(ae_path),
+                          input_size=16, num_workers=0))

@@ -144,3 +144,65 @@ def test_two_processes_train_one_model(tmp_path):
     assert (tmp_path / "ckpt_from_rank0.pt").is_file()
     assert not (tmp_path / "ckpt_from_rank1.pt").exists()
     assert (tmp_path / "log.txt").read_text() == "rank0\n"
+
+
+def _train_worker(rank: int, world: int, port: int, data: str, tmp: str) -> None:
+    import training.callbacks
+    import training.htl
+    import training.train
+    from training.distributed import ShardedBatchSampler
+    from training.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    writes = []  # every checkpoint / tree this rank writes
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*a, **kw):
+            writes.append(name)
+            return real(*a, **kw)
+        setattr(module, name, wrapper)
+
+    spy(training.callbacks, "save_checkpoint")
+    spy(training.train, "save_checkpoint")
+    spy(training.htl.ClassTree, "write")
+
+    class Record:
+        def on_train_end(self, state):
+            sampler = state.loader.batch_sampler
+            assert isinstance(sampler, ShardedBatchSampler)
+            tree = sampler.inner.tree
+            torch.save({"state": {k: v.clone() for k, v in state.model.state_dict().items()},
+                        "batches": list(sampler), "out": str(state.out),
+                        "thresholds": torch.from_numpy(tree.thresholds),
+                        "node": torch.from_numpy(tree.node)}, os.path.join(tmp, f"rank{rank}.pt"))
+
+    cfg = TrainConfig(data=data, out=os.path.join(tmp, "run"), loss="htl", sampler="hierarchical",
+                      neighbours=1, tree_levels=3, arch="smallcnn", arch_kwargs={"width": 4},
+                      input_size=16, embedding_dim=8, p=4, k=2, steps_per_epoch=4, epochs=1,
+                      num_workers=0, val_fraction=0.0, tensorboard=False, calibration_pairs=50)
+    path = train(cfg, callbacks=[Record()])
+    with open(os.path.join(tmp, f"writes{rank}.txt"), "w") as f:
+        f.write(" ".join(writes) + f"\n{path}")
+
+
+@pytest.mark.slow
+def test_train_under_two_processes_is_one_htl_run(tmp_path, digits_dir):
+    """What `torchrun --nproc_per_node 2 -m imgsim.cli train --loss htl --sampler
+    hierarchical ...` does, on gloo: one model, one tree, disjoint batches, rank 0 writes."""
+    mp.spawn(_train_worker, args=(2, _free_port(), str(digits_dir), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    # the tree was built from all-gathered embeddings: the same on both ranks
+    assert torch.equal(r0["thresholds"], r1["thresholds"]) and torch.equal(r0["node"], r1["node"])
+    assert len(r0["batches"]) == len(r1["batches"]) == 2 and r0["batches"] != r1["batches"]
+    w0, w1 = ((tmp_path / f"writes{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert "write" in w0[0] and w0[0].count("save_checkpoint") == 2  # last.pt, model.pt
+    assert w1[0] == "" and r1["out"] == "None"
+    assert w0[1] == w1[1] == str(tmp_path / "run" / "model.pt")
+    assert (tmp_path / "run" / "htl" / "tree_epoch001.json").is_file()

@@ -80,3 +80,31 @@ def test_calibrated_threshold_on_images(tmp_path):
     assert ckpt.metrics["calibration"]["n_pairs"] > 0
     loaded = load_checkpoint(save_checkpoint(tmp_path / "e.pt", ckpt))
     assert loaded.spec.threshold == pytest.approx(ckpt.spec.threshold)
+
+
+@pytest.mark.slow
+def test_train_ensemble_of_two_into_one_checkpoint(tmp_path, digits_dir):
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(digits_dir), out=str(tmp_path), ensemble=2, arch="smallcnn",
+                      arch_kwargs={"width": 4}, input_size=16, embedding_dim=8, p=4, k=3,
+                      steps_per_epoch=2, epochs=1, num_workers=0, val_fraction=0.3,
+                      tensorboard=False, calibration_pairs=100)
+    path = train(cfg)
+    assert path == tmp_path / "model.pt"
+    ckpt = load_checkpoint(path)
+    members = ckpt.spec.arch_kwargs["members"]
+    assert ckpt.spec.arch == "ensemble" and ckpt.spec.embedding_dim == 16 and len(members) == 2
+    assert ckpt.spec.threshold is not None
+    assert ckpt.metrics["calibrated_on"] == "validation classes"
+    seeds = [m["config"]["seed"] for m in ckpt.config["members"]]
+    assert seeds == [0, 1]
+    # the members trained on the same classes: the 3 validation classes none of them saw
+    trained = [load_checkpoint(tmp_path / f"member{i}" / "model.pt") for i in range(2)]
+    assert all(t.config["val_fraction"] == 0.0 for t in trained)
+    a, b = (Embedder(t.build(), t.spec) for t in trained)
+    x = torch.randn(3, 3, 16, 16)
+    assert not np.allclose(a.embed_tensors(x), b.embed_tensors(x))  # different draws
+    got = Embedder.from_checkpoint(path).embed_tensors(x)
+    assert np.allclose(got, np.concatenate([a.embed_tensors(x), b.embed_tensors(x)], 1)
+                       / np.sqrt(2), atol=1e-5)

@@ -97,3 +97,19 @@ def test_callback_mines_with_the_current_model():
     cb.on_epoch_start(SimpleNamespace(epoch=1, step=4))
     assert all(labels[s.hard[int(r)][0]] == 1 for r in rows)
     assert len(cb.history) == 2
+
+
+@pytest.mark.slow
+def test_train_with_hard_negative_batches(tmp_path, digits_dir):
+    from training.checkpoint import load_checkpoint
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(digits_dir), out=str(tmp_path), sampler="hard-negatives",
+                      neighbours=1, mining_k=3, refresh_every=3, refresh_max_per_class=5,
+                      arch="smallcnn", arch_kwargs={"width": 4}, input_size=16, embedding_dim=8,
+                      p=4, k=2, steps_per_epoch=2, epochs=2, num_workers=0, val_fraction=0.0,
+                      tensorboard=False, calibration_pairs=100)
+    hist = load_checkpoint(train(cfg)).metrics["history"]
+    # re-mined before the first step and after step 3 (every 3 steps over 4 steps)
+    assert sum(h["minings"] for h in hist) == 2
+    assert all(0 <= h["mined_nn_is_other_class"] <= 1 for h in hist)

@@ -161,14 +161,19 @@ def test_htl_training_step_pulls_tree_neighbours_apart():
     assert loss.item() < first and centre_gap() > before
 
 
-def test_without_a_tree_sampler_draws_random_neighbours_and_loss_refuses():
+def test_without_a_tree_sampler_draws_random_neighbours_and_loss_is_plain_triplet(caplog):
     _, labels = _clustered()
     s = HierarchicalSampler(labels, None, anchor_classes=1, neighbours=2, per_class=2,
                             num_batches=30, seed=0)
     pairs = {tuple(sorted(set(labels[b].tolist()))) for b in s}
     assert all(len(p) == 3 for p in pairs) and len(pairs) > 5  # not tied to any tree
-    with pytest.raises(RuntimeError, match="no class tree"):
-        HierarchicalTripletLoss()(torch.zeros(4, 2), torch.tensor([0, 0, 1, 1]))
+    from training.losses import TripletLoss
+    from training.miners import all_triplets
+
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(4).repeat(2)
+    plain = TripletLoss(margin=0.3, reduction="nonzero")(x, y, all_triplets(y))
+    assert HierarchicalTripletLoss(beta=0.3)(x, y).item() == pytest.approx(plain.item(), rel=1e-5)
+    assert "no class tree" in caplog.text
 
 
 def test_callback_builds_its_embedder_from_the_training_state(tmp_path, digits_dir):
@@ -193,3 +198,55 @@ def test_callback_builds_its_embedder_from_the_training_state(tmp_path, digits_d
     assert len(cb.embedder.labels) == 12  # 3 per class
     tree = json.loads((tmp_path / "htl" / "tree_epoch001.json").read_text())
     assert tree["classes"] == ["0", "1", "2", "3"]
+
+
+def test_refresh_parts_are_built_by_name():
+    from training.beyond import build_refresh_sampler, refresh_callbacks
+    from training.distributed import ShardedBatchSampler
+    from training.hard_negatives import HardNegativeCallback, HardNegativeSampler
+    from training.htl import HTLCallback
+    from training.losses import TripletLoss
+
+    _, labels = _clustered()
+    hs = build_refresh_sampler("hierarchical", labels, p=4, k=3, num_batches=5, seed=0,
+                               neighbours=1)
+    assert isinstance(hs, HierarchicalSampler) and hs.anchor_classes == 2
+    # at most P x K: 2 anchors + 1 neighbour each (a class drawn twice enters once), K = 3
+    assert all(len(b) in (6, 9, 12) for b in hs) and any(len(b) == 12 for b in hs)
+    hn = build_refresh_sampler("hard-negatives", labels, p=4, k=3, num_batches=5, seed=0)
+    assert isinstance(hn, HardNegativeSampler)
+    with pytest.raises(ValueError, match="hierarchical"):
+        build_refresh_sampler("pk", labels, p=4, k=3, num_batches=5, seed=0)
+    # an HTL loss needs a tree even with a plain sampler; a tree sampler even with a plain loss
+    loss = HierarchicalTripletLoss()
+    (cb,) = refresh_callbacks(loss_fn=loss, batch_sampler=None, every_steps=7)
+    assert isinstance(cb, HTLCallback) and cb.loss is loss and cb.sampler is None
+    assert cb.every_steps == 7
+    (cb,) = refresh_callbacks(loss_fn=TripletLoss(),
+                              batch_sampler=ShardedBatchSampler(hs, rank=0, world_size=2))
+    assert cb.sampler is hs and cb.loss is None
+    (cb,) = refresh_callbacks(loss_fn=TripletLoss(), batch_sampler=hn, mining_k=4)
+    assert isinstance(cb, HardNegativeCallback) and cb.k == 4
+    assert refresh_callbacks(loss_fn=TripletLoss(), batch_sampler=None) == []
+
+
+@pytest.mark.slow
+def test_imgsim_train_loss_htl_sampler_hierarchical_writes_tree_per_epoch(tmp_path, digits_dir):
+    from imgsim.cli import main
+    from training.checkpoint import load_checkpoint
+
+    code = main(["train", "--data", str(digits_dir), "--out", str(tmp_path), "--loss", "htl",
+                 "--sampler", "hierarchical", "--neighbours", "1", "--tree-levels", "3",
+                 "--refresh-max-per-class", "4", "--arch", "smallcnn", "--input-size", "16",
+                 "--embedding-dim", "8", "--p", "4", "--k", "3", "--steps-per-epoch", "2",
+                 "--epochs", "2", "--num-workers", "0", "--val-fraction", "0",
+                 "--no-tensorboard"])
+    assert code == 0
+    for epoch in (1, 2):  # rebuilt every epoch from the model's own embeddings
+        tree = json.loads((tmp_path / "htl" / f"tree_epoch{epoch:03d}.json").read_text())
+        assert len(tree["levels"]) == 4 and sorted(tree["classes"]) == [str(d) for d in range(10)]
+        assert (tmp_path / "htl" / f"dendrogram_epoch{epoch:03d}.png").stat().st_size > 1000
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    hist = ckpt.metrics["history"]
+    assert [h["trees"] for h in hist] == [1, 1] and all(h["tree_seconds"] > 0 for h in hist)
+    assert ckpt.config["loss"] == "htl" and ckpt.config["sampler"] == "hierarchical"
