@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "validation weights, calibrated thresholds), last.pt and best.pt every "
                     "epoch, metrics.csv, norms.csv (per-layer weight and gradient norms), "
                     "loss.png and TensorBoard logs under <out>/tb. Settings come from --config "
-                    "(TOML, TrainConfig field names) and flags; flags win.")
+                    "(TOML, TrainConfig field names) and flags; flags win. Under `torchrun "
+                    "--nproc_per_node N -m imgsim.cli train ...` it trains one model with "
+                    "DistributedDataParallel (gloo on CPUs, NCCL on GPUs); rank 0 writes.")
     p.add_argument("--config", help="TOML file of TrainConfig settings (flags override it)")
     p.add_argument("--format", choices=sorted(FORMATS),
                    help="folder: <data>/<class>/<image>; cub: CUB layout, classes 0-49 train; "
@@ -57,8 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="contrastive: max(0, m²-d²) instead of max(0, m-d)²")
     p.add_argument("--distance", choices=sorted(DISTANCES), help=f"default {d['distance']}")
     p.add_argument("--sampler", choices=list(SAMPLERS),
-                   help="pk: P classes x K images per batch; pairs: genuine/impostor pairs "
-                        f"(default {d['sampler']})")
+                   help="pk: P classes x K images per batch; pairs: genuine/impostor pairs; "
+                        "hierarchical: anchor classes and their nearest classes in the class "
+                        "tree (HTL); hard-negatives: anchors and the classes of their "
+                        f"FAISS-mined hardest negatives (default {d['sampler']})")
     p.add_argument("--positive-fraction", type=float,
                    help=f"pairs sampler: share of genuine pairs (default {d['positive_fraction']})")
     p.add_argument("--epochs", type=int, help=f"default {d['epochs']}")
@@ -91,6 +95,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train on the eval transform")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--neighbours", type=int,
+                   help="hierarchical / hard-negatives samplers: near classes per anchor class "
+                        f"(default {d['neighbours']})")
+    p.add_argument("--tree-levels", type=int,
+                   help=f"--loss htl / --sampler hierarchical: class tree levels (default "
+                        f"{d['tree_levels']}); the tree is written per rebuild to <out>/htl/ "
+                        "as JSON and a dendrogram PNG")
+    p.add_argument("--refresh-every", type=int,
+                   help="rebuild the class tree / re-mine hard negatives every N steps "
+                        "(default 0: every epoch)")
+    p.add_argument("--refresh-max-per-class", type=int,
+                   help="images per class embedded for each rebuild / re-mining (default: all)")
+    p.add_argument("--mining-k", type=int,
+                   help=f"hard-negatives: other-class neighbours mined per image (default "
+                        f"{d['mining_k']})")
+    p.add_argument("--init-from-autoencoder",
+                   help="initialise the backbone from `imgsim pretrain`'s autoencoder.pt "
+                        "(same --arch)")
+    p.add_argument("--ensemble", type=int,
+                   help="train N members (seeds seed .. seed+N-1) into one ensemble checkpoint "
+                        "(default 1: a single model)")
     p.set_defaults(func=_train)
 
     m = sub.add_parser("models", help="registered backbones: parameters and FLOPs",

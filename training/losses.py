@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from training.distances import LpDistance
+from training.htl import HierarchicalTripletLoss
 from training.miners import PairIndices, TripletIndices, pairs_to_triplets, triplets_to_pairs
 
 
@@ -77,9 +78,12 @@ class TripletLoss:
         return terms.mean()
 
 
-LOSSES = {"contrastive": ContrastiveLoss, "triplet": TripletLoss}
+# htl: hierarchical triplet loss (Ge et al. 2018); its margin is β, its tree comes from
+# training.htl.HTLCallback (the loop adds it); all in-batch triplets, as in the paper.
+LOSSES = {"contrastive": ContrastiveLoss, "triplet": TripletLoss,
+          "htl": HierarchicalTripletLoss}
 # The miner each loss uses when none is named.
-DEFAULT_MINER = {"contrastive": "all-pairs", "triplet": "batch-hard"}
+DEFAULT_MINER = {"contrastive": "all-pairs", "triplet": "batch-hard", "htl": "all-triplets"}
 
 
 def get_loss(name: str, **kwargs):

@@ -38,7 +38,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from training.autoencoder import init_backbone_from_autoencoder
 from training.backbones import build_model, load_pretrained_backbone
+from training.beyond import REFRESH_SAMPLERS, build_refresh_sampler, refresh_callbacks
 from training.calibration import (
     best_accuracy_threshold,
     pair_distances,
@@ -60,6 +62,7 @@ from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data import LabelledImages, Sample, split_by_class
 from training.datasets import FORMATS, DatasetSplit, load_split
 from training.distances import DISTANCES, get_distance
+from training.distributed import DistributedSync, barrier, init_from_env, shard, unwrap, wrap_model
 from training.embedder import Embedder
 from training.losses import DEFAULT_MINER, LOSSES, get_loss
 from training.miners import MINERS
@@ -70,7 +73,7 @@ from training.transforms import AUGMENTATIONS, eval_transform, get_augmentation
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("pk", "pairs")
+SAMPLERS = ("pk", "pairs", *REFRESH_SAMPLERS)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,14 @@ class TrainConfig:
     norms_every: int = 50
     resume: bool = False
     device: str = "cpu"
+    # tree / mining samplers and the htl loss (training.beyond); under torchrun: DDP
+    neighbours: int = 3  # hierarchical / hard-negatives: near classes per anchor class
+    tree_levels: int = 8  # class tree levels (htl loss, hierarchical sampler)
+    refresh_every: int = 0  # rebuild the tree / re-mine every N steps (0: every epoch)
+    refresh_max_per_class: int | None = None  # images per class embedded per refresh
+    mining_k: int = 10  # hard-negatives: nearest other-class neighbours mined per image
+    init_from_autoencoder: str | None = None  # `imgsim pretrain` output for the backbone
+    ensemble: int = 1  # > 1: that many members (seeds seed, seed+1, ...) in one checkpoint
 
     def __post_init__(self) -> None:
         for value, registry, what in [
@@ -173,6 +184,10 @@ def build_batch_sampler(cfg: TrainConfig, targets: Sequence[int]):
                            num_batches=cfg.steps_per_epoch, seed=cfg.seed)
     counts = np.bincount(np.asarray(targets))
     n_classes = int((counts >= 2).sum())
+    if cfg.sampler in REFRESH_SAMPLERS:
+        return build_refresh_sampler(cfg.sampler, targets, p=min(cfg.p, n_classes), k=cfg.k,
+                                     num_batches=cfg.steps_per_epoch, seed=cfg.seed,
+                                     neighbours=cfg.neighbours)
     return PKSampler(targets, p=min(cfg.p, n_classes), k=cfg.k,
                      num_batches=cfg.steps_per_epoch, seed=cfg.seed)
 
@@ -295,7 +310,13 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     ``spec.threshold``, the best-accuracy one; ``metrics["calibration_far"]`` is the one at
     ``cfg.target_far``). ``samples`` replaces the dataset named by ``cfg.format``/``cfg.data``
     as the training pool; ``loss_fn``, ``miner`` and ``batch_sampler`` replace the parts the
-    config names."""
+    config names. ``cfg.ensemble`` > 1 trains an ensemble (``training.ensemble``). Under
+    torchrun the model is DDP-wrapped, batches are sharded by rank and only rank 0 writes."""
+    if cfg.ensemble > 1:
+        from training.ensemble import train_ensemble
+
+        return train_ensemble(cfg, cfg.ensemble, samples=samples)
+    info = init_from_env()
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,11 +332,15 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     if cfg.pretrained:
         missing, _ = load_pretrained_backbone(model, cfg.pretrained)
         log.info("loaded %s (%d backbone keys missing)", cfg.pretrained, len(missing))
+    if cfg.init_from_autoencoder:
+        init_backbone_from_autoencoder(model, spec, cfg.init_from_autoencoder)
+    device = info.device if info.enabled else torch.device(cfg.device)
+    model = wrap_model(model.to(device), info)
     built_loss, built_miner = build_loss_and_miner(cfg)
     loss_fn, miner = loss_fn or built_loss, miner or built_miner
     aug = cfg.augmentation or split.augment
     ds = LabelledImages(train_s, get_augmentation(aug, spec) if cfg.augment else eval_transform(spec))
-    sampler = batch_sampler or build_batch_sampler(cfg, ds.targets)
+    sampler = shard(batch_sampler or build_batch_sampler(cfg, ds.targets), info)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=cfg.num_workers,
                         persistent_workers=cfg.num_workers > 0)
     opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr,
@@ -323,8 +348,9 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     sched = build_scheduler(cfg.schedule, opt, total_steps=cfg.epochs * len(sampler),
                             warmup_steps=cfg.warmup_steps)
     config = asdict(cfg)
-    state = TrainState(model=model, spec=spec, optimizer=opt, scheduler=sched, out=out,
-                       config=config, dataset=ds, loader=loader)
+    state = TrainState(model=model, spec=spec, optimizer=opt, scheduler=sched,
+                       out=out if info.is_main else None, config=config, dataset=ds,
+                       loader=loader)
     if cfg.resume and (out / "last.pt").is_file():
         _resume(state, out / "last.pt")
     elif cfg.resume:
@@ -332,7 +358,7 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     standard: list[Callback] = []
     if val_s:
         standard.append(Validation(val_s, metric=cfg.val_metric, every=cfg.val_every))
-    tb = _tensorboard(out, cfg.tensorboard)
+    tb = _tensorboard(out, cfg.tensorboard and info.is_main)
     standard += [EpochCheckpoint(), MetricsCSV(out / "metrics.csv"),
                  NormLog(out / "norms.csv", every=cfg.norms_every,
                          sink=tb.scalar if tb else None), LossCurve(out / "loss.png")]
@@ -340,9 +366,17 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
         standard.append(tb)
     log.info("training %s on %d images (%d classes), validating on %d images (%d classes)",
              cfg.arch, len(train_s), len(ds.classes), len(val_s), len({s.label for s in val_s}))
+    extra: list = [DistributedSync(info)] if info.enabled else []
+    extra += refresh_callbacks(loss_fn=loss_fn, batch_sampler=sampler,
+                               every_steps=cfg.refresh_every,
+                               max_per_class=cfg.refresh_max_per_class,
+                               tree_levels=cfg.tree_levels, mining_k=cfg.mining_k, info=info)
     fit(state, loader, loss_fn, miner, epochs=cfg.epochs, grad_clip=cfg.grad_clip,
-        callbacks=[*callbacks, *standard], device=cfg.device)
-    return _finish(cfg, state, train_s, val_s, out)
+        callbacks=[*extra, *callbacks, *(standard if info.is_main else [])], device=device)
+    state.model = unwrap(state.model)
+    path = _finish(cfg, state, train_s, val_s, out) if info.is_main else out / "model.pt"
+    barrier(info)  # no rank returns before model.pt is written
+    return path
 
 
 def _tensorboard(out: Path, enabled: bool) -> TensorBoard | None:
