@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "chunks. Past one machine: run `--prepare` once (plans; for IVF trains on "
                     "a sample), then N workers `--shard i/N` (any scheduler, shared work dir), "
                     "then `--merge` once (FAISS merges the IVF inverted lists). See "
-                    "docs/INDEXER.md.")
+                    "indexer/README.md.")
     r.add_argument("--checkpoint", required=True)
     _common(r)
     _indexing(r)

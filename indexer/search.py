@@ -26,12 +26,17 @@ def search_params(version: IndexVersion) -> faiss.SearchParameters | None:
 def search_index(version: IndexVersion, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) float32 queries -> (distances, ids), each (n, k); missing results are id -1.
 
-    Distances are what the index's metric returns (squared L2 for ``metric == "l2"``)."""
-    queries = np.ascontiguousarray(queries, np.float32)
-    if queries.ndim != 2 or queries.shape[1] != version.index.d:
-        raise ValueError(f"queries must be (n, {version.index.d}), got {queries.shape}")
-    k = max(1, min(int(k), max(int(version.index.ntotal), 1)))
-    params = search_params(version)
-    if params is None:
-        return version.index.search(queries, k)
-    return version.index.search(queries, k, params=params)
+    Distances are what the index's metric returns (squared L2 for ``metric == "l2"``). The hot
+    path adds one attribute check to ``index.search``: validation happens only on failure."""
+    index = version.index
+    try:
+        if not version.manifest.tombstones:
+            return index.search(queries, k)
+        return index.search(queries, k, params=search_params(version))
+    except (AssertionError, ValueError) as e:  # FAISS's wrapper asserts; say what was wrong
+        shape = getattr(queries, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] != index.d:
+            raise ValueError(f"queries must be (n, {index.d}), got {shape}") from e
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}") from e
+        raise
