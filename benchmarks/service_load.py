@@ -60,7 +60,8 @@ class LoadConfig:
     train_steps: int = 12
     index_images: int = 600
     query_images: int = 200
-    users: tuple[int, ...] = (1, 4, 8, 16, 32)
+    users: tuple[int, ...] = (1, 4, 8, 16, 32)  # the last one is the saturation level
+    half_users: int = 8
     seconds: int = 30
     warmup_seconds: int = 8
     max_batch: int = 16
@@ -122,25 +123,28 @@ def prepare(cfg: LoadConfig) -> dict:
     return info
 
 
-def forward_limit(checkpoint: str, queries: list[str], *, batch: int, seconds: float) -> float:
-    """Images/second of the model's batched forward pass on real, preprocessed query images."""
+def forward_limit(checkpoint: str, queries: list[str], *, batch: int,
+                  seconds: float) -> tuple[float, float]:
+    """The model's batched forward pass on real, preprocessed query images: (images per
+    second, images per CPU-second of this process)."""
     emb = Embedder.from_checkpoint(checkpoint)
     x = torch.stack([emb.transform(decode_image(Path(q).read_bytes())) for q in queries[:batch]])
     emb.embed_tensors(x)  # warm-up
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         emb.embed_tensors(x)
         n += len(x)
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def limit_now(cfg: LoadConfig, info: dict) -> float:
+def limit_now(cfg: LoadConfig, info: dict) -> dict:
     """The limit, measured in a fresh process with the server's thread settings."""
     r = subprocess.run([sys.executable, __file__, "--measure-limit", info["checkpoint"],
                         "--queries", info["queries"], "--max-batch", str(cfg.max_batch),
                         "--limit-seconds", str(cfg.limit_seconds), "--threads", str(cfg.threads)],
                        check=True, capture_output=True, text=True, cwd=REPO, env=CHILD_ENV)
-    return float(r.stdout.strip().splitlines()[-1])
+    img_s, img_cpu_s = map(float, r.stdout.strip().splitlines()[-1].split())
+    return {"img_s": img_s, "img_cpu_s": img_cpu_s}
 
 
 def free_port() -> int:
@@ -228,25 +232,30 @@ def run(cfg: LoadConfig) -> dict:
                 rows.append(measure(cfg, c, target, info, mport, users, server_pid=server.pid,
                                     swap=users == max(cfg.users), swap_log=swap))
                 limits.append(limit_now(cfg, info))
-                rows[-1]["limit"] = (limits[-2] + limits[-1]) / 2
-            # half load: the saturating level's users, paced to half its request rate
-            sat = max(rows, key=lambda r: r["img_s"] / r["limit"])
-            rate = 0.5 * sat["rps"]
-            half = measure(cfg, c, target, info, mport, sat["users"], server_pid=server.pid,
+                rows[-1]["limit"] = _mean_limit(limits[-2:])
+            # saturation: the most users (the batcher runs full batches); half load: half its
+            # request rate, paced over half_users users
+            rate = 0.5 * rows[-1]["rps"]
+            half = measure(cfg, c, target, info, mport, cfg.half_users, server_pid=server.pid,
                            rate=rate)
             half["mode"] = f"paced {rate:.1f} req/s"
             limits.append(limit_now(cfg, info))
-            half["limit"] = (limits[-2] + limits[-1]) / 2
+            half["limit"] = _mean_limit(limits[-2:])
             rows.append(half)
             swap["served_after"] = c.describe().index_version
     finally:
         server.terminate()
         server_rc = server.wait(60)
     for r in rows:
-        r["ratio"] = r["img_s"] / r["limit"]
+        r["ratio"] = r["img_s"] / r["limit"]["img_s"]
+        r["cpu_ratio"] = r["img_cpu_s"] / r["limit"]["img_cpu_s"]
     return {"config": asdict(cfg), "prepared": info, "limits": limits, "rows": rows, "swap": swap,
             "server_exit_code": server_rc, "wall_seconds": time.perf_counter() - t_start,
             "load_start": load_start, "load_end": os.getloadavg()}
+
+
+def _mean_limit(pair: list[dict]) -> dict:
+    return {k: sum(x[k] for x in pair) / len(pair) for k in pair[0]}
 
 
 def measure(cfg: LoadConfig, client: SimilarityClient, target: str, info: dict, mport: int,
@@ -278,41 +287,47 @@ def measure(cfg: LoadConfig, client: SimilarityClient, target: str, info: dict, 
     n = max(stats["requests"], 1)
     return {"users": users, "mode": "closed loop", **stats,
             "img_s": images / elapsed, "mean_batch": images / max(batches, 1),
+            "img_cpu_s": images / max(server_cpu + stats["locust_cpu_s"], 1e-9),
             "server_cpu_ms": 1e3 * server_cpu / n, "locust_cpu_ms": 1e3 * stats["locust_cpu_s"] / n,
             "cpu_busy": (server_cpu + stats["locust_cpu_s"]) / elapsed}
 
 
 def table(res: dict) -> str:
     cfg = res["config"]
+    lim_s = ", ".join(f"{x['img_s']:.1f}" for x in res["limits"])
+    lim_cpu = ", ".join(f"{x['img_cpu_s']:.1f}" for x in res["limits"])
     lines = [
         f"limit = in-process batched forward of the same model (batch {cfg['max_batch']}, "
-        f"{cfg['threads']} threads, fresh process), measured before the first level and after "
-        f"each: {', '.join(f'{x:.1f}' for x in res['limits'])} img/s; server and limit both "
-        f"with OMP_WAIT_POLICY={CHILD_ENV['OMP_WAIT_POLICY']}",
+        f"{cfg['threads']} threads, fresh process, OMP_WAIT_POLICY="
+        f"{CHILD_ENV['OMP_WAIT_POLICY']} like the server), measured before the first level and "
+        f"after each: {lim_s} img/s; per CPU-second: {lim_cpu} img",
         "",
-        "| users | load | req/s | img/s | limit img/s | img/s / limit | mean batch | p50 ms "
-        "| p95 ms | p99 ms | failures / requests | CPU ms/req server, locust | cores busy |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| users | load | req/s | img/s | limit img/s | img/s / limit | img per CPU-s "
+        "(server+locust) / limit's | mean batch | p50 ms | p95 ms | p99 ms | failures / requests "
+        "| CPU ms/req server, locust | cores busy |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['users']} | {r['mode']} | {r['rps']:.1f} | {r['img_s']:.1f} | "
-                     f"{r['limit']:.1f} | {r['ratio']:.2f} | {r['mean_batch']:.1f} | "
-                     f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+                     f"{r['limit']['img_s']:.1f} | {r['ratio']:.2f} | {r['cpu_ratio']:.2f} | "
+                     f"{r['mean_batch']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
                      f"{r['failures']} / {r['requests']} | {r['server_cpu_ms']:.0f}, "
                      f"{r['locust_cpu_ms']:.0f} | {r['cpu_busy']:.2f} |")
-    closed = [r for r in res["rows"] if r["mode"] == "closed loop"]
-    sat = max(closed, key=lambda r: r["ratio"])
+    sat = [r for r in res["rows"] if r["mode"] == "closed loop"][-1]
     half = res["rows"][-1]
     s = res["swap"]
     fails = sum(r["failures"] for r in res["rows"])
     swapped = s.get("served_at_end") == s.get("published")
+    ok = "met" if min(sat["ratio"], sat["cpu_ratio"]) >= 0.85 else (
+        "met on one measure" if max(sat["ratio"], sat["cpu_ratio"]) >= 0.85 else "MISSED")
     lines += [
         "",
         f"hot swap: during the {max(cfg['users'])}-user run, published {s.get('published')} at "
         f"t={s.get('at_seconds', 0):.0f}s (served before: {s.get('from')}); served at the end "
         f"of the run: {s.get('served_at_end')}; failures in that run: {s.get('failures_in_run')}",
         "",
-        f"- saturation throughput >= 0.85 x limit: {sat['ratio']:.2f} x "
-        f"({'met' if sat['ratio'] >= 0.85 else 'MISSED'})",
+        f"- saturation ({sat['users']} users, mean batch {sat['mean_batch']:.1f}) >= 0.85 x "
+        f"limit: {sat['ratio']:.2f} x in images/s, {sat['cpu_ratio']:.2f} x in images per "
+        f"CPU-second ({ok})",
         f"- at half load p99 <= 3 x p50: p99 {half['p99']:.0f} ms vs 3 x {half['p50']:.0f} ms "
         f"({'met' if half['p99'] <= 3 * half['p50'] else 'MISSED'})",
         f"- zero failures over the run: {fails} ({'met' if fails == 0 else 'MISSED'})",
@@ -346,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index-images", type=int, default=LoadConfig.index_images)
     p.add_argument("--limit-seconds", type=float, default=LoadConfig.limit_seconds)
     p.add_argument("--threads", type=int, default=LoadConfig.threads)
+    p.add_argument("--half-users", type=int, default=LoadConfig.half_users)
     p.add_argument("--measure-limit", metavar="CHECKPOINT",
                    help="(internal) print the forward limit of CHECKPOINT and exit")
     p.add_argument("--queries", help="(internal) query list for --measure-limit")
@@ -353,14 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.measure_limit:
         torch.set_num_threads(a.threads)
         queries = [q for q in Path(a.queries).read_text().splitlines() if q]
-        print(forward_limit(a.measure_limit, queries, batch=a.max_batch, seconds=a.limit_seconds))
+        print(*forward_limit(a.measure_limit, queries, batch=a.max_batch,
+                             seconds=a.limit_seconds))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = LoadConfig(data=a.data, out=a.out, arch=a.arch, input_size=a.input_size,
                      users=tuple(int(u) for u in a.users.split(",")), seconds=a.seconds,
                      max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
                      train_steps=a.train_steps, index_images=a.index_images,
-                     limit_seconds=a.limit_seconds, threads=a.threads)
+                     limit_seconds=a.limit_seconds, threads=a.threads, half_users=a.half_users)
     res = run(cfg)
     (Path(cfg.out) / "results.json").write_text(json.dumps(res, indent=2, default=str))
     text = table(res)

@@ -175,3 +175,38 @@ def test_concurrent_requests_share_forward_passes(ws, tiny_checkpoint, digits_di
     assert max(sizes) > 1  # requests were embedded together
     for i in range(12):  # and each caller got its own answer
         assert results[i] == f"{i % 10}/{digit(digits_dir, str(i % 10), i).stem}"
+
+
+def test_several_collections_one_server(workspace, tiny_checkpoint, digits_dir, tmp_path):
+    """extra_indexes: each collection has its own index root, searches and changes stay in it."""
+    from indexer.build import BuildConfig, build_index
+    from indexer.catalog import open_catalog
+    from indexer.versions import load_index_version
+    from service.core import SimilarityCore
+    from training.data import list_image_folder
+    from training.embedder import Embedder
+
+    url = f"sqlite:///{workspace / 'cat.db'}"
+    small = [s for s in list_image_folder(digits_dir) if s.label in ("0", "1")][::4]
+    build_index(BuildConfig(checkpoint=str(tiny_checkpoint), images=str(digits_dir),
+                            index_root=str(workspace / "idx_b"), catalog_url=url, collection="b",
+                            num_workers=0, progress=False), samples=small)
+    c = SimilarityCore(Embedder.from_checkpoint(tiny_checkpoint), load_index_version(workspace / "idx"),
+                       open_catalog(url), extra_indexes=[load_index_version(workspace / "idx_b")])
+    try:
+        assert c.collections == ("default", "b") and c.describe("b").count == len(small)
+        q = ImageInput(data=digit(digits_dir, "0", 0).read_bytes())
+        in_b = c.search(q, 50, collection="b").hits
+        assert len(in_b) == len(small) and {h.label for h in in_b} == {"0", "1"}
+        assert len(c.search(q, 50).hits) == 50  # the default collection is untouched
+        key = f"0/{digit(digits_dir, '0', 0).stem}"  # the same key lives in both collections
+        assert c.search(ImageInput(key=key, collection="b"), 1, collection="b").hits[0].key == key
+        r = c.upsert([UpsertItem("b/new", digit(digits_dir, "7").read_bytes(), label="7",
+                                 collection="b")])
+        assert r.count == len(small) + 1 and c.describe().count == 400
+        assert c.search(q, 5, collection="b", labels=["7"]).hits[0].key == "b/new"
+        with pytest.raises(NotFound):
+            c.search(ImageInput(key="b/new"), 1)  # not in the default collection
+        assert c.swap_index(workspace / "idx_b") == r.index_version  # found by its root
+    finally:
+        c.close()

@@ -237,6 +237,8 @@ def test_client_cli_commands(secure, digits_dir, tmp_path, capsys):
     assert "SAME" in capsys.readouterr().out
     assert main(["describe", *w]) == 0
     assert "factory        Flat" in capsys.readouterr().out
+    assert main(["reload", *w]) == 0
+    assert "(unchanged)" in capsys.readouterr().out
     assert main(["delete", "ann/0", "ann/1", "bob/0", "bob/1", *w]) == 0
     assert "4 deleted" in capsys.readouterr().out
     assert main(["delete", "ann/0", *common, "--api-key", keys["read"]]) == 1
