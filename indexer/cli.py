@@ -60,6 +60,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
     ls.set_defaults(func=_list)
 
+    rb = isub.add_parser("rebuild", help="rebuild the current version from its stored vectors",
+                         description="Rebuild the current index version from the vectors it "
+                                     "stores (Flat, HNSW, IVF-Flat; no re-embedding): re-choose "
+                                     "(auto) or re-train, re-tune, drop tombstones, publish. Use "
+                                     "after many incremental changes (drift); compressed indexes "
+                                     "(PQ/SQ) need `imgsim reindex` instead.")
+    rb.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    rb.add_argument("--factory", default="auto")
+    rb.add_argument("--memory-budget-mb", type=float, default=2048.0)
+    rb.add_argument("--target-recall", type=float, default=0.95)
+    rb.add_argument("--keep-versions", type=int, default=5)
+    rb.add_argument("--if-drifted", action="store_true",
+                    help="only rebuild when the drift since the last full build warrants it")
+    rb.set_defaults(func=_rebuild)
+
     m = isub.add_parser("migrate", help="migrate the catalogue schema (Alembic)",
                         description="Bring the catalogue database to the latest schema revision "
                                     "(or --revision). Opening a catalogue does this too; run it "
@@ -136,6 +151,26 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{'*' if d.name == current else ' '} {d.name} {m['collection']} {m['factory']} "
               f"{json.dumps(m.get('search_params') or {})} count={m['count']} "
               f"recall@10={m.get('recall_at_10')} model={m['model_version']}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from indexer.construct import IndexingConfig
+    from indexer.incremental import drift, needs_rebuild
+    from indexer.rebuild import rebuild_version
+    from indexer.versions import load_index_version
+
+    version = load_index_version(args.index_root)
+    if args.if_drifted and not needs_rebuild(version.manifest):
+        print(f"{version.manifest.version}: drift {drift(version.manifest):.1%}, "
+              f"{version.manifest.tombstones} tombstones: no rebuild needed")
+        return 0
+    path = rebuild_version(args.index_root, version, keep=args.keep_versions,
+                           cfg=IndexingConfig(factory=args.factory,
+                                              memory_budget_mb=args.memory_budget_mb,
+                                              target_recall=args.target_recall))
+    print(f"published {path}")
+    _print_manifest(path)
     return 0
 
 

@@ -3,6 +3,7 @@ import pytest
 from sqlalchemy import func, select
 
 from indexer.catalog import ImageRow, all_images, image_by_key, open_catalog, upsert_images
+from indexer.construct import IndexingConfig
 from indexer.factory import new_index
 from indexer.incremental import (
     add_to_index,
@@ -12,6 +13,7 @@ from indexer.incremental import (
     publish_changes,
     remove_from_index,
 )
+from indexer.rebuild import rebuild_version, stored_vectors
 from indexer.search import search_index
 from indexer.versions import IndexVersion, Manifest, load_index_version, publish_index_version
 
@@ -139,3 +141,34 @@ def test_a_clone_changes_without_touching_the_served_version(setup):
     assert version.index.ntotal == 300 and version.manifest.removed_since_build == 0
     assert copy.manifest.removed_since_build == 1
     assert isinstance(copy, IndexVersion)
+
+
+def test_a_rebuild_drops_drift_and_tombstones_and_keeps_the_live_vectors(setup):
+    root, Session, version, x, rng = setup
+    with Session.begin() as s:
+        remove_from_index(s, version, [f"k{i}" for i in range(80)], collection="c")
+        new_ids = add_to_index(s, version, _rows([f"n{i}" for i in range(20)]), x[:20] + 0.01,
+                               collection="c")
+    assert needs_rebuild(version.manifest)
+    publish_changes(root, version)
+    path = rebuild_version(root, load_index_version(root),
+                           cfg=IndexingConfig(factory=version.manifest.factory, tuning_queries=100))
+    rebuilt = load_index_version(root)
+    m = rebuilt.manifest
+    assert rebuilt.path == path and m.parent_version == version.manifest.version
+    assert (m.count, m.tombstones, m.added_since_build, m.count_at_build) == (240, 0, 0, 240)
+    assert not needs_rebuild(m) and m.recall_at_10 >= 0.95
+    vectors, ids = stored_vectors(rebuilt.index)
+    with Session() as s:
+        assert sorted(ids.tolist()) == sorted(r.id for r in all_images(s, collection="c"))
+    assert set(new_ids) <= set(ids.tolist())
+    np.testing.assert_array_equal(vectors[np.argsort(ids)][-20:], x[:20] + 0.01)
+
+
+def test_compressed_codes_cannot_be_rebuilt_in_place():
+    x = np.random.default_rng(0).standard_normal((3000, D)).astype(np.float32)
+    index = new_index("IVF16,PQ4", D)
+    index.train(x)
+    index.add_with_ids(x, np.arange(3000))
+    with pytest.raises(ValueError, match="imgsim reindex"):
+        stored_vectors(index)
