@@ -261,7 +261,8 @@ def record_index_version(session: Session, *, name: str, collection: str, factor
                          model_id: int | None, params: dict, count: int,
                          recall_at_10: float | None, path: str, build_seconds: float,
                          state: str = "published") -> IndexVersionRow:
-    """Insert or update the row of an index version."""
+    """Insert or update the row of an index version; publishing one retires the collection's
+    previously published version."""
     if state not in INDEX_STATES:
         raise ValueError(f"state must be one of {INDEX_STATES}, got {state!r}")
     ensure_collection(session, collection)
@@ -271,6 +272,11 @@ def record_index_version(session: Session, *, name: str, collection: str, factor
         session.add(row)
     row.model_id, row.params, row.count = model_id, params, count
     row.recall_at_10, row.path, row.build_seconds, row.state = recall_at_10, path, build_seconds, state
+    if state == "published":  # one current version per collection: the others are retired
+        for other in session.scalars(select(IndexVersionRow).where(
+                IndexVersionRow.collection == collection, IndexVersionRow.state == "published",
+                IndexVersionRow.name != name)):
+            other.state = "retired"
     session.flush()
     return row
 

@@ -156,6 +156,13 @@ def test_models_and_index_versions(catalog_url):
         assert [(r.name, r.state, r.params) for r in rows] == [
             ("v1", "retired", {"nprobe": 4}), ("v2", "published", {})]
         assert s.scalars(select(CollectionRow.name)).all() == ["faces"]
+    with Session.begin() as s:  # publishing a version retires the collection's current one
+        record_index_version(s, name="v3", collection="faces", factory="Flat", model_id=m.id,
+                             params={}, count=12, recall_at_10=1.0, path="/idx/v3",
+                             build_seconds=0.1)
+    with Session() as s:
+        assert [(r.name, r.state) for r in index_versions(s)] == [
+            ("v1", "retired"), ("v2", "retired"), ("v3", "published")]
     with pytest.raises(IntegrityError):  # an index version names a real model
         with Session.begin() as s:
             s.add(IndexVersionRow(name="v3", collection="faces", factory="Flat", model_id=12345,

@@ -78,8 +78,9 @@ def test_reindex_publishes_a_version_of_the_new_checkpoint(catalogue, new_checkp
         np.testing.assert_allclose(version.index.reconstruct(int(ids[i])), vectors[i], atol=1e-5)
     with open_catalog(url)() as s:
         rows = index_versions(s, collection="digits")
-        assert [r.name for r in rows][-1] == version.manifest.version
-        assert rows[-1].state == "published" and rows[-1].count == 400
+        assert [(r.name, r.state) for r in rows] == [(old, "retired"),
+                                                     (version.manifest.version, "published")]
+        assert rows[-1].count == 400 and rows[-1].recall_at_10 == 1.0
     assert not (tmp / "idx" / "reindex").exists() or not any((tmp / "idx" / "reindex").iterdir())
 
 
