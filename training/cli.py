@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder: <data>/<class>/<image>; cub: CUB layout, classes 0-49 train; "
                         f"lfw: people of pairs.txt folds 1-5 train (default {d['format']})")
     p.add_argument("--data", help="dataset folder")
+    p.add_argument("--lfw-train-folds", type=evaluation_cli.parse_folds,
+                   help="lfw: train on the people of these pairs.txt folds (default 1-5; test "
+                        "on the others)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--arch", choices=sorted(BACKBONES), help=f"backbone (default {d['arch']})")
     p.add_argument("--embedding-dim", type=int, help=f"default {d['embedding_dim']}")
@@ -157,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config",
                                                               "verbose")}
+    if "lfw_train_folds" in flags:
+        flags["lfw_train_folds"] = tuple(flags["lfw_train_folds"])
     if flags.get("grad_clip") == 0:
         flags["grad_clip"] = None
     file_values = read_toml_config(args.config) if getattr(args, "config", None) else {}

@@ -81,6 +81,7 @@ class TrainConfig:
     data: str
     out: str
     format: str = "folder"  # folder | cub | lfw (see datasets.FORMATS)
+    lfw_train_folds: tuple[int, ...] = (1, 2, 3, 4, 5)  # lfw: train on these folds' people
     arch: str = "smallcnn"
     arch_kwargs: dict[str, Any] | None = None  # e.g. {"width": 16} for smallcnn
     embedding_dim: int = 128
@@ -256,7 +257,8 @@ def _split(cfg: TrainConfig, samples: list[Sample] | None) -> tuple[DatasetSplit
     if samples is not None:
         split = DatasetSplit(cfg.format, list(samples), [])
     else:
-        split = load_split(cfg.format, cfg.data)
+        kwargs = {"train_folds": tuple(cfg.lfw_train_folds)} if cfg.format == "lfw" else {}
+        split = load_split(cfg.format, cfg.data, **kwargs)
     train_s, val_s = split_by_class(split.train, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if cfg.val_max_images and len(val_s) > cfg.val_max_images:
         rng = random.Random(cfg.seed)

@@ -179,3 +179,21 @@ def test_model_table_counts(capsys):
     assert main(["models", "--input-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v3_small" in out and "resnet50" in out
+
+
+@pytest.mark.slow
+def test_lfw_format_trains_on_the_chosen_folds_people(tmp_path, fake_lfw):
+    seen = []
+
+    class Classes(Callback):
+        def on_train_start(self, state):
+            seen.append(set(state.dataset.classes))
+
+    tiny = {**TINY, "p": 3, "k": 2, "val_fraction": 0.0, "steps_per_epoch": 1}
+    path = train(TrainConfig(data=str(fake_lfw), out=str(tmp_path), format="lfw",
+                             lfw_train_folds=(2,), epochs=1, tensorboard=False, **tiny),
+                 callbacks=[Classes()])
+    assert seen == [{f"D{d}" for d in range(5, 10)}]
+    spec = load_checkpoint(path).spec
+    assert spec.resize_size == 2 * spec.input_size  # LFW: the eval crop keeps the central face
+    assert load_checkpoint(path).metrics["calibrated_on"] == "training classes"
