@@ -52,6 +52,7 @@ class ServeConfig:
     watch_seconds: float = 2.0  # poll CURRENT this often (0: only the Reload call swaps)
     keep_versions: int = 5
     blob_dir: str = ""
+    catalog_cache_seconds: float = 5.0  # search hits' catalogue rows; changes by others show after
     # security
     require_api_key: bool = False
     auth_cache_seconds: float = 5.0

@@ -27,8 +27,8 @@ from service.errors import (  # noqa: F401  (re-exported: the foundation's impor
 from service.images import DEFAULT_FORMATS, ImagePipeline
 from service.live_index import LiveIndex, SearchJob, index_root_of
 from service.store import (
+    EntryCache,
     ensure_service_tables,
-    entries_by_ids,
     entries_by_keys,
     identity_entries,
     ids_by_keys,
@@ -62,6 +62,7 @@ class CoreOptions:
     keep_versions: int = 5
     blob_dir: str = ""  # where inline Upsert images are kept; "" -> <index root>/blobs
     default_threshold: float = 1.0
+    catalog_cache_seconds: float = 5.0  # search hits' catalogue rows (0: always read the DB)
 
 
 class CoreObserver(Protocol):
@@ -182,12 +183,13 @@ class SimilarityCore:
         self.sessions = sessions
         ensure_service_tables(sessions)
         on_batch = observer.on_batch if observer is not None else None
+        self._observer = observer
+        self.entries = EntryCache(ttl=o.catalog_cache_seconds)
         self.lives: dict[str, LiveIndex] = {}
         for v in (index, *extra_indexes):
             live = LiveIndex(v, checkpoint_sha256=embedder.checkpoint_sha256, dim=embedder.dim,
                              max_batch=o.search_max_batch, max_wait_ms=o.search_max_wait_ms,
-                             max_queue=o.max_queue, observer=on_batch,
-                             on_swap=observer.on_swap if observer is not None else None)
+                             max_queue=o.max_queue, observer=on_batch, on_swap=self._swapped)
             if live.collection in self.lives:
                 raise ValueError(f"collection {live.collection!r} is served twice")
             self.lives[live.collection] = live
@@ -199,6 +201,12 @@ class SimilarityCore:
         spec_thr = embedder.spec.threshold
         fallback = default_threshold if default_threshold is not None else o.default_threshold
         self.threshold = float(spec_thr if spec_thr is not None else fallback)
+
+    def _swapped(self, collection: str, outcome: str, version: str) -> None:
+        if outcome == "swapped":
+            self.entries.clear()
+        if self._observer is not None:
+            self._observer.on_swap(collection, outcome, version)
 
     # -- collections and versions ---------------------------------------------------------
     @property
@@ -398,8 +406,8 @@ class SimilarityCore:
             SearchJob(v, q.k, allowed, excluded), deadline=deadline)
             for q, v, (allowed, excluded) in zip(queries, vecs, jobs, strict=True)]
         answers = [wait_result(f, deadline, what="search") for f in futures]
-        with self.sessions() as s:
-            entries = entries_by_ids(s, np.concatenate([a.ids[a.ids >= 0] for a in answers]))
+        entries = self.entries.get(self.sessions,
+                                   np.concatenate([a.ids[a.ids >= 0] for a in answers]))
         results = []
         for q, a in zip(queries, answers, strict=True):
             hits: list[Hit] = []

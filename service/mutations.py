@@ -137,6 +137,7 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                     _restore(live, core.options.keep_versions)
                 raise
             live.replace(version)
+            core.entries.clear()
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -188,6 +189,7 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
                 _restore(live, core.options.keep_versions)
             raise
         live.replace(version)
+        core.entries.clear()
     log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
              extra={"collection": live.collection, "index_version": version.manifest.version})
     return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,51 @@ def identity_entries(session: Session, label: str, *, collection: str) -> list[t
     return list(session.execute(select(ImageRow.id, ImageRow.key).where(
         ImageRow.collection == collection, ImageRow.label == label).order_by(ImageRow.id))
         .all())
+
+
+class EntryCache:
+    """Recently read catalogue entries by id, for the search path (hits repeat across queries).
+
+    Entries expire after ``ttl`` seconds, so changes made by other processes show within that
+    time; the service's own changes and index swaps clear the cache at once. ttl 0: off."""
+
+    def __init__(self, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._data: dict[int, tuple[float, CatalogEntry]] = {}
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by clear(): rows read before it are not cached after it
+
+    def get(self, session_factory: sessionmaker[Session], ids: Sequence[int]) -> dict[int, CatalogEntry]:
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        now, generation = time.monotonic(), self._generation
+        out, missing = {}, []
+        if self.ttl > 0:
+            with self._lock:
+                for i in ids:
+                    hit = self._data.get(i)
+                    if hit is not None and hit[0] > now:
+                        out[i] = hit[1]
+                    else:
+                        missing.append(i)
+        else:
+            missing = ids
+        if missing:
+            with session_factory() as s:
+                fresh = entries_by_ids(s, missing)
+            out.update(fresh)
+            if self.ttl > 0:
+                with self._lock:
+                    if generation != self._generation:
+                        return out
+                    if len(self._data) + len(fresh) > self.max_entries:
+                        self._data.clear()
+                    self._data.update((i, (now + self.ttl, e)) for i, e in fresh.items())
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._generation += 1
 
 
 class BlobStore:

@@ -210,3 +210,30 @@ def test_several_collections_one_server(workspace, tiny_checkpoint, digits_dir, 
         assert c.swap_index(workspace / "idx_b") == r.index_version  # found by its root
     finally:
         c.close()
+
+
+def test_hit_rows_are_cached_briefly_and_cleared_by_own_changes(workspace, tiny_checkpoint,
+                                                                digits_dir):
+    from sqlalchemy import update
+
+    from indexer.catalog import ImageRow
+
+    c = make_core(workspace, tiny_checkpoint, catalog_cache_seconds=3600)
+    try:
+        f = digit(digits_dir, "6", 1)
+        q = ImageInput(data=f.read_bytes())
+        assert c.search(q, 1).hits[0].label == "6"
+        with c.sessions.begin() as s:  # another process relabels the image
+            s.execute(update(ImageRow).where(ImageRow.key == f"6/{f.stem}").values(label="six"))
+        assert c.search(q, 1).hits[0].label == "6"  # cached (ttl: 1 h here)
+        c.delete(["0/" + digit(digits_dir, "0").stem])  # the service's own change clears it
+        assert c.search(q, 1).hits[0].label == "six"
+    finally:
+        c.close()
+    nocache = make_core(workspace, tiny_checkpoint, catalog_cache_seconds=0)
+    try:
+        with nocache.sessions.begin() as s:
+            s.execute(update(ImageRow).where(ImageRow.key == f"6/{f.stem}").values(label="6"))
+        assert nocache.search(q, 1).hits[0].label == "6"
+    finally:
+        nocache.close()
