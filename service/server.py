@@ -20,6 +20,7 @@ from indexer.versions import load_index_version
 from service.auth import Authenticator
 from service.config import ServeConfig, load_serve_config  # noqa: F401  (public here too)
 from service.core import CoreObserver, SimilarityCore
+from service.jobs.server import register_job_service
 from service.metrics import Metrics
 from service.servicer import SimilarityServicer
 from service.store import ensure_service_tables
@@ -41,7 +42,7 @@ def _similarity(grpc_server: grpc.Server, server: Server) -> str:
     return SERVICE_NAME
 
 
-SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity]
+SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_service]
 
 
 def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> SimilarityCore:

@@ -66,12 +66,21 @@ def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
 
     Jobs default to the server's model, index and catalogue; IMGSIM_JOB_THREADS worker
     threads (default 1; 0: none, leave the jobs to `imgsim jobs worker`) run them in the
-    server process, outside the request path. The threads are daemons: a job still running
-    when the server exits is marked failed by the next worker that starts on this host."""
+    server process, outside the request path. ``server.stop`` also stops the worker from
+    claiming more jobs; the threads are daemons, and a job still running when the process
+    exits is marked failed by the next worker that starts on this host."""
     cfg = server.cfg
     threads = int(os.environ.get("IMGSIM_JOB_THREADS", "1"))
-    server.jobs = add_job_service(  # type: ignore[attr-defined]
+    runtime = add_job_service(
         grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
         defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
                              catalog_url=cfg.catalog_url, data_root=os.environ.get("IMGSIM_DATA")))
+    server_stop = server.stop
+
+    def stop(grace: float | None = None) -> None:
+        runtime.stop(wait=False)
+        server_stop(grace)
+
+    server.stop = stop  # type: ignore[method-assign]
+    server.jobs = runtime  # type: ignore[attr-defined]
     return JOB_SERVICE_NAME
