@@ -130,3 +130,24 @@ def test_cli_serve_stops_gracefully_on_sigterm(served):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_locustfile_runs_headless_against_the_server(served, digits_dir, tmp_path):
+    """The load test itself: a few seconds of Search, Verify and Embed, none failing."""
+    import csv
+
+    server, _, _ = served
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "locust"), "-f",
+                        os.path.join(repo, "loadtests", "locustfile.py"), "--headless", "-u", "3",
+                        "-r", "3", "-t", "4s", "--host", f"127.0.0.1:{server.port}",
+                        "--images", str(digits_dir / "5"), "--csv", str(tmp_path / "l"),
+                        "--only-summary", "--exit-code-on-error", "0"],
+                       capture_output=True, text=True, timeout=120, cwd=repo,
+                       env={**os.environ, "PYTHONPATH": repo})
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "l_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    assert {"Search", "Verify", "Embed"} <= set(rows)
+    assert int(rows["Aggregated"]["Request Count"]) > 10
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
