@@ -75,12 +75,16 @@ def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
         grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
         defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
                              catalog_url=cfg.catalog_url, data_root=os.environ.get("IMGSIM_DATA")))
-    server_stop = server.stop
+    hooks = getattr(server, "stop_hooks", None)
+    if hooks is not None:
+        hooks.append(lambda: runtime.stop(wait=False))
+    else:  # a server without stop hooks: chain onto its stop()
+        server_stop = server.stop
 
-    def stop(grace: float | None = None) -> None:
-        runtime.stop(wait=False)
-        server_stop(grace)
+        def stop(grace: float | None = None) -> None:
+            server_stop(grace)
+            runtime.stop(wait=False)
 
-    server.stop = stop  # type: ignore[method-assign]
+        server.stop = stop  # type: ignore[method-assign]
     server.jobs = runtime  # type: ignore[attr-defined]
     return JOB_SERVICE_NAME
