@@ -38,6 +38,11 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--server", default=DEFAULT_SERVER or None,
                        help="HOST:PORT: go through the server's gRPC JobService instead of "
                             "the DB (env IMGSIM_SERVER)")
+        p.add_argument("--api-key", default=os.environ.get("IMGSIM_API_KEY"),
+                       help="with --server: API key (env IMGSIM_API_KEY); submit/cancel need "
+                            "a write key")
+        p.add_argument("--tls-ca", default=os.environ.get("IMGSIM_TLS_CA"),
+                       help="with --server: CA certificate (PEM) of a TLS server")
 
     def params(p: argparse.ArgumentParser) -> None:
         p.add_argument("kind", help="job kind (see `imgsim jobs kinds`)")
@@ -136,7 +141,7 @@ def _backend(args: argparse.Namespace):
     if args.server:
         from service.jobs.client import JobClient
 
-        return JobClient(args.server)
+        return JobClient(args.server, api_key=args.api_key, tls_ca=args.tls_ca)
     return _CoreBackend(_core(args))
 
 

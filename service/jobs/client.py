@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,13 +27,22 @@ def job_from_pb(j: pb.Job) -> JobInfo:
 
 
 class JobClient:
+    """``api_key`` is sent as a bearer token; ``tls_ca`` (PEM bytes or file) switches to TLS."""
+
     def __init__(self, target: str, *, timeout: float = 30.0,
-                 channel: grpc.Channel | None = None,
+                 channel: grpc.Channel | None = None, api_key: str | None = None,
+                 tls_ca: bytes | str | Path | None = None,
                  metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self.channel = channel or grpc.insecure_channel(target)
+        if channel is None:
+            if tls_ca is not None:
+                ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
+                channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
+            else:
+                channel = grpc.insecure_channel(target)
+        self.channel = channel
         self.stub = pb_grpc.JobServiceStub(self.channel)
         self.timeout = timeout
-        self.metadata = metadata
+        self.metadata = metadata + ((("authorization", f"Bearer {api_key}"),) if api_key else ())
 
     def submit(self, kind: str, params: dict[str, Any] | None = None) -> JobInfo:
         return job_from_pb(self.stub.Submit(

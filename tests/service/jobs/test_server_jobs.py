@@ -62,7 +62,7 @@ def test_jobs_need_keys_and_run_on_the_server(served, digits_dir):
         with pytest.raises(grpc.RpcError) as e:
             reader.submit("verify", {"a": str(a), "b": str(b)})
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    with JobClient(target, metadata=(("x-api-key", write_key),)) as writer:
+    with JobClient(target, api_key=write_key) as writer:
         # no checkpoint given: the job uses the server's model
         job = writer.submit("verify", {"a": str(a), "b": str(b), "patch": 16, "stride": 16})
         deadline = time.monotonic() + 60
@@ -76,3 +76,17 @@ def test_jobs_need_keys_and_run_on_the_server(served, digits_dir):
     root = server.jobs.worker.cfg.artifacts_root
     assert root.endswith("jobs") and not root.startswith("var/")
     assert all(a.path.startswith(root) for a in done.artifacts)
+
+
+def test_jobs_cli_through_the_server(served, capsys):
+    from imgsim.cli import main
+
+    _, target, write_key, read_key = served
+    assert main(["jobs", "list", "--server", target]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert main(["jobs", "submit", "test-loop", "--server", target, "--api-key", read_key]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert main(["jobs", "submit", "test-loop", "-p", "seconds=0.01", "--wait", "--server",
+                 target, "--api-key", write_key]) == 0
+    out = capsys.readouterr().out
+    assert "submitted job" in out and "succeeded" in out
