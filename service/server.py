@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimilarityService"].full_name
 
 # A registrar adds one gRPC service to the server and returns its full name (for reflection
-# and health). Packages add theirs here, e.g. the offline jobs' JobService.
+# and health). Packages add theirs here, e.g. the offline jobs' JobService; cleanup to run when
+# the server stops goes into ``server.stop_hooks``.
 ServicerRegistrar = Callable[[grpc.Server, "Server"], str]
 
 
@@ -75,6 +76,7 @@ class Server:
         self.core: SimilarityCore | None = None
         self.load_error: BaseException | None = None
         self.ready = threading.Event()
+        self.stop_hooks: list[Callable[[], None]] = []  # run by stop(), after the drain
         _set_threads(cfg)
         self.metrics = Metrics()
         self.metrics_port = (self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
@@ -141,6 +143,11 @@ class Server:
         seconds, then stop the batchers, watchers and the metrics endpoint."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.stop(self.cfg.grace_seconds if grace is None else grace).wait()
+        for hook in self.stop_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("a stop hook failed")
         if self.core is not None:
             self.core.close()
         self.metrics.close()

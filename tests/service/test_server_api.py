@@ -192,16 +192,22 @@ def test_stop_drains_in_flight_calls(workspace, tiny_checkpoint, digits_dir):
     core = make_core(workspace, tiny_checkpoint)
     slow, entered = core.pipeline._forward, threading.Event()
 
+    forwarded = threading.Event()
+
     def slow_forward(tensors):
         entered.set()
         time.sleep(1.0)
-        return slow(tensors)
+        try:
+            return slow(tensors)
+        finally:
+            forwarded.set()
 
     core.pipeline.batcher.fn = slow_forward
     server = Server(ServeConfig(checkpoint=str(tiny_checkpoint), index_root=str(workspace / "idx"),
                                 catalog_url=f"sqlite:///{workspace / 'cat.db'}", port=0),
                     core=core)
     out = {}
+    server.stop_hooks.append(lambda: out.setdefault("hook_after_drain", forwarded.is_set()))
     with SimilarityClient(f"127.0.0.1:{server.port}") as c:
         t = threading.Thread(target=lambda: out.setdefault("r", c.search(digit(digits_dir, "5"),
                                                                          2)))
@@ -212,6 +218,7 @@ def test_stop_drains_in_flight_calls(workspace, tiny_checkpoint, digits_dir):
         t.join(30)
         stopper.join(30)
         assert out["r"].hits[0].key == f"5/{digit(digits_dir, '5').stem}"  # finished, not cut
+        assert out["hook_after_drain"] is True  # stop hooks run after the in-flight call
         assert code_of(lambda: c.search(digit(digits_dir, "5"), 2))[0] == \
             grpc.StatusCode.UNAVAILABLE
 
