@@ -43,6 +43,7 @@ from indexer.tune import (  # noqa: E402
     held_out_queries,
     queries_per_second,
     recall_at_k,
+    search_setting,
     tune_search_params,
 )
 from indexer.versions import IndexVersion, Manifest, apply_search_params  # noqa: E402
@@ -117,7 +118,7 @@ def sweep(name: str, index: faiss.Index, held, kind) -> list[dict]:
         v for v in SWEEP[param] if param != "nprobe" or v <= kind.nlist]
     out = []
     for v in values:
-        params = {} if v is None else {param: v}
+        params = {} if v is None else search_setting(kind, v)
         if params:
             apply_search_params(index, params)
         rec = recall_at_k(index, held)
@@ -129,16 +130,32 @@ def sweep(name: str, index: faiss.Index, held, kind) -> list[dict]:
     return out
 
 
-def timed_build(factory: str, xb: np.ndarray, ids: np.ndarray, args) -> tuple[faiss.Index, float]:
+def timed_build(factory: str, xb: np.ndarray, ids: np.ndarray, args,
+                cache: Path | None = None) -> tuple[faiss.Index, float]:
+    """Build (or load from ``cache``, with the build time recorded when it was built)."""
+    path = cache / f"{factory.replace(',', '_')}-{len(xb)}.faiss" if cache else None
+    if path is not None and path.is_file() and not args.fresh:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        log.info("%s: loaded from %s (built in %.0fs at %s)", factory, path, meta["build_s"],
+                 meta["when"])
+        return faiss.read_index(str(path)), meta["build_s"]
     t0 = time.perf_counter()
     with faiss_threads(args.threads):
         index = make_index(factory, xb.shape[1], xb, ids, progress=True)
-    return index, time.perf_counter() - t0
+    build_s = time.perf_counter() - t0
+    if path is not None:
+        faiss.write_index(index, str(path))
+        path.with_suffix(".json").write_text(json.dumps(
+            {"build_s": build_s, "when": time.strftime("%Y-%m-%d %H:%M")}))
+    return index, build_s
 
 
 def run_autofaiss(xb: np.ndarray, args, work: Path) -> dict | None:
     if not args.autofaiss_python:
         return None
+    if (work / "autofaiss" / "result.json").is_file() and not args.fresh:
+        log.info("autofaiss: reusing the index it built earlier under %s", work / "autofaiss")
+        return json.loads((work / "autofaiss" / "result.json").read_text())
     vec = work / "vectors.npy"
     np.save(vec, xb)
     out = work / "autofaiss"
@@ -175,7 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--autofaiss-python", default=None, help="python of autofaiss's virtualenv")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="/tmp/imgsim-bench")
+    p.add_argument("--cache", default="/tmp/imgsim-bench",
+                   help="vectors, and built reference indexes (Flat, HNSW32, IVF, oracle "
+                        "extras, autofaiss's) reused by later runs on the same data; ours (auto) "
+                        "is always built afresh")
+    p.add_argument("--fresh", action="store_true", help="rebuild the cached reference indexes")
     p.add_argument("--out", default="/tmp/imgsim-bench/index_bench.json")
     p.add_argument("--plot", default="/tmp/imgsim-bench/index_bench.png")
     args = p.parse_args(argv)
@@ -187,6 +208,10 @@ def main(argv=None) -> int:
 
     xb, xq, what = synthetic(args) if args.data == "synthetic" else real(args)
     n, d = xb.shape
+    sig = (f"synthetic-{n}x{d}-c{args.clusters}-s{args.seed}" if args.data == "synthetic"
+           else f"real-{n}x{d}-s{args.seed}-{Path(args.checkpoint).stem}")
+    cache = work / sig
+    cache.mkdir(parents=True, exist_ok=True)
     ids = np.arange(n, dtype=np.int64)
     with faiss_threads(args.threads):
         held = held_out_queries(xb, ids, xq, k=10)
@@ -198,7 +223,7 @@ def main(argv=None) -> int:
     rows, sweeps, kept = [], [], {}  # kept: factory -> index, for the final head-to-head
     for factory in fixed:
         sub = args.hnsw_n if factory.startswith("HNSW") and 0 < args.hnsw_n < n else n
-        index, build_s = timed_build(factory, xb[:sub], ids[:sub], args)
+        index, build_s = timed_build(factory, xb[:sub], ids[:sub], args, cache)
         kind = parse_factory(factory, d)
         h = held if sub == n else held_out_queries(xb[:sub], ids[:sub], xq, k=10)
         tuned = tune_search_params(index, kind, h, target_recall=args.target_recall)
@@ -234,7 +259,7 @@ def main(argv=None) -> int:
 
     # the oracle: extra factories swept by hand, plus every sweep above
     for factory in [f for f in args.oracle_extra.split(";") if f and f != built.factory]:
-        index, build_s = timed_build(factory, xb, ids, args)
+        index, build_s = timed_build(factory, xb, ids, args, cache)
         sweeps += sweep(factory, index, held, parse_factory(factory, d))
         kept[factory] = index
         del index
@@ -254,9 +279,9 @@ def main(argv=None) -> int:
         apply_search_params(built.index, built.search_params)
     kept.clear()
 
-    af = run_autofaiss(xb, args, work)
+    af = run_autofaiss(xb, args, cache)
     if af is not None:
-        index = faiss.read_index(str(work / "autofaiss" / "knn.index"))
+        index = faiss.read_index(str(cache / "autofaiss" / "knn.index"))
         info = af["infos"]
         faiss.ParameterSpace().set_index_parameters(index, info.get("index_param", ""))
         as_chosen = measure(index, held, args)
@@ -266,7 +291,7 @@ def main(argv=None) -> int:
         at_target = measure(index, held, args, eq.params) if eq else as_chosen
         rows.append({"name": f"autofaiss: {info['index_key']} {info.get('index_param', '')}",
                      "params": info.get("index_param", ""), "build_s": af["build_seconds"],
-                     "mem_mb": os.path.getsize(work / "autofaiss" / "knn.index") / 2**20,
+                     "mem_mb": os.path.getsize(cache / "autofaiss" / "knn.index") / 2**20,
                      **as_chosen})
         rows.append({"name": f"autofaiss index tuned to recall {args.target_recall}",
                      "params": eq.params if eq else {}, "build_s": af["build_seconds"],

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from indexer.factory import METRICS, estimate_bytes, new_index, parse_factory
 from indexer.tune import (
     HeldOut,
-    held_out_from_collection,
+    held_out_queries,
     queries_per_second,
     tune_search_params,
 )
@@ -45,7 +45,9 @@ class IndexingConfig:
     flat_below: int = 4_000  # auto: under this many vectors exact search is cheap: Flat only
     flat_max: int = 100_000  # auto: Flat stays a (timed) candidate up to this size
     hnsw_max: int = 300_000  # auto: HNSW build time grows fast; above this IVF only
-    nlist_factors: tuple[float, ...] = (4.0,)  # auto: IVF lists = factor * sqrt(n), power of 2
+    # auto: IVF lists = factor * sqrt(n), rounded to a power of 2 (few lists suit well-separated
+    # clusters, more lists suit diffuse data: auto times both)
+    nlist_factors: tuple[float, ...] = (1.0, 4.0)
     seed: int = 0
     progress: bool = False
 
@@ -153,8 +155,22 @@ def build_tuned(factory: str, vectors: np.ndarray, ids: np.ndarray, held: HeldOu
                       time.perf_counter() - t0, train_size=n_train)
 
 
+def split_for_tuning(n: int, nq: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(base rows, held-out query rows): ``nq`` random rows (at most a tenth) are kept out of
+    the index while it is tuned. Queries that are in the index would flatter it: HNSW reaches
+    a stored vector's neighbours through its own links (measured on LFW+CUB embeddings:
+    recall 0.96 leave-one-out, 0.86 on unseen images, at the same efSearch)."""
+    nq = min(nq, max(1, n // 10)) if n > 1 else 0
+    held = np.sort(rng.choice(n, nq, replace=False)) if nq else np.zeros(0, np.int64)
+    base = np.setdiff1d(np.arange(n), held, assume_unique=True)
+    return base, held
+
+
 def index_vectors(vectors: np.ndarray, ids: np.ndarray, cfg: IndexingConfig) -> BuiltIndex:
-    """Vectors (n, d) float32 under catalogue ids (n,) -> a tuned index (``auto`` chooses one)."""
+    """Vectors (n, d) float32 under catalogue ids (n,) -> a tuned index (``auto`` chooses one).
+
+    Candidates are built without a held-out sample of the vectors, tuned and timed on it as
+    unseen queries; the sample is added to the chosen index afterwards."""
     if cfg.metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {cfg.metric!r}")
     if not 0 < cfg.target_recall <= 1:
@@ -165,35 +181,34 @@ def index_vectors(vectors: np.ndarray, ids: np.ndarray, cfg: IndexingConfig) -> 
     if cfg.factory != AUTO:
         parse_factory(cfg.factory, dim)  # a clear error before any work
     t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    held = held_out_from_collection(vectors, ids, nq=cfg.tuning_queries, k=cfg.k, rng=rng,
-                                    metric=METRICS[cfg.metric]) if n else None
     if n == 0:
         factory = "Flat" if cfg.factory == AUTO else cfg.factory
         index = new_index(factory, dim, metric=cfg.metric)
         return BuiltIndex(index, factory, {}, 1.0, True, 0.0)
-    if cfg.factory != AUTO:
-        built = build_tuned(cfg.factory, vectors, ids, held, cfg)
-        built.build_seconds = time.perf_counter() - t0
-        return built
-    candidates = auto_candidates(n, dim, cfg)
-    if candidates == ["Flat"]:
-        built = build_tuned("Flat", vectors, ids, held, cfg)
-        built.build_seconds = time.perf_counter() - t0
-        return built
+    candidates = [cfg.factory] if cfg.factory != AUTO else auto_candidates(n, dim, cfg)
+    if candidates == ["Flat"]:  # exact: nothing to tune or choose
+        index = make_index("Flat", dim, vectors, ids, metric=cfg.metric)
+        return BuiltIndex(index, "Flat", {}, 1.0, True, time.perf_counter() - t0)
+    base, q = split_for_tuning(n, cfg.tuning_queries, np.random.default_rng(cfg.seed))
+    held = held_out_queries(vectors[base], ids[base], vectors[q], k=cfg.k,
+                            metric=METRICS[cfg.metric])
     results = []
     for factory in candidates:
-        b = build_tuned(factory, vectors, ids, held, cfg)
-        b.qps_single = queries_per_second(b.index, held.queries, k=cfg.k, batch=1, threads=1)
-        log.info("auto candidate %s %s: recall@%d %.4f, %.0f q/s single", factory,
-                 b.search_params, cfg.k, b.recall, b.qps_single)
+        b = build_tuned(factory, vectors[base], ids[base], held, cfg)
+        if len(candidates) > 1:
+            b.qps_single = queries_per_second(b.index, held.queries, k=cfg.k, batch=1,
+                                              threads=1)
+            log.info("auto candidate %s %s: recall@%d %.4f, %.0f q/s single", factory,
+                     b.search_params, cfg.k, b.recall, b.qps_single)
         results.append(b)
-    report = [{"factory": b.factory, "search_params": b.search_params,
-               "recall": round(b.recall, 4), "qps_single": round(b.qps_single or 0, 1),
-               "build_seconds": round(b.build_seconds, 2)} for b in results]
     met = [b for b in results if b.met_target]
-    best = max(met, key=lambda b: b.qps_single) if met else max(results, key=lambda b: b.recall)
-    best.candidates = report
+    best = max(met, key=lambda b: b.qps_single or 0) if met else \
+        max(results, key=lambda b: b.recall)
+    if len(candidates) > 1:
+        best.candidates = [{"factory": b.factory, "search_params": b.search_params,
+                            "recall": round(b.recall, 4), "qps_single": round(b.qps_single, 1),
+                            "build_seconds": round(b.build_seconds, 2)} for b in results]
+        log.info("auto chose %s %s", best.factory, best.search_params)
+    best.index.add_with_ids(vectors[q], ids[q])  # the held-out vectors belong in the index
     best.build_seconds = time.perf_counter() - t0
-    log.info("auto chose %s %s", best.factory, best.search_params)
     return best

@@ -13,7 +13,7 @@ import numpy as np
 KMEANS_ITERATIONS = 10
 METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
 
-_IVF = re.compile(r"^(?:OPQ(\d+)(?:_(\d+))?,)?IVF(\d+)(?:_HNSW\d+)?,(Flat|PQ(\d+)(?:x(\d+))?|SQ8|SQ4)$")
+_IVF = re.compile(r"^(?:OPQ(\d+)(?:_(\d+))?,)?IVF(\d+)(_HNSW\d+)?,(Flat|PQ(\d+)(?:x(\d+))?|SQ8|SQ4)$")
 _HNSW = re.compile(r"^HNSW(\d+)(?:,Flat)?$")
 
 
@@ -25,6 +25,7 @@ class IndexKind:
     nlist: int = 0  # IVF lists
     code_bytes: int = 0  # bytes per stored vector (0: computed from the dimension)
     hnsw_m: int = 0
+    coarse_hnsw: bool = False  # IVF whose coarse quantiser is an HNSW graph over the centroids
 
     @property
     def trained(self) -> bool:
@@ -42,7 +43,7 @@ def parse_factory(factory: str, dim: int) -> IndexKind:
     if m := _HNSW.match(factory):
         return IndexKind("hnsw", code_bytes=4 * dim, hnsw_m=int(m.group(1)))
     if m := _IVF.match(factory):
-        nlist, codes = int(m.group(3)), m.group(4)
+        nlist, codes = int(m.group(3)), m.group(5)
         if codes == "Flat":
             code_bytes = 4 * dim
         elif codes == "SQ8":
@@ -50,12 +51,13 @@ def parse_factory(factory: str, dim: int) -> IndexKind:
         elif codes == "SQ4":
             code_bytes = (dim + 1) // 2
         else:
-            pq_m, nbits = int(m.group(5)), int(m.group(6) or 8)
+            pq_m, nbits = int(m.group(6)), int(m.group(7) or 8)
             if (int(m.group(1)) if m.group(1) else dim) % pq_m:
                 raise ValueError(f"{factory}: PQ{pq_m} must divide the dimension "
                                  f"{int(m.group(2) or m.group(1) or dim)}")
             code_bytes = (pq_m * nbits + 7) // 8
-        return IndexKind("ivf", nlist=nlist, code_bytes=code_bytes)
+        return IndexKind("ivf", nlist=nlist, code_bytes=code_bytes,
+                         coarse_hnsw=m.group(4) is not None)
     raise ValueError(f"unsupported factory {factory!r}; valid forms: Flat, HNSW<M>, "
                      "IVF<n>,Flat, IVF<n>,PQ<m>[x<bits>], IVF<n>,SQ8, OPQ<m>,IVF<n>,PQ<m>, or auto")
 

@@ -41,10 +41,11 @@ from indexer.construct import (
     IndexingConfig,
     auto_candidates,
     index_vectors,
+    split_for_tuning,
 )
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
-from indexer.tune import held_out_from_collection, tune_search_params
+from indexer.tune import held_out_queries, tune_search_params
 from training.checkpoint import file_sha256
 from training.embedder import Embedder
 
@@ -352,9 +353,12 @@ def merge(cfg: ReindexConfig) -> Path:
         kind = parse_factory(factory, embedder.dim)
         if uses_direct_map(kind, embedder.dim):
             faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
-        held = held_out_from_collection(vectors, ids, nq=cfg.tuning_queries, k=icfg.k,
-                                        rng=np.random.default_rng(cfg.seed))
+        base, q = split_for_tuning(len(ids), cfg.tuning_queries,
+                                   np.random.default_rng(cfg.seed))
+        index.remove_ids(ids[q])  # tuned on queries it does not hold, then they go back in
+        held = held_out_queries(vectors[base], ids[base], vectors[q], k=icfg.k)
         tuned = tune_search_params(index, kind, held, target_recall=cfg.target_recall)
+        index.add_with_ids(vectors[q], ids[q])
         built = BuiltIndex(index, factory, tuned.params, tuned.recall, tuned.met_target, 0.0)
         log.info("merged the inverted lists of %s shard indexes: %s", merged[2], factory)
     else:
