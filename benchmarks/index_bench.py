@@ -263,21 +263,14 @@ def main(argv=None) -> int:
         sweeps += sweep(factory, index, held, parse_factory(factory, d))
         kept[factory] = index
         del index
-    reach = [s for s in sweeps if s["recall"] >= args.target_recall]
-    oracle = max(reach, key=lambda s: s["qps_single"]) if reach else None
-    if oracle is not None:  # the sweep's best is the max of noisy timings: re-time both in turn
-        oracle_index = built.index if oracle["factory"] == built.factory else kept[oracle["factory"]]
-        auto_q, oracle_q = [], []
-        for _ in range(3):
-            apply_search_params(built.index, built.search_params)
-            auto_q.append(queries_per_second(built.index, held.queries, batch=1, threads=1))
-            apply_search_params(oracle_index, oracle["params"])
-            oracle_q.append(queries_per_second(oracle_index, held.queries, batch=1, threads=1))
-        oracle["qps_single_swept"] = oracle["qps_single"]
-        oracle["qps_single"] = max(oracle_q)
-        auto_row["qps_single_head_to_head"] = max(auto_q)
-        apply_search_params(built.index, built.search_params)
-    kept.clear()
+    # the oracle: the sweep's fastest settings that reach the target; the sweep timed each
+    # once, so the top five are timed again head to head and the fastest of them is the oracle
+    reach = sorted((s for s in sweeps if s["recall"] >= args.target_recall),
+                   key=lambda s: -s["qps_single"])[:5]
+    contenders = [("auto", built.index, built.search_params)]
+    for i, s in enumerate(reach):
+        contenders.append((f"oracle{i}", built.index if s["factory"] == built.factory
+                           else kept[s["factory"]], s["params"]))
 
     af = run_autofaiss(xb, args, cache)
     if af is not None:
@@ -296,14 +289,42 @@ def main(argv=None) -> int:
         rows.append({"name": f"autofaiss index tuned to recall {args.target_recall}",
                      "params": eq.params if eq else {}, "build_s": af["build_seconds"],
                      "mem_mb": rows[-1]["mem_mb"], **at_target})
+        if eq is not None:
+            contenders.append(("autofaiss tuned", index, eq.params))
+    h2h = head_to_head(contenders, held)
+    auto_row["qps_single_head_to_head"] = h2h["auto"]
+    oracle = None
+    if reach:
+        i = max(range(len(reach)), key=lambda i: h2h[f"oracle{i}"])
+        oracle = {**reach[i], "qps_single_swept": reach[i]["qps_single"],
+                  "qps_single": h2h[f"oracle{i}"]}
+        h2h = {k: v for k, v in h2h.items() if not k.startswith("oracle")} | {
+            "oracle": oracle["qps_single"]}
+    kept.clear()
 
     total = time.perf_counter() - t_start
-    print_report(rows, oracle, auto_row, overhead, args, what, total)
+    print_report(rows, oracle, auto_row, overhead, h2h, args, what, total)
     Path(args.out).write_text(json.dumps({"data": what, "rows": rows, "oracle": oracle,
-                                          "overhead": overhead, "sweeps": sweeps,
+                                          "overhead": overhead, "head_to_head": h2h,
+                                          "sweeps": sweeps,
                                           "seconds": total}, indent=2, default=float))
     plot(sweeps, rows, oracle, args)
     return 0
+
+
+def head_to_head(contenders, held, rounds: int = 12, seconds: float = 0.25) -> dict:
+    """Single-query q/s of each (name, index, params), timed in alternating windows, the best
+    window of each: a burst of load from other work hits them alike instead of one of them."""
+    best = {name: 0.0 for name, _, _ in contenders}
+    for _ in range(rounds):
+        for name, index, params in contenders:
+            apply_search_params(index, params)
+            best[name] = max(best[name], queries_per_second(
+                index, held.queries, batch=1, threads=1, seconds=seconds, repeats=1))
+    for _, index, params in reversed(contenders):  # leave each index as its row reports it
+        apply_search_params(index, params)
+    log.info("head to head: %s", best)
+    return best
 
 
 def _kind_of(key: str, d: int):
@@ -336,7 +357,7 @@ def search_path_overhead(built, xq: np.ndarray, rounds: int = 30) -> dict:
     return {"raw_us": r / len(qs) * 1e6, "ours_us": o / len(qs) * 1e6, "ratio": o / r}
 
 
-def print_report(rows, oracle, auto_row, overhead, args, what, total) -> None:
+def print_report(rows, oracle, auto_row, overhead, h2h, args, what, total) -> None:
     print(f"\n### {what}\n")
     print(f"memory budget {args.memory_budget_mb:g} MB, target recall@10 {args.target_recall}, "
           f"{args.threads} FAISS threads (single queries: 1), total {total / 60:.1f} min\n")
@@ -347,11 +368,16 @@ def print_report(rows, oracle, auto_row, overhead, args, what, total) -> None:
               f"{r['recall']:.4f} | {r['qps_single']:,.0f} | {r['qps_batch64']:,.0f} |")
     if oracle:
         print(f"| oracle (hand sweep): {oracle['factory']} | {_p(oracle['params'])} | | | "
-              f"{oracle['recall']:.4f} | {oracle['qps_single']:,.0f} | |")
-        ratio = auto_row["qps_single_head_to_head"] / oracle["qps_single"]
-        print(f"\nauto / oracle single-query throughput, re-timed in turn: "
-              f"{auto_row['qps_single_head_to_head']:,.0f} / {oracle['qps_single']:,.0f} = "
-              f"{ratio:.2f}x (auto recall {auto_row['recall']:.4f}; target: >= 0.95 at >= 0.8x)")
+              f"{oracle['recall']:.4f} | {oracle['qps_single_swept']:,.0f} | |")
+    print("\nhead to head, single-query q/s (best of 12 alternating 0.25 s windows; the oracle "
+          "is the fastest of the sweep's top 5 re-timed): " + ", ".join(
+        f"{k} {v:,.0f}" for k, v in h2h.items()))
+    if oracle:
+        ratio = h2h["auto"] / h2h["oracle"]
+        print(f"auto / oracle: {ratio:.2f}x (auto recall {auto_row['recall']:.4f}, oracle "
+              f"{oracle['recall']:.4f}; target: auto >= 0.95 at >= 0.8x the oracle)")
+    if "autofaiss tuned" in h2h:
+        print(f"auto / autofaiss at equal recall: {h2h['auto'] / h2h['autofaiss tuned']:.2f}x")
     print(f"search path overhead vs raw FAISS: {overhead['ours_us']:.1f} us vs "
           f"{overhead['raw_us']:.1f} us per query = {100 * (overhead['ratio'] - 1):+.1f}%")
     print(f"auto single-query q/s with 2 FAISS threads: {auto_row['qps_single_2threads']:,.0f}")

@@ -3,7 +3,8 @@
 ``auto`` works like autofaiss (choose by collection size and a memory budget: exact search for
 small collections, IVF or HNSW above, compressed codes when memory demands it) but then
 *measures*: every candidate that fits is built, tuned to the target recall@k on held-out
-queries, and timed; the fastest single-query candidate that reaches the target wins.
+queries, and timed (in alternating windows, all candidates held in memory meanwhile); the
+fastest single-query candidate that reaches the target wins.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from indexer.factory import METRICS, estimate_bytes, new_index, parse_factory
 from indexer.tune import (
     HeldOut,
     held_out_queries,
-    queries_per_second,
+    queries_per_second_alternating,
     tune_search_params,
 )
 
@@ -192,15 +193,14 @@ def index_vectors(vectors: np.ndarray, ids: np.ndarray, cfg: IndexingConfig) -> 
     base, q = split_for_tuning(n, cfg.tuning_queries, np.random.default_rng(cfg.seed))
     held = held_out_queries(vectors[base], ids[base], vectors[q], k=cfg.k,
                             metric=METRICS[cfg.metric])
-    results = []
-    for factory in candidates:
-        b = build_tuned(factory, vectors[base], ids[base], held, cfg)
-        if len(candidates) > 1:
-            b.qps_single = queries_per_second(b.index, held.queries, k=cfg.k, batch=1,
-                                              threads=1)
-            log.info("auto candidate %s %s: recall@%d %.4f, %.0f q/s single", factory,
-                     b.search_params, cfg.k, b.recall, b.qps_single)
-        results.append(b)
+    results = [build_tuned(f, vectors[base], ids[base], held, cfg) for f in candidates]
+    if len(results) > 1:  # timed in alternation, so that noise cannot pick the winner
+        speeds = queries_per_second_alternating([b.index for b in results], held.queries,
+                                                k=cfg.k)
+        for b, qps in zip(results, speeds, strict=True):
+            b.qps_single = qps
+            log.info("auto candidate %s %s: recall@%d %.4f, %.0f q/s single", b.factory,
+                     b.search_params, cfg.k, b.recall, qps)
     met = [b for b in results if b.met_target]
     best = max(met, key=lambda b: b.qps_single or 0) if met else \
         max(results, key=lambda b: b.recall)

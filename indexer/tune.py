@@ -121,6 +121,21 @@ def queries_per_second(index: faiss.Index, queries: np.ndarray, *, k: int = 10,
     return best
 
 
+def queries_per_second_alternating(indexes: list[faiss.Index], queries: np.ndarray, *,
+                                   k: int = 10, rounds: int = 5, seconds: float = 0.2,
+                                   threads: int | None = 1) -> list[float]:
+    """Single-query throughput of several indexes timed in alternating windows, the best
+    window of each: on a shared machine a burst of other work then slows them alike, rather
+    than whichever happened to be timed during it."""
+    best = [0.0] * len(indexes)
+    for _ in range(rounds):
+        for i, index in enumerate(indexes):
+            best[i] = max(best[i], queries_per_second(index, queries, k=k, batch=1,
+                                                      seconds=seconds, repeats=1,
+                                                      threads=threads))
+    return best
+
+
 @dataclass(frozen=True)
 class Tuned:
     params: dict
