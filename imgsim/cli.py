@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing files, busy ports, bad values
         print(f"imgsim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # gRPC errors from the client commands

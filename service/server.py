@@ -86,8 +86,11 @@ class Server:
             sessions = open_catalog(cfg.catalog_url)
             ensure_service_tables(sessions)
             self.authenticator = Authenticator(sessions, cache_seconds=cfg.auth_cache_seconds)
+        # so_reuseport off: a second server on a busy port must fail to bind, not silently
+        # share the port with (and steal half the connections of) an older server
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0)]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                            thread_name_prefix="grpc"),
                                 options=opts, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
@@ -100,14 +103,18 @@ class Server:
                                             self.grpc)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
-            self.port = self.grpc.add_secure_port(address, creds)
-        else:
-            self.port = self.grpc.add_insecure_port(address)
+        try:
+            if cfg.tls_cert:
+                creds = grpc.ssl_server_credentials(
+                    [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+                self.port = self.grpc.add_secure_port(address, creds)
+            else:
+                self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...")
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            self.stop(0)  # metrics endpoint and registrars' workers were already started
+            raise OSError(f"cannot bind {address} (is another server running there?)")
         self.grpc.start()
         if core is not None:
             self._loaded(core)

@@ -151,3 +151,12 @@ def test_locustfile_runs_headless_against_the_server(served, digits_dir, tmp_pat
     assert {"Search", "Verify", "Embed"} <= set(rows)
     assert int(rows["Aggregated"]["Request Count"]) > 10
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def test_second_server_on_a_busy_port_fails_clearly(served):
+    """gRPC's default SO_REUSEPORT would let two servers share a port silently."""
+    server, _, cfg = served
+    from dataclasses import replace
+
+    with pytest.raises(OSError, match="cannot bind"):
+        Server(replace(cfg, port=server.port))
