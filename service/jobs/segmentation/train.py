@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from service.jobs.segmentation.infer import predict_probs
 from service.jobs.segmentation.metrics import SegScores, mean_scores, score_membranes
 from service.jobs.segmentation.models import SegModelSpec, build_segmenter
 from service.jobs.segmentation.weights import border_weights
+from training.checkpoint import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,7 @@ def save_seg_checkpoint(path: str | Path, ckpt: SegCheckpoint) -> Path:
     payload = {"format": FORMAT, "spec": ckpt.spec.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
                "mean": ckpt.mean, "std": ckpt.std, "config": ckpt.config, "metrics": ckpt.metrics}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_seg_checkpoint(path: str | Path) -> SegCheckpoint:
