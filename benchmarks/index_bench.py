@@ -39,6 +39,7 @@ from indexer.construct import IndexingConfig, index_vectors, make_index  # noqa:
 from indexer.factory import index_bytes, parse_factory  # noqa: E402
 from indexer.search import search_index  # noqa: E402
 from indexer.tune import (  # noqa: E402
+    QUANTIZER_EF_SEARCHES,
     faiss_threads,
     held_out_queries,
     queries_per_second,
@@ -113,20 +114,23 @@ def measure(index: faiss.Index, held, args, params: dict | None = None) -> dict:
 
 
 def sweep(name: str, index: faiss.Index, held, kind) -> list[dict]:
+    """Recall and single-query q/s over the tuning knob (and, for an HNSW coarse quantiser,
+    over its efSearch too): the hand sweep the oracle is taken from."""
     param = kind.tuning_param
     values = [None] if param is None else [
         v for v in SWEEP[param] if param != "nprobe" or v <= kind.nlist]
     out = []
-    for v in values:
-        params = {} if v is None else search_setting(kind, v)
-        if params:
-            apply_search_params(index, params)
-        rec = recall_at_k(index, held)
-        qps = queries_per_second(index, held.queries, k=10, batch=1, threads=1, seconds=0.2)
-        out.append({"factory": name, "params": params, "recall": rec, "qps_single": qps})
-        log.info("  %s %s recall %.4f %.0f q/s", name, params, rec, qps)
-        if rec >= 0.9999:
-            break
+    for qef in QUANTIZER_EF_SEARCHES if kind.coarse_hnsw else [None]:
+        for v in values:
+            params = {} if v is None else search_setting(kind, v, qef)
+            if params:
+                apply_search_params(index, params)
+            rec = recall_at_k(index, held)
+            qps = queries_per_second(index, held.queries, k=10, batch=1, threads=1, seconds=0.2)
+            out.append({"factory": name, "params": params, "recall": rec, "qps_single": qps})
+            log.info("  %s %s recall %.4f %.0f q/s", name, params, rec, qps)
+            if rec >= 0.9999:
+                break
     return out
 
 

@@ -48,7 +48,7 @@ class IndexingConfig:
     hnsw_max: int = 300_000  # auto: HNSW build time grows fast; above this IVF only
     # auto: IVF lists = factor * sqrt(n), rounded to a power of 2 (few lists suit well-separated
     # clusters, more lists suit diffuse data: auto times both)
-    nlist_factors: tuple[float, ...] = (1.0, 4.0)
+    nlist_factors: tuple[float, ...] = (1.0, 4.0, 8.0)
     seed: int = 0
     progress: bool = False
 

@@ -13,10 +13,12 @@ from indexer.construct import (
 )
 from indexer.factory import estimate_bytes, index_bytes, new_index, parse_factory, stored_ids
 from indexer.tune import (
+    QUANTIZER_EF_SEARCHES,
     held_out_queries,
     lower_bound,
     recall_at_k,
     recall_per_query,
+    search_cost,
     search_setting,
     tune_search_params,
 )
@@ -120,7 +122,25 @@ def test_an_hnsw_coarse_quantiser_searches_wider_with_nprobe():
     kind = parse_factory("IVF4096_HNSW32,Flat", 16)
     assert kind.coarse_hnsw and not parse_factory("IVF4096,Flat", 16).coarse_hnsw
     assert search_setting(kind, 4) == {"nprobe": 4, "quantizer_efSearch": 64}
-    assert search_setting(kind, 100) == {"nprobe": 100, "quantizer_efSearch": 200}
+    assert search_setting(kind, 4, 16) == {"nprobe": 4, "quantizer_efSearch": 16}
+    assert search_setting(kind, 100, 16) == {"nprobe": 100, "quantizer_efSearch": 100}
+
+
+def test_with_an_hnsw_coarse_quantiser_the_cheapest_setting_reaching_the_target_wins(data):
+    x, ids = data
+    factory = "IVF256_HNSW32,Flat"
+    kind = parse_factory(factory, 16)
+    index = make_index(factory, 16, x, ids)
+    held = held_out_queries(x, ids, clustered(300, 16, seed=7), k=10)
+    tuned = tune_search_params(index, kind, held, target_recall=0.9)
+    assert tuned.met_target
+    cost = search_cost(kind, tuned.params, index.ntotal)
+    for ef in QUANTIZER_EF_SEARCHES:  # no setting that reaches the target is cheaper
+        for nprobe in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+            params = search_setting(kind, nprobe, ef)
+            if search_cost(kind, params, index.ntotal) < cost:
+                per_query = recall_per_query(index, held, params=params)
+                assert lower_bound(per_query) < 0.9, params
 
 
 def test_unreachable_target_reports_the_best_measured_recall(data):
@@ -138,12 +158,14 @@ def test_unreachable_target_reports_the_best_measured_recall(data):
 def test_auto_candidates_follow_size_and_memory_budget():
     cfg = IndexingConfig()
     assert auto_candidates(1000, 128, cfg) == ["Flat"]
-    assert auto_candidates(50_000, 128, cfg) == ["Flat", "IVF256,Flat", "IVF1024,Flat", "HNSW32"]
+    # sqrt(n), 4 sqrt(n), 8 sqrt(n) lists (powers of 2, at most n / 39 so each trains)
+    assert auto_candidates(50_000, 128, cfg) == [
+        "Flat", "IVF256,Flat", "IVF1024,Flat", "IVF1282,Flat", "HNSW32"]
     big = auto_candidates(1_000_000, 128, cfg)
-    # no Flat (slow) and no HNSW (build time) at 1M; sqrt(n) and 4 sqrt(n) lists
-    assert big == ["IVF1024,Flat", "IVF4096_HNSW32,Flat"]
+    # no Flat (slow) and no HNSW (build time) at 1M; HNSW coarse quantiser from 2048 lists
+    assert big == ["IVF1024,Flat", "IVF4096_HNSW32,Flat", "IVF8192_HNSW32,Flat"]
     tight = auto_candidates(1_000_000, 128, IndexingConfig(memory_budget_mb=100))
-    assert len(tight) == 2 and all("PQ" in f for f in tight)
+    assert len(tight) == 3 and all("PQ" in f for f in tight)
     for f in tight:
         assert estimate_bytes(parse_factory(f, 128), 128, 1_000_000) <= 100 * 2**20
     with pytest.raises(ValueError, match="memory budget"):
