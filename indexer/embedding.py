@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -33,20 +33,6 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 6
         if bar is not None:
             bar.update(len(idx))
     return out
-
-
-def stream_embeddings(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 64,
-                      num_workers: int = 2) -> Iterator[np.ndarray]:
-    """Yield (b, d) float32 embeddings of consecutive batches of ``paths``, in order, from one
-    DataLoader: its workers keep decoding ahead across the whole list (no pipeline drain or
-    worker start-up between the caller's chunks)."""
-    if not paths:
-        return
-    extra = {"prefetch_factor": 4, "persistent_workers": False} if num_workers > 0 else {}
-    loader = DataLoader(ImagePaths([str(p) for p in paths], embedder.transform),
-                        batch_size=batch_size, num_workers=num_workers, shuffle=False, **extra)
-    for batch, _ in loader:
-        yield embedder.embed_tensors(batch)
 
 
 def embed_unique(embedder: Embedder, paths: Sequence[str], sha256s: Sequence[str], *,

@@ -43,7 +43,7 @@ from indexer.construct import (
     index_vectors,
     split_for_tuning,
 )
-from indexer.embedding import embed_unique, progress_bar, stream_embeddings
+from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
 from indexer.tune import held_out_queries, tune_search_params
 from training.checkpoint import file_sha256
@@ -210,47 +210,20 @@ def _atomic(path: Path, write) -> None:
 # -- embedding ---------------------------------------------------------------------------------
 def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
                  cfg: ReindexConfig, desc: str = "reindex") -> int:
-    """Embed the listed chunks that are not on disk yet; returns how many were embedded.
-
-    One DataLoader streams every missing image (identical content once, in order of first
-    appearance), and each chunk is written as soon as the stream has covered it."""
+    """Embed the listed chunks that are not on disk yet; returns how many were embedded."""
     todo = [j for j in chunks if not plan.done(j)]
     total = sum(_len(plan.chunk_rows(j)) for j in chunks)
     done = total - sum(_len(plan.chunk_rows(j)) for j in todo)
     if done:
         log.info("resuming: %d of %d images already embedded", done, total)
-    if not todo:
-        return 0
-    rows = np.concatenate([np.arange(plan.chunk_rows(j).start, plan.chunk_rows(j).stop)
-                           for j in todo])
-    _, first, inverse = np.unique(plan.sha256[rows], return_index=True, return_inverse=True)
-    order = np.argsort(first)  # stream position -> unique content
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))  # unique content -> stream position
-    row_pos = position[inverse.ravel()]  # each row's content's stream position
-    firsts = np.sort(first)  # rows where content first appears, in stream order
-    bounds = np.cumsum([0] + [_len(plan.chunk_rows(j)) for j in todo])
-    vectors = np.empty((len(order), embedder.dim), np.float32)
-    streamed, c = 0, 0
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
-        batches = stream_embeddings(embedder, plan.paths[rows[firsts]].tolist(),
-                                    batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-        for out in batches:
-            vectors[streamed:streamed + len(out)] = out
-            streamed += len(out)
-            bar.update(len(out))
-            # write every chunk whose images have all been streamed
-            while c < len(todo) and np.searchsorted(firsts, bounds[c + 1]) <= streamed:
-                c = _write_chunk(plan, todo[c], vectors[row_pos[bounds[c]:bounds[c + 1]]],
-                                 bar, c, np.searchsorted(firsts, bounds[c + 1]) -
-                                 np.searchsorted(firsts, bounds[c]))
+        for j in todo:
+            rows = plan.chunk_rows(j)
+            vectors = embed_unique(embedder, plan.paths[rows].tolist(), plan.sha256[rows].tolist(),
+                                   batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   bar=bar)
+            _atomic(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
     return len(todo)
-
-
-def _write_chunk(plan: Plan, j: int, vectors: np.ndarray, bar, c: int, new: int) -> int:
-    _atomic(plan.chunk_path(j), lambda f: np.save(f, vectors))
-    bar.update(len(vectors) - new)  # duplicates of earlier content, not streamed
-    return c + 1
 
 
 def _len(s: slice) -> int:

@@ -88,53 +88,30 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
                                                                      monkeypatch):
     tmp, url = catalogue
     cfg = _cfg(tmp, url, new_checkpoint, keep_work=True)
-    real, written = rx._write_chunk, []
+    real, calls = rx.embed_unique, []
 
-    def dies_after_three(plan, j, *args):
-        if len(written) == 3:
+    def dies_after_three(*args, **kw):
+        if len(calls) == 3:
             raise KeyboardInterrupt("killed")  # what Ctrl-C or a scheduler's kill does
-        written.append(j)
-        return real(plan, j, *args)
+        calls.append(len(args[1]))
+        return real(*args, **kw)
 
-    monkeypatch.setattr(rx, "_write_chunk", dies_after_three)
+    monkeypatch.setattr(rx, "embed_unique", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         rx.reindex(cfg)
     plan = rx.make_plan(cfg)
     assert [plan.done(j) for j in range(plan.num_chunks)] == [True] * 3 + [False] * 4
     assert not list((plan.work / "chunks").glob(".*"))  # no half-written chunk left behind
     first = {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)}
-    written.clear()
-    monkeypatch.setattr(rx, "_write_chunk", lambda plan, j, *a: (written.append(j),
-                                                                  real(plan, j, *a))[1])
+    calls.clear()
+    monkeypatch.setattr(rx, "embed_unique", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
     rx.reindex(cfg)
-    assert written == [3, 4, 5, 6]  # only the missing chunks were embedded
+    assert len(calls) == 4 + 1  # the 4 missing chunks, and the (empty) catch-up
     assert {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)} == first
     ids, vectors = _embedded_by(new_checkpoint, url)
     version = load_index_version(tmp / "idx")
     _, found = version.index.search(vectors, 1)
     assert (found[:, 0] == ids).all()
-
-
-def test_duplicate_content_is_embedded_once_and_shared(catalogue, new_checkpoint, digits_dir,
-                                                      monkeypatch):
-    tmp, url = catalogue
-    src = sorted((digits_dir / "7").iterdir())[0]
-    with open_catalog(url).begin() as s:  # three more keys with one image's bytes
-        upsert_images(s, [{"key": f"copy/{i}", "path": str(src), "label": "7",
-                           "sha256": "d" * 64} for i in range(3)], collection="digits")
-    streamed = []
-    real = rx.stream_embeddings
-    monkeypatch.setattr(rx, "stream_embeddings",
-                        lambda emb, paths, **kw: (streamed.extend(paths), real(emb, paths, **kw))[1])
-    rx.reindex(_cfg(tmp, url, new_checkpoint))
-    assert len(streamed) == 401  # 400 distinct images + one for the three copies
-    version = load_index_version(tmp / "idx")
-    with open_catalog(url)() as s:
-        copies = [image_by_key(s, f"copy/{i}", collection="digits").id for i in range(3)]
-    vecs = np.stack([version.index.reconstruct(i) for i in copies])
-    np.testing.assert_array_equal(vecs, np.repeat(vecs[:1], 3, axis=0))
-    np.testing.assert_allclose(vecs[0], Embedder.from_checkpoint(new_checkpoint)
-                               .embed_paths([src])[0], atol=1e-5)
 
 
 def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_checkpoint,
