@@ -403,9 +403,15 @@ def plot(sweeps, rows, oracle, args) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(s["factory"] for s in sweeps):
-        pts = [s for s in sweeps if s["factory"] == name]
-        ax.plot([s["recall"] for s in pts], [s["qps_single"] for s in pts], "o-", ms=3, label=name)
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    def series(s):  # one line per factory (and coarse efSearch)
+        qef = s["params"].get("quantizer_efSearch") if isinstance(s["params"], dict) else None
+        return s["factory"] + (f" qef={qef}" if qef else "")
+
+    for name in dict.fromkeys(series(s) for s in sweeps):
+        pts = [s for s in sweeps if series(s) == name]
+        ax.plot([s["recall"] for s in pts], [s["qps_single"] for s in pts], "o-", ms=3, lw=1,
+                label=name)
     for r in rows:
         if r["name"].startswith(("ours", "autofaiss")):
             ax.plot(r["recall"], r["qps_single"], "*", ms=12, label=r["name"][:40])
@@ -413,7 +419,8 @@ def plot(sweeps, rows, oracle, args) -> None:
     ax.set_xlabel("recall@10 (held-out queries vs exact search)")
     ax.set_ylabel("queries/s, single query, 1 thread")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.set_xlim(max(0.5, min(s["recall"] for s in sweeps) - 0.01), 1.002)
+    ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)

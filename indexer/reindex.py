@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -397,10 +397,15 @@ def reindex(cfg: ReindexConfig) -> Path:
 
 
 def status(cfg: ReindexConfig) -> dict:
-    """How far a reindex has got: chunks done per the plan (for `imgsim reindex --status`)."""
-    plan = make_plan(cfg)
+    """How far a reindex has got (for `imgsim reindex --status`); starts nothing."""
+    sha = file_sha256(cfg.checkpoint)
+    work = work_dir(cfg, sha)
+    if not (work / RUN_FILE).is_file():
+        return {"work_dir": str(work), "state": "not started"}
+    plan = _read_plan(cfg, work, sha)
     done = sum(plan.done(j) for j in range(plan.num_chunks))
-    return {"work_dir": str(plan.work), "images": len(plan.ids), "chunks": plan.num_chunks,
-            "chunks_done": done, "trained": (plan.work / TRAINED_FILE).is_file(),
-            "config": asdict(cfg)}
-
+    shards = sorted(p.name for p in (work / "shards").glob("*.faiss")) \
+        if (work / "shards").is_dir() else []
+    return {"work_dir": str(work), "state": "embedded" if done == plan.num_chunks else "embedding",
+            "images": len(plan.ids), "chunks": plan.num_chunks, "chunks_done": done,
+            "trained": (work / TRAINED_FILE).is_file(), "shard_indexes": shards}

@@ -138,6 +138,17 @@ def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_
                                emb.embed_paths([extra])[0], atol=1e-5)
 
 
+def test_status_reports_progress_without_starting_anything(catalogue, new_checkpoint):
+    tmp, url = catalogue
+    cfg = _cfg(tmp, url, new_checkpoint, work_dir=str(tmp / "w"), keep_work=True)
+    assert rx.status(cfg)["state"] == "not started" and not (tmp / "w").exists()
+    plan = rx.make_plan(cfg)
+    embedder = Embedder.from_checkpoint(new_checkpoint)
+    rx.embed_chunks(plan, embedder, [0, 1], cfg=cfg)
+    st = rx.status(cfg)
+    assert (st["state"], st["images"], st["chunks"], st["chunks_done"]) == ("embedding", 400, 7, 2)
+
+
 def test_a_work_dir_of_another_run_is_refused(catalogue, new_checkpoint, tiny_checkpoint):
     tmp, url = catalogue
     rx.make_plan(_cfg(tmp, url, new_checkpoint, work_dir=str(tmp / "w")))
