@@ -216,6 +216,9 @@ def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
     done = total - sum(_len(plan.chunk_rows(j)) for j in todo)
     if done:
         log.info("resuming: %d of %d images already embedded", done, total)
+    for j in todo:  # a killed writer leaves its temporary file (no cleanup runs on SIGKILL)
+        for stale in plan.chunk_path(j).parent.glob(f".{plan.chunk_path(j).name}.*"):
+            stale.unlink(missing_ok=True)  # only this worker writes chunk j: safe to remove
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
         for j in todo:
             rows = plan.chunk_rows(j)

@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import replace
 
@@ -210,27 +211,44 @@ def test_two_local_workers_build_the_same_index_as_one(catalogue, new_checkpoint
     assert faiss.serialize_index(one.index).tobytes() == faiss.serialize_index(two.index).tobytes()
 
 
+def _reindex_hanging_mid_write(cfg, chunk: int, ready: str) -> None:
+    """rx.reindex, but the write of ``chunk`` stops half-way (and says so) until killed."""
+    real = rx._atomic
+
+    def atomic(path, write):
+        if path.name != f"{chunk:06d}.npy":
+            return real(path, write)
+        fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.write(fd, b"\x93NUMPY half a chunk")
+        open(ready, "w").close()
+        time.sleep(600)
+
+    rx._atomic = atomic
+    rx.reindex(cfg)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_reindex_then_resume(catalogue, new_checkpoint):
+    """A real SIGKILL while chunk 3 is being written (deterministic: the child waits there)."""
     tmp, url = catalogue
     cfg = _cfg(tmp, url, new_checkpoint, chunk_size=16, work_dir=str(tmp / "work"),
                keep_work=True, tuning_queries=50)
-    chunks = tmp / "work" / "chunks"
-    proc = _fork(rx.reindex, cfg)
+    chunks, ready = tmp / "work" / "chunks", tmp / "ready"
+    proc = _fork(_reindex_hanging_mid_write, cfg, 3, str(ready))
     deadline = time.monotonic() + 240
-    while len(list(chunks.glob("0*.npy"))) < 2 and time.monotonic() < deadline:
+    while not ready.exists() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
     done = sorted(chunks.glob("0*.npy"))
-    assert 2 <= len(done) < 25, "the worker should have been killed part-way"
+    assert [p.name for p in done] == ["000000.npy", "000001.npy", "000002.npy"]
+    assert len(list(chunks.glob(".000003.npy.*"))) == 1  # the write in flight, never renamed
     stamps = {p.name: p.stat().st_mtime_ns for p in done}
-    assert not list(chunks.glob(".*"))  # the chunk in flight left no partial file
     rx.reindex(cfg)
-    # the chunks finished before the kill were reused, not recomputed
+    # the chunks finished before the kill were reused, not recomputed; the debris is gone
     assert {p.name: p.stat().st_mtime_ns for p in done} == stamps
-    assert len(list(chunks.glob("0*.npy"))) == 25
+    assert len(list(chunks.glob("0*.npy"))) == 25 and not list(chunks.glob(".*"))
     version = load_index_version(tmp / "idx")
     assert version.index.ntotal == 400
     ids, vectors = _embedded_by(new_checkpoint, url)
