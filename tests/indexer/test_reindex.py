@@ -115,6 +115,29 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
     assert (found[:, 0] == ids).all()
 
 
+def test_duplicate_content_is_embedded_once_and_shared(catalogue, new_checkpoint, digits_dir,
+                                                      monkeypatch):
+    import indexer.embedding as embedding
+
+    tmp, url = catalogue
+    src = sorted((digits_dir / "7").iterdir())[0]
+    with open_catalog(url).begin() as s:  # three more keys with one image's bytes
+        upsert_images(s, [{"key": f"copy/{i}", "path": str(src), "label": "7",
+                           "sha256": "d" * 64} for i in range(3)], collection="digits")
+    embedded, real = [], embedding.embed_files
+    monkeypatch.setattr(embedding, "embed_files",
+                        lambda emb, paths, **kw: (embedded.extend(paths), real(emb, paths, **kw))[1])
+    rx.reindex(_cfg(tmp, url, new_checkpoint))
+    assert len(embedded) == 401  # 400 distinct images + one for the three copies
+    version = load_index_version(tmp / "idx")
+    with open_catalog(url)() as s:
+        copies = [image_by_key(s, f"copy/{i}", collection="digits").id for i in range(3)]
+    vecs = np.stack([version.index.reconstruct(i) for i in copies])
+    np.testing.assert_array_equal(vecs, np.repeat(vecs[:1], 3, axis=0))
+    np.testing.assert_allclose(vecs[0], Embedder.from_checkpoint(new_checkpoint)
+                               .embed_paths([src])[0], atol=1e-5)
+
+
 def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_checkpoint,
                                                                 digits_dir):
     tmp, url = catalogue
