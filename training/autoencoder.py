@@ -209,7 +209,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     rows = []
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["epoch", "loss", "reconstruction_mse", "kl", "images_per_s"])
+        writer.writerow(["epoch", "loss", "reconstruction_mse", "kl", "images_per_s", "seconds"])
         for epoch in range(cfg.epochs):
             model.train()
             tot, rec, kl, n, t0 = 0.0, 0.0, 0.0, 0, time.perf_counter()
@@ -224,11 +224,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 tot, rec, kl, n = tot + loss.item() * len(x), rec + r * len(x), kl + k * len(x), \
                     n + len(x)
                 bar.set_postfix(mse=f"{r:.4f}")
-            row = [epoch + 1, tot / n, rec / n, kl / n, n / (time.perf_counter() - t0)]
+            seconds = time.perf_counter() - t0
+            row = [epoch + 1, tot / n, rec / n, kl / n, n / seconds, seconds]
             writer.writerow(row)
             f.flush()
             rows.append(row)
-            log.info("epoch %d loss %.4f mse %.4f kl %.4f %.1f img/s", *row)
+            log.info("epoch %d loss %.4f mse %.4f kl %.4f %.1f img/s", *row[:5])
     recalibrate_batchnorm(model, loader)
     model.eval()
     grid_paths = paths[:: max(1, len(paths) // cfg.grid_images)][:cfg.grid_images]

@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -39,6 +41,12 @@ from training.miners import all_triplets
 from training.refresh import Refresh
 
 log = logging.getLogger(__name__)
+
+
+class Submitter(Protocol):
+    """Anything that runs ``fn(*args)`` later: a concurrent.futures Executor, HTLCallback."""
+
+    def submit(self, fn, /, *args) -> Future: ...
 
 
 @dataclass(frozen=True)
@@ -130,34 +138,49 @@ class ClassTree:
                             "nodes": _group(self.node[lvl], names)}
                            for lvl in range(self.levels + 1)]}
 
-    def write(self, out_dir: str | Path, tag: str, class_names: Sequence[str] | None = None) -> Path:
-        """Write ``tree_<tag>.json`` and ``dendrogram_<tag>.png``; returns the JSON path."""
+    def write(self, out_dir: str | Path, tag: str, class_names: Sequence[str] | None = None, *,
+              executor: Submitter | None = None) -> Path:
+        """Write ``tree_<tag>.json`` and ``dendrogram_<tag>.png`` (the plot on ``executor``
+        when given, off the training loop's path); returns the JSON path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"tree_{tag}.json"
         path.write_text(json.dumps(self.to_dict(class_names), indent=1))
         if len(self.linkage):
-            self.plot_dendrogram(out / f"dendrogram_{tag}.png", class_names)
+            png = out / f"dendrogram_{tag}.png"
+            if executor is not None:
+                executor.submit(self.plot_dendrogram, png, class_names)
+            else:
+                self.plot_dendrogram(png, class_names)
         return path
 
-    def plot_dendrogram(self, path: str | Path, class_names: Sequence[str] | None = None) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def plot_dendrogram(self, path: str | Path, class_names: Sequence[str] | None = None, *,
+                        max_leaves: int = 80) -> None:
+        """A dendrogram PNG of the class centres with the level thresholds dashed; above
+        ``max_leaves`` classes only the top ``max_leaves`` clusters are drawn. Uses no pyplot
+        state, so it may run in a background thread."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
         from scipy.cluster.hierarchy import dendrogram
 
-        n = len(self.intra)
-        fig, ax = plt.subplots(figsize=(max(6, n * 0.18), 5))
-        dendrogram(self.linkage, labels=list(class_names) if class_names else None, ax=ax,
-                   leaf_font_size=7)
+        n = self.n_classes
+        truncate = n > max_leaves
+        fig = Figure(figsize=(max(6, min(n, max_leaves) * 0.18), 5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if truncate:  # leaves are clusters, labelled with their class count
+            dendrogram(self.linkage, ax=ax, truncate_mode="lastp", p=max_leaves,
+                       leaf_font_size=7)
+        else:
+            dendrogram(self.linkage, labels=list(class_names) if class_names else None, ax=ax,
+                       leaf_font_size=7)
         for t in self.thresholds:
             ax.axhline(t, color="grey", lw=0.5, ls="--")
         ax.set_ylabel("centre distance (dashed: level thresholds)")
-        ax.set_title(f"class tree: {n} classes, {self.levels} levels")
+        top = f", top {max_leaves} clusters" if truncate else ""
+        ax.set_title(f"class tree: {n} classes, {self.levels} levels{top}")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 def _group(node_ids: np.ndarray, names: list[str]) -> list[list[str]]:
@@ -300,6 +323,10 @@ class HTLCallback(Refresh):
         self.out_dir, self.class_names = out_dir, class_names
         self.write = write and info.is_main
         self.tree: ClassTree | None = None
+        # dendrograms are drawn on one background thread: a plot of 50 classes takes about
+        # as long as embedding 300 images, time the training loop need not wait for
+        self._plots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dendrogram")
+        self._pending: list[Future] = []
 
     def on_train_start(self, state) -> None:
         super().on_train_start(state)
@@ -316,6 +343,21 @@ class HTLCallback(Refresh):
             self.loss.set_tree(tree)
         self.tree = tree
         if self.write and self.out_dir is not None:
-            tree.write(self.out_dir, tag, self.class_names)
+            tree.write(self.out_dir, tag, self.class_names, executor=self)
         log.info("class tree rebuilt (%s): thresholds %.3f..%.3f", tag, tree.thresholds[0],
                  tree.thresholds[-1])
+
+    def submit(self, fn, *args) -> Future:
+        """(Executor protocol for ``ClassTree.write``) run ``fn`` on the plot thread."""
+        future = self._plots.submit(fn, *args)
+        self._pending.append(future)
+        return future
+
+    def wait(self) -> None:
+        """Block until every dendrogram is written; re-raises a plotting error."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def on_train_end(self, state) -> None:
+        self.wait()

@@ -66,6 +66,16 @@ def test_sampler_batches_hold_anchor_and_tree_neighbours():
         assert classes[0] // 2 == classes[1] // 2  # the anchor's sibling in the tree
 
 
+def test_dendrogram_of_many_classes_shows_the_top_clusters(tmp_path):
+    rng = np.random.default_rng(0)
+    emb, labels = rng.normal(size=(600, 4)).astype(np.float32), np.arange(600) % 300
+    tree = ClassTree.rebuild(emb, labels, levels=3)
+    tree.plot_dendrogram(tmp_path / "d.png", [f"c{i}" for i in range(300)], max_leaves=40)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "d.png").size[0] < 1200  # not 300 leaves wide
+
+
 def test_tree_json_and_dendrogram(tmp_path):
     emb, labels = _clustered()
     tree = ClassTree.rebuild(emb, labels, levels=3)
@@ -119,6 +129,7 @@ def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
     assert sampler.tree is loss.tree is cb.tree
     assert list(sampler._neigh[0]) == [2]
     assert (tmp_path / "tree_epoch001.json").is_file()
+    cb.wait()  # the dendrogram is drawn in the background
     assert (tmp_path / "dendrogram_epoch001.png").is_file()
     for step in range(1, 10):
         cb.on_step_end(SimpleNamespace(epoch=0, step=step))
