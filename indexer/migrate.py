@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from indexer.catalog import CATALOG_TABLES
+from indexer.catalog import CATALOG_TABLES, Base
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,20 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # A catalogue created before migrations existed (the foundation's create_all) is revision 0001.
 BASELINE = "0001"
 _PG_LOCK = 5_170_412  # advisory lock id: concurrent processes migrate one at a time
+# Tables these migrations also own whose models live above the indexer (``jobs``:
+# service.jobs.store.JobRow), so that one `imgsim index migrate` brings the whole database up.
+SERVICE_TABLES = frozenset({"jobs"})
+MIGRATED_TABLES = CATALOG_TABLES | SERVICE_TABLES
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
-    """Autogenerate looks only at the catalogue's own tables (see ``CATALOG_TABLES``)."""
+    """Autogenerate looks only at the migrated tables (``MIGRATED_TABLES``); a service table only
+    when its model is loaded on ``Base`` (the indexer cannot import service to load it)."""
     table = obj if type_ == "table" else getattr(obj, "table", None)
     table_name = name if type_ == "table" else getattr(table, "name", None)
-    return table_name is None or table_name in CATALOG_TABLES
+    if table_name is None or table_name in CATALOG_TABLES:
+        return True
+    return table_name in SERVICE_TABLES and table_name in Base.metadata.tables
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

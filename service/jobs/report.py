@@ -12,6 +12,9 @@ from pathlib import Path
 class HtmlReport:
     title: str
     sections: list[str] = field(default_factory=list)
+    # shown above everything when set: a failed or cancelled job's report says its results are
+    # partial, so that it cannot pass for a finished one
+    status: str = ""
 
     def text(self, text: str) -> None:
         self.sections.append(f"<p>{html.escape(text)}</p>")
@@ -42,12 +45,17 @@ class HtmlReport:
                 "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
                 "img{max-width:100%;border:1px solid #ccc}figure{margin:1.5em 0}"
                 "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+                ".status{background:#fdd;border:2px solid #c00;padding:.5em 1em;font-weight:bold}"
                 f"</style></head><body><h1>{html.escape(self.title)}</h1>"
+                + (f'<p class="status">{html.escape(self.status)}</p>' if self.status else "")
                 + "\n".join(self.sections) + "</body></html>")
 
     def write(self, path: str | Path) -> Path:
+        """Write atomically: a reader (or a killed writer) never leaves half a page."""
         path = Path(path)
-        path.write_text(self.render(), encoding="utf-8")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.render(), encoding="utf-8")
+        os.replace(tmp, path)
         return path
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -56,15 +57,15 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # refreshed by the running worker (claim, progress, a heartbeat thread); a running job whose
+    # heartbeat is older than the lease belongs to a dead worker (see fail_orphaned_jobs)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def open_job_store(url: str) -> sessionmaker[Session]:
-    """Connect to the catalogue (migrated by the indexer) and create the ``jobs`` table if it is
-    missing: the catalogue's migrations own only its own tables, other packages create theirs."""
-    sessions = open_catalog(url)
-    engine = sessions.kw["bind"]
-    Base.metadata.create_all(engine, tables=[JobRow.__table__])
-    return sessions
+    """Connect to the catalogue, migrated to the latest revision: its Alembic migrations own the
+    ``jobs`` table too (indexer/migrations/versions/0003_jobs.py)."""
+    return open_catalog(url)
 
 
 def create_job(session: Session, kind: str, params: dict[str, Any]) -> JobRow:
@@ -104,7 +105,7 @@ def claim_next(session: Session, worker: str, *, kinds: set[str] | None = None) 
         res = session.execute(
             update(JobRow).where(JobRow.id == job_id, JobRow.state == JobState.QUEUED.value)
             .values(state=JobState.RUNNING.value, worker=worker, started_at=_now(),
-                    message="running").execution_options(synchronize_session=False))
+                    heartbeat_at=_now(), message="running").execution_options(synchronize_session=False))
         if res.rowcount == 1:
             row = session.get(JobRow, job_id)
             session.refresh(row)
@@ -114,16 +115,29 @@ def claim_next(session: Session, worker: str, *, kinds: set[str] | None = None) 
 
 def set_progress(session: Session, job_id: int, progress: float, message: str,
                  artifacts: list[dict[str, str]] | None = None) -> bool:
-    """Record progress of a running job; returns whether a cancel has been requested."""
+    """Record progress of a running job; returns whether it should stop: a cancel was requested,
+    or it is no longer running (failed meanwhile as orphaned, its lease having expired)."""
     values: dict[str, Any] = {"progress": max(0.0, min(1.0, float(progress))),
-                              "message": message[:1024]}
+                              "message": message[:1024], "heartbeat_at": _now()}
     if artifacts is not None:
         values["artifacts"] = artifacts
     session.execute(update(JobRow).where(JobRow.id == job_id,
                                          JobRow.state == JobState.RUNNING.value)
                     .values(**values).execution_options(synchronize_session=False))
-    flag = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
-    return bool(flag)
+    row = session.execute(select(JobRow.cancel_requested, JobRow.state)
+                          .where(JobRow.id == job_id)).one_or_none()
+    return row is None or bool(row.cancel_requested) or row.state != JobState.RUNNING.value
+
+
+def heartbeat(session: Session, worker: str, job_ids: Collection[int]) -> int:
+    """Refresh the heartbeat of ``worker``'s running jobs among ``job_ids``; how many."""
+    if not job_ids:
+        return 0
+    res = session.execute(update(JobRow).where(JobRow.id.in_(sorted(job_ids)),
+                                               JobRow.worker == worker,
+                                               JobRow.state == JobState.RUNNING.value)
+                          .values(heartbeat_at=_now()).execution_options(synchronize_session=False))
+    return res.rowcount
 
 
 def transition(row: JobRow, new: JobState) -> None:
@@ -180,17 +194,57 @@ def request_cancel(session: Session, job_id: int) -> JobRow | None:
     raise InvalidTransition(f"job {job_id} already {state.value}; nothing to cancel")
 
 
-def fail_orphaned_jobs(session: Session, host: str, is_alive) -> list[int]:
-    """Mark failed the running jobs of dead worker processes on ``host`` (workers are named
-    ``host:pid``; ``is_alive(pid)`` tells). Returns their ids."""
-    rows = session.scalars(select(JobRow).where(JobRow.state == JobState.RUNNING.value,
-                                                JobRow.worker.like(f"{host}:%")))
+def parse_worker_name(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker named ``host:pid`` or ``host:pid:token``; None for other names."""
+    parts = name.split(":")
+    if len(parts) in (2, 3) and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None
+
+
+def orphan_reason(worker: str, heartbeat_at: datetime | None, *, host: str, pid: int,
+                  is_alive: Callable[[int], bool], live_workers: Collection[str],
+                  stale_before: datetime) -> str | None:
+    """Why a running job of ``worker`` has no live worker any more, or None when it may have.
+
+    - its process, on this host, is gone (known at once);
+    - its pid is this very process's but it is none of this process's live workers: an earlier
+      process had that pid (a restarted container's server is pid 1 again);
+    - no heartbeat since ``stale_before`` (another host, another container, a reused pid)."""
+    owner = parse_worker_name(worker)
+    if owner is not None and owner[0] == host:
+        if owner[1] == pid and worker not in live_workers:
+            return f"worker {worker} is gone (this process has its pid now)"
+        if owner[1] != pid and not is_alive(owner[1]):
+            return f"worker {worker} exited while the job was running"
+    beat = heartbeat_at.replace(tzinfo=UTC) if heartbeat_at and not heartbeat_at.tzinfo \
+        else heartbeat_at
+    if beat is None or beat < stale_before:
+        seen = beat.isoformat(timespec="seconds") if beat else "never"
+        return f"worker {worker or '?'} stopped sending heartbeats (last: {seen})"
+    return None
+
+
+def fail_orphaned_jobs(session: Session, *, host: str, pid: int, is_alive: Callable[[int], bool],
+                       live_workers: Collection[str] = (), lease_seconds: float = 300.0,
+                       now: datetime | None = None) -> list[int]:
+    """Mark failed the running jobs whose worker died (see :func:`orphan_reason`): they would
+    otherwise stay running forever. Their artifacts are whatever the worker had finished; the
+    error says they are partial. Returns the ids."""
+    stale_before = (now or _now()) - timedelta(seconds=lease_seconds)
+    rows = session.scalars(select(JobRow).where(JobRow.state == JobState.RUNNING.value)
+                           .with_for_update())
     failed = []
     for row in rows:
-        pid = row.worker.rsplit(":", 1)[1]
-        if pid.isdigit() and not is_alive(int(pid)):
-            transition(row, JobState.FAILED)
-            row.error = f"worker {row.worker} exited while the job was running"
-            row.message = "failed"
-            failed.append(row.id)
+        reason = orphan_reason(row.worker, row.heartbeat_at, host=host, pid=pid,
+                               is_alive=is_alive, live_workers=live_workers,
+                               stale_before=stale_before)
+        if reason is None:
+            continue
+        transition(row, JobState.FAILED)
+        n = len(row.artifacts or [])
+        row.error = (f"{reason}; the job did not finish"
+                     + (f" and its {n} artifact(s) are partial results" if n else ""))
+        row.message = "failed: its worker died"
+        failed.append(row.id)
     return failed

@@ -5,7 +5,23 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import column, insert, inspect, select, table
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    column,
+    insert,
+    inspect,
+    select,
+    table,
+)
 from sqlalchemy.exc import IntegrityError
 
 from indexer.catalog import (
@@ -34,6 +50,7 @@ from indexer.migrate import (
     include_object,
     upgrade_catalog,
 )
+from service.jobs.store import JobRow, open_job_store  # its table is migrated here too (0003)
 
 
 def _row(key, sha="0", **kw):
@@ -49,6 +66,7 @@ def test_migrated_schema_is_exactly_the_models(catalog_url):
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
     assert current_revision(engine) == head_revision()
+    assert "jobs" in Base.metadata.tables and "jobs" in inspect(engine).get_table_names()
 
 
 def test_foundation_era_catalogue_is_upgraded_keeping_ids(catalog_url):
@@ -171,3 +189,66 @@ def test_models_and_index_versions(catalog_url):
     with pytest.raises(ValueError, match="state"):
         with Session.begin() as s:
             set_index_version_state(s, "v1", "lost")
+
+
+def _columns(engine, name):
+    return {c["name"]: c["nullable"] for c in inspect(engine).get_columns(name)}
+
+
+def test_jobs_table_is_created_by_revision_0003(catalog_url):
+    """From 0002 to head the migrations create ``jobs`` exactly as JobRow declares it."""
+    engine = make_engine(catalog_url)
+    upgrade_catalog(engine, "0002")
+    assert "jobs" not in inspect(engine).get_table_names()
+    upgrade_catalog(engine)
+    model = {c.name: c.nullable for c in JobRow.__table__.columns}
+    assert _columns(engine, "jobs") == model
+    assert {"started_at", "finished_at", "heartbeat_at"} == {n for n, null in model.items()
+                                                             if null and n != "id"}
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("jobs")}
+    assert indexes == {ix.name: [c.name for c in ix.columns] for ix in JobRow.__table__.indexes}
+    assert indexes == {"ix_jobs_kind": ["kind"], "ix_jobs_state": ["state"]}
+    downgrade_catalog(engine, "0002")
+    assert "jobs" not in inspect(engine).get_table_names()
+
+
+def _create_all_era_jobs_table(engine) -> Table:
+    """The ``jobs`` table as the job store's create_all made it before 0003 (no heartbeat)."""
+    meta = MetaData()
+    jobs = Table(
+        "jobs", meta,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("kind", String(64), nullable=False, index=True),
+        Column("state", String(16), nullable=False, index=True),
+        Column("params", JSON, nullable=False), Column("progress", Float, nullable=False),
+        Column("message", String(1024), nullable=False), Column("error", Text, nullable=False),
+        Column("artifacts", JSON, nullable=False),
+        Column("cancel_requested", Boolean, nullable=False),
+        Column("worker", String(128), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("started_at", DateTime(timezone=True), nullable=True),
+        Column("finished_at", DateTime(timezone=True), nullable=True))
+    meta.create_all(engine)
+    return jobs
+
+
+def test_jobs_table_made_by_create_all_is_adopted_keeping_its_rows(catalog_url):
+    engine = make_engine(catalog_url)
+    upgrade_catalog(engine, "0002")
+    jobs = _create_all_era_jobs_table(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(jobs), [{
+            "id": 41, "kind": "tsne", "state": "succeeded", "params": {"perplexity": 5.0},
+            "progress": 1.0, "message": "done", "error": "", "artifacts": [],
+            "cancel_requested": False, "worker": "h:1",
+            "created_at": datetime(2025, 1, 1, tzinfo=UTC)}])
+    Session = open_job_store(catalog_url)  # migrates to head: 0003 finds the table there
+    assert current_revision(engine) == head_revision()
+    assert "heartbeat_at" in _columns(engine, "jobs")
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": include_object})
+        assert compare_metadata(ctx, Base.metadata) == []
+    with Session() as s:
+        row = s.get(JobRow, 41)
+        assert (row.kind, row.state, row.params, row.heartbeat_at) == (
+            "tsne", "succeeded", {"perplexity": 5.0}, None)
