@@ -92,6 +92,9 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--concurrency", type=int, default=1, help="jobs run at the same time")
     w.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     w.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    w.add_argument("--lease", type=float, default=120.0,
+                   help="seconds without a heartbeat after which another worker's running job "
+                        "is failed as orphaned (its worker died); heartbeats come every lease/8")
     w.add_argument("--checkpoint", default=None, help="default model for jobs that need one")
     w.add_argument("--index-root", default=None, help="default index for jobs that need one")
     w.add_argument("--data-root", default=os.environ.get("IMGSIM_DATA"),
@@ -245,6 +248,7 @@ def _worker(args: argparse.Namespace) -> int:
     cfg = WorkerConfig(catalog_url=args.catalog,
                        artifacts_root=args.artifacts or default_artifacts_root(),
                        concurrency=args.concurrency, poll_seconds=args.poll,
+                       lease_seconds=args.lease, heartbeat_seconds=args.lease / 8,
                        defaults=JobDefaults(checkpoint=args.checkpoint,
                                             index_root=args.index_root,
                                             catalog_url=args.catalog, data_root=args.data_root))

@@ -30,6 +30,8 @@ def test_jobs_cli_round_trip(tmp_path, capsys, monkeypatch):
     assert "no job with id 42" in capsys.readouterr().err
     assert main(["jobs", "cancel", "1", *db]) == 2
     assert "already succeeded" in capsys.readouterr().err
+    assert main(["jobs", "worker", "--once", "--lease", "0", *db]) == 2
+    assert "lease_seconds" in capsys.readouterr().err
 
 
 def test_jobs_run_locally_and_kinds(tmp_path, capsys):
