@@ -1,6 +1,8 @@
 """Visualization: properties, not pixels (guided backprop masks, ascent increases its target,
 occlusion finds the differing region, t-SNE keeps clusters apart, clustering scores)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +106,24 @@ def test_gradient_ascent_increases_the_target():
             assert float(obj(x)) > float(obj(init)) + 1e-3
         assert hist[-1] > hist[0]
         assert x.abs().max() <= cfg.clamp
+
+
+def _total_variation(x: torch.Tensor) -> float:
+    return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+                 + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
+
+
+def test_ascent_regularisers_smooth_and_shrink_the_image():
+    """Blur removes the high frequencies the bare gradient adds; decay keeps the image small."""
+    model = _cnn()
+    obj = channel_objective(model, "4", 5)
+    init = torch.zeros(1, 1, 32, 32)
+    bare = AscentConfig(steps=20, lr=0.05, jitter=2, blur_every=0, decay=0.0, clamp=100.0)
+    blurred, _ = gradient_ascent(obj, init, replace(bare, blur_every=1, blur_sigma=1.0))
+    decayed, _ = gradient_ascent(obj, init, replace(bare, decay=0.1))
+    plain, _ = gradient_ascent(obj, init, bare)
+    assert _total_variation(blurred) < 0.7 * _total_variation(plain)
+    assert float(decayed.norm()) < 0.7 * float(plain.norm())
 
 
 def test_deep_dream_amplifies_the_layer():
