@@ -23,19 +23,25 @@ API (what the service's Upsert/Delete use)::
   against searchers (a lock), or change a copy (:func:`clone_version`) and swap it in.
 - :func:`publish_changes` writes the changed index as a new version (atomic, like any publish),
   recording ``parent_version`` and the drift counters in its manifest.
+- Other processes publish into the same root (``imgsim reindex``, other servers): hold
+  :func:`indexer.versions.publish_lock` (this host) and, inside the transaction,
+  :func:`lock_collection` (hosts sharing a PostgreSQL catalogue) from reading CURRENT and the
+  catalogue to the publish, or a concurrent version is overwritten and its changes lost.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from indexer.catalog import DEFAULT_COLLECTION, ImageRow, upsert_images
@@ -88,6 +94,49 @@ def _changed(m: Manifest, *, added: int = 0, removed: int = 0, tombstoned: int =
                    removed_since_build=m.removed_since_build + removed + tombstoned,
                    tombstones=m.tombstones + tombstoned,
                    count_at_build=m.count_at_build or m.count)
+
+
+def change_vectors(index: faiss.Index, *, remove: Sequence[int] = (), ids: Sequence[int] = (),
+                   vectors: np.ndarray | None = None) -> tuple[int, int]:
+    """Remove the ``remove`` ids, then add ``vectors`` (n, d) float32 under ``ids``, in place,
+    without touching the catalogue (it already holds these rows: a reindex catching up with
+    it). Returns (removed, tombstoned); record tombstones in the manifest."""
+    removed, tombstoned = _remove_ids(index, np.asarray(list(remove), np.int64))
+    ids = np.asarray(list(ids), np.int64)
+    if len(ids):
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if vectors.shape != (len(ids), index.d):
+            raise ValueError(f"vectors must be ({len(ids)}, {index.d}), got {vectors.shape}")
+        index.add_with_ids(vectors, ids)
+    return removed, tombstoned
+
+
+def _advisory_key(collection: str) -> int:
+    digest = hashlib.sha256(f"imgsim.publish:{collection}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_collection(session: Session, collection: str, *, timeout: float | None = None,
+                    poll: float = 0.05) -> None:
+    """Hold ``collection``'s publish lock across hosts until the session's transaction ends.
+
+    On PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock`` on a hash of
+    the collection name), released by the commit or rollback; ``TimeoutError`` after
+    ``timeout`` seconds. On other databases nothing is needed: an SQLite catalogue is one
+    host's file, where :func:`indexer.versions.publish_lock` already serialises writers.
+    Take it after ``publish_lock`` and before reading what the publish derives from."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = _advisory_key(collection)
+    if timeout is None:
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return
+    give_up = time.monotonic() + max(timeout, 0.0)
+    while not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+        if time.monotonic() >= give_up:
+            raise TimeoutError(f"another writer has held collection {collection!r}'s publish "
+                               f"lock for over {timeout:.0f}s")
+        time.sleep(poll)
 
 
 def add_to_index(session: Session, version: IndexVersion, rows: Sequence[dict],

@@ -13,7 +13,9 @@ A reindex works in a directory of its own (default ``<index-root>/reindex/<colle
 :func:`merge` assembles the index: with IVF shards, FAISS's own merge of inverted lists
 (``IndexIVF.merge_from``), otherwise a build from all chunks (``auto`` measures candidates).
 It then catches up with catalogue changes made since the plan, tunes the search parameters on
-held-out queries, publishes the version and records it in the catalogue.
+held-out queries, and, holding the index root's publish lock (the one servers take to apply
+Upsert and Delete), catches up with the changes made while it built, publishes the version
+and records it in the catalogue.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from indexer.construct import (
 )
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
+from indexer.incremental import change_vectors, lock_collection
 from indexer.tune import held_out_queries, tune_search_params
+from indexer.versions import publish_lock
 from training.checkpoint import file_sha256
 from training.embedder import Embedder
 
@@ -328,23 +332,27 @@ def _merge_shards(plan: Plan) -> tuple[faiss.Index, str, int] | None:
 # -- merge + publish --------------------------------------------------------------------------
 def merge(cfg: ReindexConfig) -> Path:
     """Build the index from the finished chunks (or merge IVF shards), catch up with catalogue
-    changes since the plan, tune, publish, record; returns the version directory."""
+    changes since the plan, tune, then, under the publish lock, catch up once more with what
+    changed while building, publish and record; returns the version directory."""
     t0 = time.perf_counter()
     embedder = _embedder(cfg)
     plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
     vectors, ids = load_vectors(plan), plan.ids
     Session = open_catalog(cfg.catalog_url)
+    known = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
     with Session() as session:
-        gone, new = _catalogue_changes(session, plan, cfg.collection)
+        gone, new = _catalogue_changes(session, known, cfg.collection)
     if gone or new:
         log.info("catching up with the catalogue: %d removed, %d added or changed since the "
                  "plan", len(gone), len(new))
-    new_vectors = embed_unique(embedder, [r[1] for r in new], [r[2] for r in new],
-                               batch_size=cfg.batch_size, num_workers=0)
+    new_vectors = _embed_rows(embedder, new, cfg)
     new_ids = np.array([r[0] for r in new], np.int64)
     keep = ~np.isin(ids, np.array(gone, np.int64))
     vectors = np.concatenate([vectors[keep], new_vectors])
     ids = np.concatenate([ids[keep], new_ids])
+    for i in gone:
+        known.pop(i, None)
+    known.update((r[0], r[2]) for r in new)
     icfg = cfg.indexing()
     merged = _merge_shards(plan)
     if merged is not None:
@@ -366,13 +374,26 @@ def merge(cfg: ReindexConfig) -> Path:
         log.info("merged the inverted lists of %s shard indexes: %s", merged[2], factory)
     else:
         built = index_vectors(vectors, ids, icfg)
-    with Session.begin() as session:
+    del vectors
+    # Building and tuning take minutes, and servers change the catalogue meanwhile (Upsert,
+    # Delete, each publishing a version of its own). Under the publish lock nobody else
+    # changes the catalogue or CURRENT: catch up with those changes, then publish.
+    with publish_lock(cfg.index_root), Session.begin() as session:
+        lock_collection(session, cfg.collection)
+        gone, new = _catalogue_changes(session, known, cfg.collection)
+        tombstones = 0
+        if gone or new:
+            log.info("catching up before publishing: %d removed, %d added or changed while "
+                     "building", len(gone), len(new))
+            _, tombstones = change_vectors(built.index, remove=gone, ids=[r[0] for r in new],
+                                           vectors=_embed_rows(embedder, new, cfg))
         manifest = manifest_for(built, embedder, collection=cfg.collection,
                                 requested=cfg.factory, cfg=icfg,
                                 seconds=time.perf_counter() - t0)
-        manifest = replace(manifest, build_params={
+        manifest = replace(manifest, tombstones=tombstones, build_params={
             **manifest.build_params, "reindex_images": len(plan.ids),
-            "chunk_size": plan.chunk_size, "shards": merged[2] if merged else 1})
+            "chunk_size": plan.chunk_size, "shards": merged[2] if merged else 1,
+            "caught_up_at_publish": len(gone) + len(new)})
         model = model_row(session, embedder, cfg.checkpoint)
         path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
                              keep=cfg.keep_versions)
@@ -382,14 +403,23 @@ def merge(cfg: ReindexConfig) -> Path:
     return path
 
 
-def _catalogue_changes(session, plan: Plan, collection: str) -> tuple[list[int], list[tuple]]:
-    """(ids planned but since deleted or changed, rows (id, path, sha256) added or changed)."""
+def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np.ndarray:
+    """(n, d) float32 embeddings of catalogue rows (id, path, sha256)."""
+    if not rows:
+        return np.zeros((0, embedder.dim), np.float32)
+    return embed_unique(embedder, [r[1] for r in rows], [r[2] for r in rows],
+                        batch_size=cfg.batch_size, num_workers=0)
+
+
+def _catalogue_changes(session, known: dict[int, str],
+                       collection: str) -> tuple[list[int], list[tuple]]:
+    """Against ``known`` ({id: sha256} already embedded): (ids since deleted or changed,
+    rows (id, path, sha256) added or changed), each in id order."""
     now = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
                           .where(ImageRow.collection == collection)).all()
-    planned = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
     current = {r[0]: tuple(r) for r in now}
-    gone = [i for i, sha in planned.items() if i not in current or current[i][2] != sha]
-    new = [r for i, r in sorted(current.items()) if planned.get(i) != r[2]]
+    gone = sorted(i for i, sha in known.items() if i not in current or current[i][2] != sha)
+    new = [r for i, r in sorted(current.items()) if known.get(i) != r[2]]
     return gone, new
 
 

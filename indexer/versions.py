@@ -2,14 +2,28 @@
 
 Publishing is atomic: the version directory is written under a temporary name and renamed,
 then CURRENT is replaced with os.replace, so a reader never sees a half-written version.
+
+Several processes publish into one root (``imgsim reindex``, every server applying Upsert and
+Delete). A publish that derives from what it read (a catch-up with the catalogue, a change
+applied to the served version) must hold :func:`publish_lock` from that read to the publish,
+or it overwrites, and loses, another writer's version. ``publish_lock`` is an ``flock`` on
+``<root>/.publish.lock``: it serialises the processes of one host. Replicas on several hosts
+sharing one index root (a network file system, where flock may not be honoured) need a lock
+they all see: with a PostgreSQL catalogue, :func:`indexer.incremental.lock_collection` takes an
+advisory lock in the writer's catalogue transaction (SQLite catalogues are one host's file).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +33,7 @@ import faiss
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
+LOCK_FILE = ".publish.lock"
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,54 @@ def publish_index_version(root: str | Path, index: faiss.Index, manifest: Manife
     _write_pointer(root, manifest.version)
     _prune(versions, keep=keep, current=manifest.version)
     return final
+
+
+_held = threading.local()  # root -> depth of publish_lock held by this thread
+
+
+@contextmanager
+def publish_lock(root: str | Path, *, timeout: float | None = None,
+                 poll: float = 0.05) -> Iterator[None]:
+    """Hold the exclusive publish lock of an index root (``flock`` on ``<root>/.publish.lock``).
+
+    Blocks until it is free, or raises ``TimeoutError`` after ``timeout`` seconds. Reentrant in
+    one thread; other threads and processes wait (each takes its own open file, and flock
+    locks of distinct open files exclude each other even within one process). The kernel drops
+    the lock when its holder dies, so a killed reindex never leaves a root locked."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = str(root.resolve())
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            give_up = time.monotonic() + max(timeout, 0.0)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise TimeoutError(f"another process has been publishing into {root} "
+                                           f"for over {timeout:.0f}s (it holds {LOCK_FILE})"
+                                           ) from None
+                    time.sleep(poll)
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            depth[key] = 0
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _write_pointer(root: Path, version: str) -> None:

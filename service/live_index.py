@@ -183,33 +183,38 @@ class LiveIndex:
         """Load a published version (default: CURRENT), check it, serve it.
 
         Returns (previous, now served). In-flight searches finish on the previous version."""
+        with self.write_lock:
+            return self.swap_locked(version)
+
+    def swap_locked(self, version: str | None = None) -> tuple[str, str]:
+        """:meth:`swap` for a caller that already holds ``write_lock`` (Upsert and Delete
+        catching up with a version another process published)."""
         try:
             name = version or current_version_name(self.root)
         except FileNotFoundError as e:
             raise NotFound(str(e)) from e
         if not (self.root / "versions" / name).is_dir():
             raise NotFound(f"no index version {name!r} under {self.root}")
-        with self.write_lock:
-            old = self._version.manifest.version
-            if name == old:
-                return old, old
-            try:
-                new = load_index_version(self.root, name)
-            except (OSError, ValueError, RuntimeError) as e:
-                self._notify("failed", name)
-                raise FailedPrecondition(f"cannot load index version {name}: {e}") from e
-            try:
-                check_version(new, checkpoint_sha256=self.checkpoint_sha256, dim=self.dim)
-            except FailedPrecondition:
-                self._refused = name
-                self._notify("refused", name)
-                raise
-            if (new.manifest.collection or DEFAULT_COLLECTION) != self.collection:
-                self._refused = name
-                self._notify("refused", name)
-                raise FailedPrecondition(f"index version {name} holds collection "
-                                         f"{new.manifest.collection!r}, not {self.collection!r}")
-            self._version = new
+        old = self._version.manifest.version
+        if name == old:
+            return old, old
+        try:
+            new = load_index_version(self.root, name)
+        except (OSError, ValueError, RuntimeError) as e:
+            self._notify("failed", name)
+            raise FailedPrecondition(f"cannot load index version {name}: {e}") from e
+        try:
+            check_version(new, checkpoint_sha256=self.checkpoint_sha256, dim=self.dim)
+        except FailedPrecondition:
+            self._refused = name
+            self._notify("refused", name)
+            raise
+        if (new.manifest.collection or DEFAULT_COLLECTION) != self.collection:
+            self._refused = name
+            self._notify("refused", name)
+            raise FailedPrecondition(f"index version {name} holds collection "
+                                     f"{new.manifest.collection!r}, not {self.collection!r}")
+        self._version = new
         log.info("index %s: swapped %s -> %s (%d vectors)", self.collection, old, name,
                  new.index.ntotal, extra={"collection": self.collection, "index_version": name})
         self._notify("swapped", name)

@@ -3,6 +3,12 @@
 Every change is made on a copy of the served index inside one catalogue transaction, published
 as a new index version (so a restart serves it), committed, and only then swapped in. A failure
 anywhere leaves the catalogue, the served index and CURRENT as they were.
+
+Other processes publish into the same index root (``imgsim reindex``, other replicas), so a
+change holds the root's publish lock (:func:`indexer.versions.publish_lock`; with PostgreSQL
+also :func:`indexer.incremental.lock_collection`, for replicas on several hosts) from reading
+CURRENT to publishing, and first serves CURRENT if another process published since. Image
+blobs that no row references any more are removed once the change has committed.
 """
 
 from __future__ import annotations
@@ -10,17 +16,34 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+from sqlalchemy.orm import Session
 
-from indexer.incremental import add_to_index, clone_version, publish_changes, remove_from_index
-from service.errors import FailedPrecondition, InvalidInput, NotFound
+from indexer.incremental import (
+    add_to_index,
+    clone_version,
+    lock_collection,
+    publish_changes,
+    remove_from_index,
+)
+from indexer.versions import current_version_name, publish_lock
+from service.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 from service.live_index import LiveIndex
-from service.store import BlobStore, entries_by_keys, ids_by_keys
+from service.store import BlobStore, entries_by_keys
 
 if TYPE_CHECKING:
     from service.core import ChangeResult, SimilarityCore, UpsertItem
@@ -31,6 +54,9 @@ MAX_KEY_CHARS = 512
 MAX_META_NAME_CHARS = 256
 MAX_META_VALUE_CHARS = 4096
 _EXT = {"JPEG": "jpg", "TIFF": "tif"}
+# Longest an Upsert or Delete waits (within its deadline) for another process publishing into
+# the same index root, e.g. a reindex catching up and writing its version; then UNAVAILABLE.
+PUBLISH_LOCK_SECONDS = 60.0
 
 
 def _check_item(it: UpsertItem, name: str) -> None:
@@ -85,6 +111,73 @@ def _restore(live: LiveIndex, keep: int) -> None:
         log.exception("index %s: could not restore CURRENT after a failed change", live.collection)
 
 
+def _lock_timeout(deadline: float | None) -> float:
+    if deadline is None:
+        return PUBLISH_LOCK_SECONDS
+    return max(0.0, min(PUBLISH_LOCK_SECONDS, deadline - time.monotonic()))
+
+
+def _busy(e: TimeoutError, deadline: float | None) -> ServiceError:
+    if deadline is not None and time.monotonic() >= deadline:
+        return DeadlineExceeded(f"deadline passed while waiting to publish: {e}")
+    return Unavailable(f"{e}; nothing was applied, retry later")
+
+
+@contextmanager
+def _publishing(live: LiveIndex, deadline: float | None) -> Iterator[None]:
+    """This server's writers one at a time (``write_lock``), and every process publishing
+    into the same index root too (``publish_lock``: reindex, other servers on this host)."""
+    with live.write_lock, ExitStack() as stack:
+        try:
+            stack.enter_context(publish_lock(live.root, timeout=_lock_timeout(deadline)))
+        except TimeoutError as e:
+            raise _busy(e, deadline) from e
+        yield
+
+
+def _serve_current(s: Session, live: LiveIndex, deadline: float | None) -> None:
+    """Inside the change's transaction, under :func:`_publishing`: take the collection's lock
+    across hosts, then make sure the change applies to the version CURRENT names. Another
+    process (a reindex, another replica) may have published since this server last swapped,
+    and changing the stale served version would overwrite, and lose, that version."""
+    try:
+        lock_collection(s, live.collection, timeout=_lock_timeout(deadline))
+    except TimeoutError as e:
+        raise _busy(e, deadline) from e
+    try:
+        name = current_version_name(live.root)
+    except FileNotFoundError:
+        return
+    if name == live.version.manifest.version:
+        return
+    try:
+        live.swap_locked(name)
+    except FailedPrecondition as e:
+        raise FailedPrecondition(
+            f"nothing was applied: collection {live.collection!r} was republished by another "
+            f"process as index version {name}, which this server cannot serve ({e}); if the "
+            "index was rebuilt with another model, restart this server with that checkpoint"
+        ) from e
+    log.info("index %s: caught up with %s, published by another process, before changing it",
+             live.collection, name, extra={"collection": live.collection, "index_version": name})
+
+
+def _drop_blobs(core: SimilarityCore, blobs: BlobStore, paths: Iterable[str]) -> None:
+    """After the commit (still under the locks): remove the blobs no catalogue row references
+    any more. A crash before this leaves orphans for `imgsim blobs gc`, never a lost blob."""
+    paths = [p for p in paths if p]
+    if not paths:
+        return
+    try:
+        with core.sessions() as s:
+            removed = blobs.remove_unreferenced(s, paths)
+        if removed:
+            log.debug("removed %d unreferenced blob(s) under %s", len(removed), blobs.root)
+    except Exception:  # the change is committed; an orphan blob costs only disk
+        log.exception("could not remove unreferenced blobs under %s (`imgsim blobs gc` will)",
+                      blobs.root)
+
+
 def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
            deadline: float | None = None) -> ChangeResult:
     from service.core import ChangeResult
@@ -97,15 +190,16 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
     written: list[Path] = []
     published = False
     try:
-        with live.write_lock:
+        with _publishing(live, deadline):
             try:
                 with core.sessions.begin() as s:
+                    _serve_current(s, live, deadline)
                     existing = entries_by_keys(s, [it.key for it in batch],
                                                collection=live.collection)
                     ids = np.array([e.id for e in existing.values()], np.int64)
                     _, present = live.reconstruct(ids)
                     indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
-                    changed, rows = [], []
+                    changed, rows, replaced = [], [], []
                     for n, it in enumerate(batch):
                         e = existing.get(it.key)
                         sha = _sha(it.data)
@@ -116,6 +210,8 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                         path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
                         if new:
                             written.append(path)
+                        if e is not None and e.path != str(path):
+                            replaced.append(e.path)
                         changed.append(n)
                         rows.append({"key": it.key, "path": str(path), "label": it.label,
                                      "sha256": sha, "meta": dict(it.metadata)})
@@ -138,6 +234,8 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                 raise
             live.replace(version)
             core.entries.clear()
+            written = []  # committed: referenced now
+            _drop_blobs(core, blobs, replaced)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -151,7 +249,7 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
 
 
 def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
-           ignore_missing: bool = False) -> ChangeResult:
+           ignore_missing: bool = False, deadline: float | None = None) -> ChangeResult:
     from service.core import ChangeResult
 
     keys = list(dict.fromkeys(keys))
@@ -164,10 +262,11 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
         raise InvalidInput("empty key")
     live = core.live(collection)
     published = False
-    with live.write_lock:
+    with _publishing(live, deadline):
         try:
             with core.sessions.begin() as s:
-                found = ids_by_keys(s, keys, collection=live.collection)
+                _serve_current(s, live, deadline)
+                found = entries_by_keys(s, keys, collection=live.collection)
                 missing = tuple(k for k in keys if k not in found)
                 if missing and not ignore_missing:
                     raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
@@ -190,6 +289,7 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
             raise
         live.replace(version)
         core.entries.clear()
+        _drop_blobs(core, BlobStore(core.blob_dir(live)), [e.path for e in found.values()])
     log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
              extra={"collection": live.collection, "index_version": version.manifest.version})
     return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,

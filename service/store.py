@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,12 @@ class EntryCache:
 
 
 class BlobStore:
-    """Content-addressed image files (``<root>/<sha[:2]>/<sha>.<ext>``) for images sent inline."""
+    """Content-addressed image files (``<root>/<sha[:2]>/<sha>.<ext>``) for images sent inline.
+
+    Identical content is stored once and shared by every row that holds it, so a blob may go
+    only when no catalogue row references it: :meth:`remove_unreferenced` after a change
+    commits, :func:`sweep_blobs` for orphans a crash left between a commit and that removal.
+    Only files of this store are ever removed, never images catalogued from their own paths."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -147,8 +153,82 @@ class BlobStore:
         if path.is_file():
             return path, sha, False
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".blob-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
         return path, sha, True
+
+    def sha_of(self, path: str | Path) -> str | None:
+        """The content hash of a blob file of this store, None for any other path."""
+        p = Path(path).resolve()
+        sha = p.name.split(".", 1)[0]
+        if (not _SHA256.fullmatch(sha) or p.parent.name != sha[:2]
+                or p.parent.parent != self.root.resolve()):
+            return None
+        return sha
+
+    def files(self) -> Iterator[Path]:
+        """Every file under the store's ``<sha[:2]>`` folders (blobs and temporary files)."""
+        if not self.root.is_dir():
+            return
+        for shard in sorted(self.root.iterdir()):
+            if shard.is_dir() and len(shard.name) == 2:
+                yield from sorted(p for p in shard.iterdir() if p.is_file())
+
+    def unreferenced(self, session: Session, paths: Iterable[str | Path]) -> list[Path]:
+        """Those of ``paths`` that are blobs of this store no catalogue row (of any collection)
+        references; paths outside the store are never returned."""
+        by_sha: dict[str, set[Path]] = {}
+        for p in paths:
+            sha = self.sha_of(p)
+            if sha is not None:
+                by_sha.setdefault(sha, set()).add(Path(p).resolve())
+        shas = sorted(by_sha)
+        referenced: set[Path] = set()
+        for i in range(0, len(shas), 500):
+            rows = session.scalars(select(ImageRow.path).where(ImageRow.sha256.in_(shas[i:i + 500])))
+            referenced.update(Path(r).resolve() for r in rows)
+        return sorted(p for ps in by_sha.values() for p in ps if p not in referenced)
+
+    def remove_unreferenced(self, session: Session, paths: Iterable[str | Path]) -> list[Path]:
+        """Delete those of ``paths`` no row references. Call it only after the transaction
+        that dropped their rows committed (a rollback must find its blobs), and under the
+        index root's publish lock (an Upsert may be about to reference one again)."""
+        gone = self.unreferenced(session, paths)
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
+
+
+TMP_PREFIX = ".blob-"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+DEFAULT_GC_MIN_AGE = 300.0
+
+
+def sweep_blobs(sessions: sessionmaker[Session], blobs: BlobStore, *, index_root: str | Path,
+                collection: str, min_age_seconds: float = DEFAULT_GC_MIN_AGE,
+                dry_run: bool = False) -> list[Path]:
+    """Remove orphans: blobs no catalogue row references, and temporary files of interrupted
+    writes, older than ``min_age_seconds``. Holds the index root's publish lock (and, with
+    PostgreSQL, the collection's advisory lock), which every Upsert holds while it writes a
+    blob and commits the row referencing it. Returns what was (``dry_run``: would be) removed."""
+    from indexer.incremental import lock_collection
+    from indexer.versions import publish_lock
+
+    cutoff = time.time() - min_age_seconds
+    with publish_lock(index_root), sessions.begin() as s:
+        lock_collection(s, collection)
+        old = [p for p in blobs.files() if p.stat().st_mtime <= cutoff]
+        temporary = [p for p in old if p.name.startswith(TMP_PREFIX)]
+        orphans = sorted(temporary + blobs.unreferenced(s, old))
+        if not dry_run:
+            for p in orphans:
+                p.unlink(missing_ok=True)
+    return orphans
+
+
+def blob_root(index_root: str | Path, collection: str, blob_dir: str = "") -> Path:
+    """Where a collection's inline images are kept: ``<blob_dir>/<collection>`` when a blob
+    dir is configured, else ``<index root>/blobs`` (as the server's ``SimilarityCore``)."""
+    return Path(blob_dir) / collection if blob_dir else Path(index_root) / "blobs"
