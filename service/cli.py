@@ -138,6 +138,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     _client_options(r)
     r.set_defaults(func=_reload)
 
+    from service import health_check
+
+    h = sub.add_parser("health", help="exit 0 only when a server reports SERVING",
+                       description=health_check.DESCRIPTION)
+    health_check.add_arguments(h)
+    h.set_defaults(func=_health)
+
+    b = sub.add_parser("blobs", help="maintain the store of images uploaded by Upsert",
+                       description="The server keeps images sent to Upsert as content-addressed "
+                                   "blobs and removes one when no catalogue row references it "
+                                   "any more. `gc` removes what a crash left behind.")
+    bsub = b.add_subparsers(dest="blobs_command", required=True, metavar="COMMAND")
+    bg = bsub.add_parser("gc", help="remove orphan blobs (referenced by no catalogue row)",
+                         description="Remove the blobs of every served collection that no "
+                                     "catalogue row references, and temporary files of "
+                                     "interrupted writes, older than --min-age-seconds. Safe "
+                                     "beside running servers: it holds the index root's "
+                                     "publish lock, as every Upsert does while it stores a blob "
+                                     "and commits the row referencing it. Reads the server's "
+                                     "settings (--config, IMGSIM_SERVE_*) for the index roots, "
+                                     "the catalogue and blob_dir.")
+    bg.add_argument("--config", default=os.environ.get("IMGSIM_SERVE_CONFIG"),
+                    help="the server's TOML settings file (env IMGSIM_SERVE_CONFIG)")
+    bg.add_argument("--index-root", action="append", dest="index_roots",
+                    help="a collection's index root (repeatable; default: the server's "
+                         f"index_root and extra_index_roots, else {DEFAULT_INDEX_ROOT})")
+    bg.add_argument("--catalog", dest="catalog_url", help=f"default {DEFAULT_CATALOG}")
+    bg.add_argument("--blob-dir", help="the server's blob_dir (default: <index root>/blobs)")
+    bg.add_argument("--min-age-seconds", type=float, default=None,
+                    help="keep files younger than this (default 300)")
+    bg.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    bg.set_defaults(func=_blobs_gc)
+
     k = sub.add_parser("keys", help="manage API keys (stored hashed in the catalogue)",
                        description="Create, list and revoke API keys. A key is scoped to "
                                    "collections and to read or write (write includes read).")
@@ -307,6 +340,49 @@ def _reload(args: argparse.Namespace) -> int:
         r = c.reload(args.collection, args.version)
     same = " (unchanged)" if r.previous_version == r.index_version else ""
     print(f"{r.collection}: {r.previous_version} -> {r.index_version}{same}")
+    return 0
+
+
+def _server_settings(config: str | None, **overrides):
+    """The server's settings (file, IMGSIM_SERVE_* env, ``overrides``), without requiring
+    the ones a server needs but these commands do not."""
+    from service.config import load_serve_config
+
+    return load_serve_config(config, defaults={"checkpoint": "", "index_root": DEFAULT_INDEX_ROOT,
+                                               "catalog_url": DEFAULT_CATALOG}, **overrides)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from service.health_check import run
+
+    return run(args)
+
+
+def _blobs_gc(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from indexer.catalog import DEFAULT_COLLECTION, open_catalog
+    from indexer.versions import MANIFEST_FILE, current_version_name
+    from service.store import DEFAULT_GC_MIN_AGE, BlobStore, blob_root, sweep_blobs
+
+    cfg = _server_settings(args.config, catalog_url=args.catalog_url, blob_dir=args.blob_dir)
+    roots = args.index_roots or [cfg.index_root, *cfg.extra_index_roots]
+    min_age = DEFAULT_GC_MIN_AGE if args.min_age_seconds is None else args.min_age_seconds
+    if min_age < 0:
+        raise ValueError(f"--min-age-seconds must be >= 0, got {min_age}")
+    sessions = open_catalog(cfg.catalog_url)
+    for root in roots:
+        manifest = json.loads((Path(root) / "versions" / current_version_name(root)
+                               / MANIFEST_FILE).read_text())
+        collection = manifest.get("collection") or DEFAULT_COLLECTION
+        blobs = BlobStore(blob_root(root, collection, cfg.blob_dir))
+        gone = sweep_blobs(sessions, blobs, index_root=root, collection=collection,
+                           min_age_seconds=min_age, dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{collection}: {verb} {len(gone)} orphan file(s) under {blobs.root}")
+        for p in gone:
+            print(f"  {p}")
     return 0
 
 
