@@ -24,8 +24,11 @@ RUN useradd --create-home --uid 10001 imgsim && mkdir -p /app/var && chown imgsi
 USER imgsim
 
 EXPOSE 50051
+# `imgsim health` (here as its light module: no torch import) reads the server's settings
+# (IMGSIM_SERVE_* variables, IMGSIM_SERVE_CONFIG): set port and TLS files there, not as flags,
+# and the check follows them, TLS included.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -c "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;s=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(),timeout=4).status;sys.exit(0 if s==h.HealthCheckResponse.SERVING else 1)"
+  CMD ["python", "-m", "service.health_check", "--timeout", "4"]
 
 # Default: the demo (trains a small model on real digits on first start, then serves).
 # For your own model: docker run ... imgsim serve --checkpoint var/model.pt --host 0.0.0.0
