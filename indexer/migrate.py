@@ -21,8 +21,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001"
 _PG_LOCK = 5_170_412  # advisory lock id: concurrent processes migrate one at a time
 # Tables these migrations also own whose models live above the indexer (``jobs``:
-# service.jobs.store.JobRow), so that one `imgsim index migrate` brings the whole database up.
-SERVICE_TABLES = frozenset({"jobs"})
+# service.jobs.store.JobRow; ``api_keys``: service.auth.ApiKeyRow), so that one `imgsim index migrate` brings the whole database up.
+SERVICE_TABLES = frozenset({"jobs", "api_keys"})
 MIGRATED_TABLES = CATALOG_TABLES | SERVICE_TABLES
 
 

@@ -13,18 +13,23 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import Base, ImageRow
+from indexer.catalog import ImageRow
+from indexer.migrate import SERVICE_TABLES
 
 
 def ensure_service_tables(sessions: sessionmaker[Session]) -> None:
-    """Create the service's own tables (API keys) in the catalogue if missing; the catalogue's
-    migrations own only the indexer's tables (``indexer.catalog.CATALOG_TABLES``)."""
-    from service.auth import ApiKeyRow
+    """Check that the catalogue holds the service's own tables (API keys, jobs).
 
-    Base.metadata.create_all(sessions.kw["bind"], tables=[ApiKeyRow.__table__])
+    They are created by the catalogue's migrations (revisions 0003 and 0004), which
+    ``indexer.catalog.open_catalog`` runs; a database opened without them is refused with
+    the command that upgrades it."""
+    missing = sorted(SERVICE_TABLES - set(inspect(sessions.kw["bind"]).get_table_names()))
+    if missing:
+        raise RuntimeError(f"the catalogue has no {', '.join(missing)} table: upgrade it with "
+                           "`imgsim index migrate`")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     table,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
 
 from indexer.catalog import (
     Base,
@@ -50,6 +51,7 @@ from indexer.migrate import (
     include_object,
     upgrade_catalog,
 )
+from service.auth import ApiKeyRow, create_api_key, list_api_keys  # migrated here too (0004)
 from service.jobs.store import JobRow, open_job_store  # its table is migrated here too (0003)
 
 
@@ -67,6 +69,27 @@ def test_migrated_schema_is_exactly_the_models(catalog_url):
     assert diff == []
     assert current_revision(engine) == head_revision()
     assert "jobs" in Base.metadata.tables and "jobs" in inspect(engine).get_table_names()
+    assert "api_keys" in inspect(engine).get_table_names()
+
+
+def test_api_keys_table_made_by_create_all_is_adopted_keeping_its_keys(catalog_url):
+    """Before 0004 the service made ``api_keys`` with create_all on start: upgrading keeps
+    the keys, and a catalogue migrated to 0003 gets the table from 0004."""
+    engine = make_engine(catalog_url)
+    upgrade_catalog(engine, "0003")
+    assert "api_keys" not in inspect(engine).get_table_names()
+    ApiKeyRow.metadata.create_all(engine, tables=[ApiKeyRow.__table__])
+    Session = sessionmaker(engine)
+    with Session.begin() as s:
+        create_api_key(s, name="app", access="read", collections=["faces"])
+    upgrade_catalog(engine)
+    assert current_revision(engine) == head_revision()
+    with Session() as s:
+        assert [k.name for k in list_api_keys(s)] == ["app"]
+    downgrade_catalog(engine, "0003")
+    assert "api_keys" not in inspect(engine).get_table_names()
+    upgrade_catalog(engine)
+    assert "api_keys" in inspect(engine).get_table_names()
 
 
 def test_foundation_era_catalogue_is_upgraded_keeping_ids(catalog_url):
