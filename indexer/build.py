@@ -24,7 +24,8 @@ from indexer.catalog import (
 from indexer.construct import AUTO, BuiltIndex, IndexingConfig, index_vectors
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import parse_factory
-from indexer.versions import Manifest, new_version_name, publish_index_version
+from indexer.incremental import lock_collection
+from indexer.versions import Manifest, new_version_name, publish_index_version, publish_lock
 from training.data import Sample, list_image_folder
 from training.embedder import Embedder
 
@@ -128,13 +129,16 @@ def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Pat
     with progress_bar(len(rows), desc="embed", enabled=cfg.progress) as bar:
         vectors = embed_unique(embedder, [s.path for s in samples], [r["sha256"] for r in rows],
                                batch_size=cfg.batch_size, num_workers=cfg.num_workers, bar=bar)
-    with Session.begin() as session:
+    with Session.begin() as session:  # catalogued first: a crash later leaves them for reindex
         images = upsert_images(session, rows, collection=cfg.collection)
         ids = np.array([im.id for im in images], np.int64)
-        built = index_vectors(vectors, ids, icfg)
-        manifest = manifest_for(built, embedder, collection=cfg.collection,
-                                requested=cfg.factory, cfg=icfg,
-                                seconds=time.perf_counter() - t0)
+    built = index_vectors(vectors, ids, icfg)  # minutes for a large HNSW: holds no lock
+    manifest = manifest_for(built, embedder, collection=cfg.collection, requested=cfg.factory,
+                            cfg=icfg, seconds=time.perf_counter() - t0)
+    # publish like every other writer of the root (reindex, the service's Upsert/Delete):
+    # the root's lock, then the collection's (PostgreSQL replicas) inside the transaction
+    with publish_lock(cfg.index_root), Session.begin() as session:
+        lock_collection(session, cfg.collection)
         model = model_row(session, embedder, cfg.checkpoint)
         path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
                              keep=cfg.keep_versions)

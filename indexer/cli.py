@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_CATALOG = os.environ.get("IMGSIM_CATALOG_URL", "sqlite:///var/catalog.db")
@@ -157,7 +158,7 @@ def _list(args: argparse.Namespace) -> int:
 def _rebuild(args: argparse.Namespace) -> int:
     from indexer.construct import IndexingConfig
     from indexer.incremental import drift, needs_rebuild
-    from indexer.rebuild import rebuild_version
+    from indexer.rebuild import IndexChanged, rebuild_version
     from indexer.versions import load_index_version
 
     version = load_index_version(args.index_root)
@@ -165,10 +166,14 @@ def _rebuild(args: argparse.Namespace) -> int:
         print(f"{version.manifest.version}: drift {drift(version.manifest):.1%}, "
               f"{version.manifest.tombstones} tombstones: no rebuild needed")
         return 0
-    path = rebuild_version(args.index_root, version, keep=args.keep_versions,
-                           cfg=IndexingConfig(factory=args.factory,
-                                              memory_budget_mb=args.memory_budget_mb,
-                                              target_recall=args.target_recall))
+    try:
+        path = rebuild_version(args.index_root, version, keep=args.keep_versions,
+                               cfg=IndexingConfig(factory=args.factory,
+                                                  memory_budget_mb=args.memory_budget_mb,
+                                                  target_recall=args.target_recall))
+    except IndexChanged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"published {path}")
     _print_manifest(path)
     return 0

@@ -18,9 +18,20 @@ import faiss
 import numpy as np
 
 from indexer.construct import IndexingConfig, index_vectors
-from indexer.versions import IndexVersion, Manifest, new_version_name, publish_index_version
+from indexer.versions import (
+    IndexVersion,
+    Manifest,
+    current_version_name,
+    new_version_name,
+    publish_index_version,
+    publish_lock,
+)
 
 log = logging.getLogger(__name__)
+
+
+class IndexChanged(RuntimeError):
+    """Another writer published a version while this one was being built from the old one."""
 
 
 def stored_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +79,13 @@ def rebuild_version(root: str | Path, version: IndexVersion, *, cfg: IndexingCon
         target_recall=cfg.target_recall,
         build_params={**m.build_params, "rebuilt_from": m.version, "train_size": built.train_size,
                       "candidates": built.candidates, "met_target": built.met_target})
-    path = publish_index_version(root, built.index, Manifest.from_dict(manifest.__dict__),
-                                 keep=keep)
+    with publish_lock(root):  # Upsert/Delete may have published meanwhile: never undo them
+        now = current_version_name(root)
+        if now != m.version:
+            raise IndexChanged(f"the index changed while it was rebuilt ({m.version} -> {now}); "
+                               "nothing was published: run the rebuild again")
+        path = publish_index_version(root, built.index, Manifest.from_dict(manifest.__dict__),
+                                     keep=keep)
     log.info("rebuilt %s as %s: %d vectors, %s %s, recall@10 %.3f", m.version, path.name,
              manifest.count, manifest.factory, manifest.search_params, manifest.recall_at_10)
     return path

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from indexer.build import BuildConfig, build_index
 from indexer.catalog import ImageRow, all_images, open_catalog, upsert_images
-from indexer.versions import current_version_name, load_index_version
+from indexer.versions import current_version_name, load_index_version, publish_lock
 from training.embedder import Embedder
 
 
@@ -70,3 +70,33 @@ def test_key_is_unique_per_collection(tmp_path):
     with pytest.raises(IntegrityError):
         with Session.begin() as s:
             s.add(ImageRow(collection="c1", **row))
+
+
+def test_build_publishes_only_while_holding_the_roots_publish_lock(built, digits_dir,
+                                                                  tiny_checkpoint, monkeypatch):
+    """Publishing excludes the root's other writers (reindex, a server's Upsert/Delete)."""
+    import concurrent.futures
+
+    import indexer.build
+
+    tmp, url, _ = built
+    real, free = indexer.build.publish_built, []
+
+    def others_can_lock(root) -> bool:
+        try:
+            with publish_lock(root, timeout=0):
+                return True
+        except TimeoutError:
+            return False
+
+    def publish_built(session, index_root, *a, **kw):
+        with concurrent.futures.ThreadPoolExecutor(1) as other:  # another writer's thread
+            free.append(other.submit(others_can_lock, index_root).result())
+        return real(session, index_root, *a, **kw)
+
+    monkeypatch.setattr(indexer.build, "publish_built", publish_built)
+    build_index(BuildConfig(checkpoint=str(tiny_checkpoint), images=str(digits_dir),
+                            index_root=str(tmp / "idx"), catalog_url=url, num_workers=0,
+                            progress=False))
+    assert free == [False]
+    assert others_can_lock(tmp / "idx")  # and released after

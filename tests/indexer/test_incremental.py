@@ -13,9 +13,15 @@ from indexer.incremental import (
     publish_changes,
     remove_from_index,
 )
-from indexer.rebuild import rebuild_version, stored_vectors
+from indexer.rebuild import IndexChanged, rebuild_version, stored_vectors
 from indexer.search import search_index
-from indexer.versions import IndexVersion, Manifest, load_index_version, publish_index_version
+from indexer.versions import (
+    IndexVersion,
+    Manifest,
+    current_version_name,
+    load_index_version,
+    publish_index_version,
+)
 
 D = 16
 FACTORIES = ["Flat", "IVF8,Flat", "HNSW16"]
@@ -163,6 +169,30 @@ def test_a_rebuild_drops_drift_and_tombstones_and_keeps_the_live_vectors(setup):
         assert sorted(ids.tolist()) == sorted(r.id for r in all_images(s, collection="c"))
     assert set(new_ids) <= set(ids.tolist())
     np.testing.assert_array_equal(vectors[np.argsort(ids)][-20:], x[:20] + 0.01)
+
+
+def test_a_rebuild_never_publishes_over_a_change_made_while_it_built(setup, monkeypatch):
+    """An Upsert published while the rebuild re-trained would be undone by publishing the
+    rebuild (made from the older version): it refuses, and CURRENT keeps the change."""
+    root, Session, version, x, rng = setup
+    import indexer.rebuild
+
+    real = indexer.rebuild.index_vectors
+
+    def build_while_someone_upserts(*a, **kw):
+        with Session.begin() as s:
+            changed = clone_version(load_index_version(root))
+            add_to_index(s, changed, _rows(["late"]), x[:1] + 0.5, collection="c")
+            publish_changes(root, changed)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(indexer.rebuild, "index_vectors", build_while_someone_upserts)
+    with pytest.raises(IndexChanged, match="run the rebuild again"):
+        rebuild_version(root, version,
+                        cfg=IndexingConfig(factory=version.manifest.factory, tuning_queries=100))
+    now = load_index_version(root)
+    assert now.manifest.parent_version == version.manifest.version  # the Upsert's version
+    assert now.manifest.count == 301 and current_version_name(root) == now.manifest.version
 
 
 def test_compressed_codes_cannot_be_rebuilt_in_place():
