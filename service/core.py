@@ -28,6 +28,7 @@ from service.images import DEFAULT_FORMATS, ImagePipeline
 from service.live_index import LiveIndex, SearchJob, index_root_of
 from service.store import (
     EntryCache,
+    blob_root,
     ensure_service_tables,
     entries_by_keys,
     identity_entries,
@@ -250,9 +251,7 @@ class SimilarityCore:
             live.watch(interval)
 
     def blob_dir(self, live: LiveIndex) -> Path:
-        base = Path(self.options.blob_dir) / live.collection if self.options.blob_dir \
-            else index_root_of(live.version) / "blobs"
-        return base
+        return blob_root(index_root_of(live.version), live.collection, self.options.blob_dir)
 
     # -- inputs ---------------------------------------------------------------------------
     def vector(self, image: ImageInput, *, deadline: float | None = None) -> np.ndarray:

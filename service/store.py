@@ -235,5 +235,5 @@ def sweep_blobs(sessions: sessionmaker[Session], blobs: BlobStore, *, index_root
 
 def blob_root(index_root: str | Path, collection: str, blob_dir: str = "") -> Path:
     """Where a collection's inline images are kept: ``<blob_dir>/<collection>`` when a blob
-    dir is configured, else ``<index root>/blobs`` (as the server's ``SimilarityCore``)."""
+    dir is configured, else ``<index root>/blobs`` (the server and `imgsim blobs gc` both ask here)."""
     return Path(blob_dir) / collection if blob_dir else Path(index_root) / "blobs"
