@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -52,6 +53,25 @@ class ToMode:
         return img if img.mode == self.mode else img.convert(self.mode)
 
 
+class ReducedDecode:
+    """Decode a JPEG file at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ``Image.draft``)
+    when it is at least twice as large as the shorter side ``shorter`` that the transform
+    resizes it to next: an antialiased reduction on the way in, several times cheaper than
+    decoding every pixel and then resizing. Anything else (other formats, decoded images,
+    smaller reductions) passes through untouched."""
+
+    def __init__(self, shorter: int) -> None:
+        self.shorter = shorter
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.format == "JPEG" and getattr(img, "tile", None):  # not decoded yet
+            w, h = img.size
+            s = min(w, h)
+            if s >= 2 * self.shorter:
+                img.draft(None, (math.ceil(w * self.shorter / s), math.ceil(h * self.shorter / s)))
+        return img
+
+
 def _face_ops(spec: ModelSpec) -> list:
     """The spec's face-preprocessing step (detection + alignment into a chip), if it names one."""
     if not spec.face_align:
@@ -64,10 +84,12 @@ def _face_ops(spec: ModelSpec) -> list:
 def eval_transform(spec: ModelSpec) -> T.Compose:
     """PIL image -> (C, input_size, input_size) float32 tensor, as the model expects."""
     resize = spec.resize_size or spec.input_size
+    face = _face_ops(spec)  # alignment needs the full-resolution image
     return T.Compose(
         [
+            *([] if face else [ReducedDecode(resize)]),
             ToMode(_mode(spec)),
-            *_face_ops(spec),
+            *face,
             T.Resize(resize, antialias=True),
             T.CenterCrop(spec.input_size),
             T.ToTensor(),
@@ -100,7 +122,9 @@ def face_transform(spec: ModelSpec, *, color_jitter: float = 0.2) -> T.Compose:
     Big random crops would train on background the eval crop never shows."""
     resize = spec.resize_size or spec.input_size
     context = min(resize, int(round(spec.input_size * 1.15)))
-    ops: list = [ToMode(_mode(spec)), *_face_ops(spec), T.Resize(resize, antialias=True),
+    face = _face_ops(spec)
+    ops: list = [*([] if face else [ReducedDecode(resize)]), ToMode(_mode(spec)), *face,
+                 T.Resize(resize, antialias=True),
                  T.CenterCrop(context),
                  T.RandomResizedCrop(spec.input_size, scale=(0.7, 1.0), ratio=(0.9, 1.1),
                                      antialias=True),
