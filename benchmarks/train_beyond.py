@@ -146,6 +146,8 @@ def main() -> None:
     p.add_argument("--htl-beta", type=float, default=0.1)
     p.add_argument("--tree-levels", type=int, default=8)
     p.add_argument("--refresh-max-per-class", type=int, default=15)
+    p.add_argument("--refresh-every", type=int, default=0,
+                   help="rebuild the tree / re-mine every N steps (0: every epoch)")
     p.add_argument("--ae-epochs", type=int, default=1)
     p.add_argument("--ensemble-of", default="baseline",
                    help="comma-separated recipes; one ensemble row of 3 seeds for each")
@@ -177,7 +179,7 @@ def main() -> None:
         p=args.p, k=args.k, lr=args.lr, val_fraction=0.0, num_workers=0, tensorboard=False,
         norms_every=10_000, calibration_pairs=500, val_max_images=300,
         tree_levels=args.tree_levels,
-        refresh_max_per_class=args.refresh_max_per_class)
+        refresh_max_per_class=args.refresh_max_per_class, refresh_every=args.refresh_every)
     wanted = args.rows.split(",")
     results: dict[str, list[dict]] = {}
     for method in [m for m in METHODS if m in wanted]:
