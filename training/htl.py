@@ -26,7 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,10 +42,8 @@ from training.refresh import Refresh
 log = logging.getLogger(__name__)
 
 
-class Submitter(Protocol):
-    """Anything that runs ``fn(*args)`` later: a concurrent.futures Executor, HTLCallback."""
-
-    def submit(self, fn, /, *args) -> Future: ...
+def dendrogram_path(out_dir: str | Path, tag: str) -> Path:
+    return Path(out_dir) / f"dendrogram_{tag}.png"
 
 
 @dataclass(frozen=True)
@@ -139,19 +136,15 @@ class ClassTree:
                            for lvl in range(self.levels + 1)]}
 
     def write(self, out_dir: str | Path, tag: str, class_names: Sequence[str] | None = None, *,
-              executor: Submitter | None = None) -> Path:
-        """Write ``tree_<tag>.json`` and ``dendrogram_<tag>.png`` (the plot on ``executor``
-        when given, off the training loop's path); returns the JSON path."""
+              plot: bool = True) -> Path:
+        """Write ``tree_<tag>.json`` and (``plot``) ``dendrogram_<tag>.png``; returns the JSON
+        path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"tree_{tag}.json"
         path.write_text(json.dumps(self.to_dict(class_names), indent=1))
-        if len(self.linkage):
-            png = out / f"dendrogram_{tag}.png"
-            if executor is not None:
-                executor.submit(self.plot_dendrogram, png, class_names)
-            else:
-                self.plot_dendrogram(png, class_names)
+        if plot and len(self.linkage):
+            self.plot_dendrogram(dendrogram_path(out, tag), class_names)
         return path
 
     def plot_dendrogram(self, path: str | Path, class_names: Sequence[str] | None = None, *,
@@ -343,15 +336,12 @@ class HTLCallback(Refresh):
             self.loss.set_tree(tree)
         self.tree = tree
         if self.write and self.out_dir is not None:
-            tree.write(self.out_dir, tag, self.class_names, executor=self)
+            tree.write(self.out_dir, tag, self.class_names, plot=False)
+            if len(tree.linkage):  # drawn off the training loop's path
+                self._pending.append(self._plots.submit(
+                    tree.plot_dendrogram, dendrogram_path(self.out_dir, tag), self.class_names))
         log.info("class tree rebuilt (%s): thresholds %.3f..%.3f", tag, tree.thresholds[0],
                  tree.thresholds[-1])
-
-    def submit(self, fn, *args) -> Future:
-        """(Executor protocol for ``ClassTree.write``) run ``fn`` on the plot thread."""
-        future = self._plots.submit(fn, *args)
-        self._pending.append(future)
-        return future
 
     def wait(self) -> None:
         """Block until every dendrogram is written; re-raises a plotting error."""
