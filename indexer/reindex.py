@@ -339,9 +339,9 @@ def merge(cfg: ReindexConfig) -> Path:
     plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
     vectors, ids = load_vectors(plan), plan.ids
     Session = open_catalog(cfg.catalog_url)
-    known = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
     with Session() as session:
-        gone, new = _catalogue_changes(session, known, cfg.collection)
+        planned = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
+        gone, new, known = _catalogue_changes(session, planned, cfg.collection)
     if gone or new:
         log.info("catching up with the catalogue: %d removed, %d added or changed since the "
                  "plan", len(gone), len(new))
@@ -350,17 +350,11 @@ def merge(cfg: ReindexConfig) -> Path:
     keep = ~np.isin(ids, np.array(gone, np.int64))
     vectors = np.concatenate([vectors[keep], new_vectors])
     ids = np.concatenate([ids[keep], new_ids])
-    for i in gone:
-        known.pop(i, None)
-    known.update((r[0], r[2]) for r in new)
     icfg = cfg.indexing()
     merged = _merge_shards(plan)
     if merged is not None:
         index, factory, _ = merged
-        if gone:
-            index.remove_ids(np.array(gone, np.int64))
-        if len(new_ids):
-            index.add_with_ids(new_vectors, new_ids)
+        change_vectors(index, remove=gone, ids=new_ids, vectors=new_vectors)
         kind = parse_factory(factory, embedder.dim)
         if uses_direct_map(kind, embedder.dim):
             faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -380,7 +374,7 @@ def merge(cfg: ReindexConfig) -> Path:
     # changes the catalogue or CURRENT: catch up with those changes, then publish.
     with publish_lock(cfg.index_root), Session.begin() as session:
         lock_collection(session, cfg.collection)
-        gone, new = _catalogue_changes(session, known, cfg.collection)
+        gone, new, _ = _catalogue_changes(session, known, cfg.collection)
         tombstones = 0
         if gone or new:
             log.info("catching up before publishing: %d removed, %d added or changed while "
@@ -411,16 +405,17 @@ def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np
                         batch_size=cfg.batch_size, num_workers=0)
 
 
-def _catalogue_changes(session, known: dict[int, str],
-                       collection: str) -> tuple[list[int], list[tuple]]:
+def _catalogue_changes(session, known: dict[int, str], collection: str
+                       ) -> tuple[list[int], list[tuple], dict[int, str]]:
     """Against ``known`` ({id: sha256} already embedded): (ids since deleted or changed,
-    rows (id, path, sha256) added or changed), each in id order."""
+    rows (id, path, sha256) added or changed, each in id order; the catalogue now as
+    {id: sha256}, what is known once the changes are applied)."""
     now = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
                           .where(ImageRow.collection == collection)).all()
     current = {r[0]: tuple(r) for r in now}
     gone = sorted(i for i, sha in known.items() if i not in current or current[i][2] != sha)
     new = [r for i, r in sorted(current.items()) if known.get(i) != r[2]]
-    return gone, new
+    return gone, new, {i: r[2] for i, r in current.items()}
 
 
 def reindex(cfg: ReindexConfig) -> Path:

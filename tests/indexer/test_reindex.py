@@ -138,10 +138,14 @@ def test_duplicate_content_is_embedded_once_and_shared(catalogue, new_checkpoint
                                .embed_paths([src])[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])  # built from chunks / shards merged
 def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_checkpoint,
-                                                                digits_dir):
+                                                                digits_dir, factory):
     tmp, url = catalogue
-    cfg = _cfg(tmp, url, new_checkpoint)
+    cfg = _cfg(tmp, url, new_checkpoint, factory=factory, work_dir=str(tmp / "work"),
+               keep_work=True)
+    if factory != "Flat":
+        rx.prepare(cfg)  # trained IVF: the worker writes a shard index, merge merges lists
     rx.run_shard(cfg, 0, 1)  # embedded per the plan; now the catalogue changes
     Session = open_catalog(url)
     extra = sorted((digits_dir / "5").iterdir())[0]
@@ -155,6 +159,8 @@ def test_changes_to_the_catalogue_during_a_reindex_are_caught_up(catalogue, new_
         added_id = added.id
     rx.merge(cfg)
     version = load_index_version(tmp / "idx")
+    assert version.manifest.factory == factory
+    assert len(list((tmp / "work" / "shards").glob("*.faiss"))) == (factory != "Flat")
     ids = set(stored_ids(version.index).tolist())
     assert added_id in ids and gone_id not in ids and len(ids) == 400
     emb = Embedder.from_checkpoint(new_checkpoint)
