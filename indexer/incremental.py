@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from indexer.versions import (
     apply_search_params,
     new_version_name,
     publish_index_version,
+    retry_until,
 )
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,11 @@ def lock_collection(session: Session, collection: str, *, timeout: float | None 
     if timeout is None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
         return
-    give_up = time.monotonic() + max(timeout, 0.0)
-    while not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
-        if time.monotonic() >= give_up:
-            raise TimeoutError(f"another writer has held collection {collection!r}'s publish "
-                               f"lock for over {timeout:.0f}s")
-        time.sleep(poll)
+    retry_until(lambda: bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                             {"k": key}).scalar()),
+                timeout=timeout, poll=poll,
+                what=f"another writer has held collection {collection!r}'s publish lock for "
+                     f"over {timeout:.0f}s")
 
 
 def add_to_index(session: Session, version: IndexVersion, rows: Sequence[dict],

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -101,6 +101,16 @@ def publish_index_version(root: str | Path, index: faiss.Index, manifest: Manife
     return final
 
 
+def retry_until(attempt: Callable[[], bool], *, timeout: float, poll: float, what: str) -> None:
+    """Call ``attempt`` every ``poll`` seconds until it returns True; ``TimeoutError(what)``
+    once ``timeout`` seconds have passed (a non-blocking lock taken with a time limit)."""
+    give_up = time.monotonic() + max(timeout, 0.0)
+    while not attempt():
+        if time.monotonic() >= give_up:
+            raise TimeoutError(what)
+        time.sleep(poll)
+
+
 _held = threading.local()  # root -> depth of publish_lock held by this thread
 
 
@@ -125,21 +135,21 @@ def publish_lock(root: str | Path, *, timeout: float | None = None,
             depth[key] -= 1
         return
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def try_lock() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
     try:
         if timeout is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         else:
-            give_up = time.monotonic() + max(timeout, 0.0)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= give_up:
-                        raise TimeoutError(f"another process has been publishing into {root} "
-                                           f"for over {timeout:.0f}s (it holds {LOCK_FILE})"
-                                           ) from None
-                    time.sleep(poll)
+            retry_until(try_lock, timeout=timeout, poll=poll,
+                        what=f"another process has been publishing into {root} for over "
+                             f"{timeout:.0f}s (it holds {LOCK_FILE})")
         depth[key] = 1
         try:
             yield
