@@ -32,7 +32,6 @@ API (what the service's Upsert/Delete use)::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -46,12 +45,12 @@ from sqlalchemy.orm import Session
 from indexer.catalog import DEFAULT_COLLECTION, ImageRow, upsert_images
 from indexer.factory import hnsw_of, ivf_of
 from indexer.versions import (
-    MANIFEST_FILE,
     IndexVersion,
     Manifest,
     apply_search_params,
     new_version_name,
     publish_index_version,
+    read_manifest,
     retry_until,
 )
 
@@ -204,7 +203,7 @@ def publish_changes(root: str | Path, version: IndexVersion, *, keep: int = 5) -
                        parent_version=version.manifest.version, count=int(version.index.ntotal))
     path = publish_index_version(root, version.index, manifest, keep=keep)
     version.path = path
-    version.manifest = Manifest.from_dict(json.loads((path / MANIFEST_FILE).read_text()))
+    version.manifest = read_manifest(root, path.name)
     return path
 
 

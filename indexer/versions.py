@@ -182,11 +182,17 @@ def current_version_name(root: str | Path) -> str:
     return pointer.read_text().strip()
 
 
+def read_manifest(root: str | Path, version: str | None = None) -> Manifest:
+    """The manifest of ``version`` (default: CURRENT), without loading its index."""
+    path = Path(root) / "versions" / (version or current_version_name(root)) / MANIFEST_FILE
+    return Manifest.from_dict(json.loads(path.read_text()))
+
+
 def load_index_version(root: str | Path, version: str | None = None) -> IndexVersion:
     root = Path(root)
     version = version or current_version_name(root)
     path = root / "versions" / version
-    manifest = Manifest.from_dict(json.loads((path / MANIFEST_FILE).read_text()))
+    manifest = read_manifest(root, version)
     index = faiss.read_index(str(path / INDEX_FILE))
     if index.ntotal != manifest.count or index.d != manifest.dimension:
         raise ValueError(f"index {path} does not match its manifest "

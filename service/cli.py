@@ -359,11 +359,8 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _blobs_gc(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from indexer.catalog import DEFAULT_COLLECTION, open_catalog
-    from indexer.versions import MANIFEST_FILE, current_version_name
+    from indexer.versions import read_manifest
     from service.store import DEFAULT_GC_MIN_AGE, BlobStore, blob_root, sweep_blobs
 
     cfg = _server_settings(args.config, catalog_url=args.catalog_url, blob_dir=args.blob_dir)
@@ -373,9 +370,7 @@ def _blobs_gc(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-age-seconds must be >= 0, got {min_age}")
     sessions = open_catalog(cfg.catalog_url)
     for root in roots:
-        manifest = json.loads((Path(root) / "versions" / current_version_name(root)
-                               / MANIFEST_FILE).read_text())
-        collection = manifest.get("collection") or DEFAULT_COLLECTION
+        collection = read_manifest(root).collection or DEFAULT_COLLECTION
         blobs = BlobStore(blob_root(root, collection, cfg.blob_dir))
         gone = sweep_blobs(sessions, blobs, index_root=root, collection=collection,
                            min_age_seconds=min_age, dry_run=args.dry_run)
