@@ -17,7 +17,9 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import ImageRow
+from indexer.incremental import lock_collection
 from indexer.migrate import SERVICE_TABLES
+from indexer.versions import publish_lock
 
 
 def ensure_service_tables(sessions: sessionmaker[Session]) -> None:
@@ -218,9 +220,6 @@ def sweep_blobs(sessions: sessionmaker[Session], blobs: BlobStore, *, index_root
     writes, older than ``min_age_seconds``. Holds the index root's publish lock (and, with
     PostgreSQL, the collection's advisory lock), which every Upsert holds while it writes a
     blob and commits the row referencing it. Returns what was (``dry_run``: would be) removed."""
-    from indexer.incremental import lock_collection
-    from indexer.versions import publish_lock
-
     cutoff = time.time() - min_age_seconds
     with publish_lock(index_root), sessions.begin() as s:
         lock_collection(s, collection)
