@@ -159,8 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "and commits the row referencing it. Reads the server's "
                                      "settings (--config, IMGSIM_SERVE_*) for the index roots, "
                                      "the catalogue and blob_dir.")
-    bg.add_argument("--config", default=os.environ.get("IMGSIM_SERVE_CONFIG"),
-                    help="the server's TOML settings file (env IMGSIM_SERVE_CONFIG)")
+    health_check.add_config_argument(bg)
     bg.add_argument("--index-root", action="append", dest="index_roots",
                     help="a collection's index root (repeatable; default: the server's "
                          f"index_root and extra_index_roots, else {DEFAULT_INDEX_ROOT})")

@@ -76,9 +76,14 @@ def check(probe: Probe, *, service: str = "", timeout: float = 5.0) -> tuple[boo
             health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_config_argument(p: argparse.ArgumentParser) -> None:
+    """``--config``: the server's settings file, for commands that act beside a server."""
     p.add_argument("--config", default=os.environ.get("IMGSIM_SERVE_CONFIG"),
                    help="the server's TOML settings file (env IMGSIM_SERVE_CONFIG)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_argument(p)
     p.add_argument("--server", help="HOST:PORT (default: this host, the server's port)")
     p.add_argument("--tls-ca", default=os.environ.get("IMGSIM_TLS_CA"),
                    help="PEM file of the CA that signed the server's certificate (env "
