@@ -6,10 +6,8 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from training.data import ImagePaths
 from training.embedder import Embedder
 
 log = logging.getLogger(__name__)
@@ -21,18 +19,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 6
 
     ``num_workers`` DataLoader processes decode and resize ahead of the model (prefetching a
     few batches each), so decoding overlaps the forward pass; ``bar`` is advanced per image."""
-    paths = [str(p) for p in paths]
-    out = np.zeros((len(paths), embedder.dim), np.float32)
-    if not paths:
-        return out
-    extra = {"prefetch_factor": 4, "persistent_workers": False} if num_workers > 0 else {}
-    loader = DataLoader(ImagePaths(paths, embedder.transform), batch_size=batch_size,
-                        num_workers=num_workers, shuffle=False, **extra)
-    for batch, idx in loader:
-        out[idx.numpy()] = embedder.embed_tensors(batch)
-        if bar is not None:
-            bar.update(len(idx))
-    return out
+    return embedder.embed_paths(paths, batch_size=batch_size, num_workers=num_workers, bar=bar)
 
 
 def embed_unique(embedder: Embedder, paths: Sequence[str], sha256s: Sequence[str], *,

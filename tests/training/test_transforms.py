@@ -4,7 +4,12 @@ import torch
 from PIL import Image
 
 from training.spec import ModelSpec
-from training.transforms import ReducedDecode, eval_transform
+from training.transforms import (
+    ReducedDecode,
+    eval_pixels_transform,
+    eval_transform,
+    normalize_pixels,
+)
 
 
 def _photo(size=(300, 240)) -> Image.Image:
@@ -61,3 +66,27 @@ def test_eval_transform_output_barely_changes(tmp_path, size):
 def test_no_reduction_before_face_alignment():
     spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=64, face_align="lfw-fixed")
     assert not any(isinstance(op, ReducedDecode) for op in eval_transform(spec).transforms)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_uint8_pixels_normalised_as_a_batch_are_the_eval_transform_bit_for_bit(tmp_path, channels):
+    """Bulk embedding ships uint8 pixels from the DataLoader workers and normalises whole
+    batches: the model must see exactly the tensor the per-image transform makes."""
+    spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=64, resize_size=73,
+                     in_channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels) \
+        if channels == 1 else ModelSpec(arch="smallcnn", embedding_dim=8, input_size=64,
+                                        resize_size=73)
+    paths = []
+    for i, size in enumerate([(300, 240), (240, 300), (90, 70)]):
+        (tmp_path / str(i)).mkdir()
+        paths.append(_file(_photo(size), "JPEG", tmp_path / str(i)))
+    singles, pixels = [], []
+    for p in paths:
+        with Image.open(p) as img:
+            singles.append(eval_transform(spec)(img))
+        with Image.open(p) as img:
+            pixels.append(eval_pixels_transform(spec)(img))
+    assert all(px.dtype == torch.uint8 and px.shape == (channels, 64, 64) for px in pixels)
+    batch = normalize_pixels(torch.stack(pixels), spec)
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, torch.stack(singles))
