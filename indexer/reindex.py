@@ -214,22 +214,40 @@ def _atomic(path: Path, write) -> None:
 # -- embedding ---------------------------------------------------------------------------------
 def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
                  cfg: ReindexConfig, desc: str = "reindex") -> int:
-    """Embed the listed chunks that are not on disk yet; returns how many were embedded."""
+    """Embed the listed chunks that are not on disk yet; returns how many were embedded.
+
+    One DataLoader streams the missing chunks' images, chunk after chunk (identical content
+    within a chunk once), so that its workers never stop to restart at a chunk boundary; each
+    chunk is written as soon as the stream has covered it."""
     todo = [j for j in chunks if not plan.done(j)]
     total = sum(_len(plan.chunk_rows(j)) for j in chunks)
     done = total - sum(_len(plan.chunk_rows(j)) for j in todo)
     if done:
         log.info("resuming: %d of %d images already embedded", done, total)
+    parts = []  # (chunk, plan rows of its distinct contents, each row's content)
     for j in todo:  # a killed writer leaves its temporary file (no cleanup runs on SIGKILL)
         for stale in plan.chunk_path(j).parent.glob(f".{plan.chunk_path(j).name}.*"):
             stale.unlink(missing_ok=True)  # only this worker writes chunk j: safe to remove
+        rows = plan.chunk_rows(j)
+        _, first, inverse = np.unique(plan.sha256[rows], return_index=True, return_inverse=True)
+        parts.append((j, first + rows.start, inverse.ravel()))
+    if not parts:
+        return 0
+    stream = np.concatenate([first for _, first, _ in parts])
+    pending: list[np.ndarray] = []  # vectors streamed for the chunk being covered
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
-        for j in todo:
-            rows = plan.chunk_rows(j)
-            vectors = embed_unique(embedder, plan.paths[rows].tolist(), plan.sha256[rows].tolist(),
-                                   batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                   bar=bar)
-            _atomic(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
+        batches = embedder.stream_paths(plan.paths[stream].tolist(), batch_size=cfg.batch_size,
+                                        num_workers=cfg.num_workers)
+        for _, batch in batches:
+            pending.append(embedder.embed_tensors(batch))
+            bar.update(len(batch))
+            while parts and sum(map(len, pending)) >= len(parts[0][1]):
+                j, first, inverse = parts.pop(0)
+                streamed = np.concatenate(pending)
+                vectors = streamed[:len(first)][inverse]
+                _atomic(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
+                bar.update(len(inverse) - len(first))  # duplicates: not streamed
+                pending = [streamed[len(first):]]
     return len(todo)
 
 

@@ -89,25 +89,41 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
                                                                      monkeypatch):
     tmp, url = catalogue
     cfg = _cfg(tmp, url, new_checkpoint, keep_work=True)
-    real, calls = rx.embed_unique, []
+    real_atomic, written = rx._atomic, []
 
-    def dies_after_three(*args, **kw):
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")  # what Ctrl-C or a scheduler's kill does
-        calls.append(len(args[1]))
-        return real(*args, **kw)
+    def dies_in_the_fourth_chunk(path, write):
+        if path.parent.name == "chunks":
+            if len(written) == 3:
+                raise KeyboardInterrupt("killed")  # what Ctrl-C or a scheduler's kill does
+            written.append(path.name)
+        return real_atomic(path, write)
 
-    monkeypatch.setattr(rx, "embed_unique", dies_after_three)
+    monkeypatch.setattr(rx, "_atomic", dies_in_the_fourth_chunk)
     with pytest.raises(KeyboardInterrupt):
         rx.reindex(cfg)
+    monkeypatch.setattr(rx, "_atomic", real_atomic)
     plan = rx.make_plan(cfg)
     assert [plan.done(j) for j in range(plan.num_chunks)] == [True] * 3 + [False] * 4
     assert not list((plan.work / "chunks").glob(".*"))  # no half-written chunk left behind
     first = {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)}
-    calls.clear()
-    monkeypatch.setattr(rx, "embed_unique", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
+    streamed, real_stream = [], Embedder.stream_paths
+
+    def recorded(self, paths, **kw):
+        streamed.extend(paths)
+        return real_stream(self, paths, **kw)
+
+    monkeypatch.setattr(Embedder, "stream_paths", recorded)
     rx.reindex(cfg)
-    assert calls == [64, 64, 64, 16]  # the 4 missing chunks only (nothing to catch up)
+    missing = [plan.chunk_rows(j) for j in range(3, plan.num_chunks)]
+    # the 4 missing chunks only (nothing to catch up), each distinct content once
+    firsts = []
+    for rows in missing:
+        seen = {}
+        for sha, path in zip(plan.sha256[rows], plan.paths[rows], strict=True):
+            seen.setdefault(sha, path)
+        firsts += seen.values()
+    assert sorted(streamed) == sorted(firsts)
+    assert len(streamed) == sum(len(set(plan.sha256[rows])) for rows in missing) > 0
     assert {j: plan.chunk_path(j).stat().st_mtime_ns for j in range(3)} == first
     ids, vectors = _embedded_by(new_checkpoint, url)
     version = load_index_version(tmp / "idx")
@@ -117,15 +133,13 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
 
 def test_duplicate_content_is_embedded_once_and_shared(catalogue, new_checkpoint, digits_dir,
                                                       monkeypatch):
-    import indexer.embedding as embedding
-
     tmp, url = catalogue
     src = sorted((digits_dir / "7").iterdir())[0]
     with open_catalog(url).begin() as s:  # three more keys with one image's bytes
         upsert_images(s, [{"key": f"copy/{i}", "path": str(src), "label": "7",
                            "sha256": "d" * 64} for i in range(3)], collection="digits")
-    embedded, real = [], embedding.embed_files
-    monkeypatch.setattr(embedding, "embed_files",
+    embedded, real = [], Embedder.stream_paths
+    monkeypatch.setattr(Embedder, "stream_paths",
                         lambda emb, paths, **kw: (embedded.extend(paths), real(emb, paths, **kw))[1])
     rx.reindex(_cfg(tmp, url, new_checkpoint))
     assert len(embedded) == 401  # 400 distinct images + one for the three copies
