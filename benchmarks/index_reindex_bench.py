@@ -8,7 +8,10 @@ For each checkpoint, in turn (best of ``--rounds`` each, the machine being share
 - forward: ``Embedder.embed_tensors`` on batches already decoded and preprocessed in memory;
 - reindex: plan + embedding chunks (DataLoader workers decode while the model runs) of ``--limit``
   catalogued LFW images, as `imgsim reindex` does, timed from start to the last chunk on disk;
-- reindex without workers (decoding inline), to show what the workers hide.
+- reindex without workers (decoding inline), to show what the workers hide;
+- reindex with ``--pixel-cache`` (indexer.pixel_cache): the first run decodes and writes each
+  image's preprocessed pixels ("fill"), later runs with a model of the same preprocessing read
+  them instead of decoding ("warm") -- what a reindex after a retraining does.
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ def forward_ips(emb: Embedder, paths: list[str], batch: int, seconds: float) -> 
     return done / (time.perf_counter() - t0)
 
 
-def reindex_ips(ckpt: str, url: str, root: Path, *, batch: int, workers: int, n: int) -> float:
+def reindex_ips(ckpt: str, url: str, root: Path, *, batch: int, workers: int, n: int,
+                pixel_cache: Path | None = None) -> float:
     """Images/s of the reindex embedding stage (plan + all chunks written)."""
     cfg = rx.ReindexConfig(checkpoint=ckpt, catalog_url=url, index_root=str(root / "idx"),
                            collection="lfw", work_dir=str(root / "work"), batch_size=batch,
-                           num_workers=workers, chunk_size=1024, progress=False)
+                           num_workers=workers, chunk_size=1024, progress=False,
+                           pixel_cache=str(pixel_cache) if pixel_cache else None)
     shutil.rmtree(root / "work", ignore_errors=True)
     t0 = time.perf_counter()
     rx.run_shard(cfg, 0, 1)
@@ -89,20 +94,24 @@ def main(argv=None) -> int:
     paths = [x.path for x in samples]
     print(f"{len(samples)} LFW JPEGs (250x250), batch {args.batch_size}, {args.threads} torch "
           f"threads, {args.num_workers} DataLoader workers, best of {args.rounds} rounds\n")
-    print("| model | input | forward img/s | reindex img/s | ratio | reindex, no workers img/s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model | input | forward img/s | reindex img/s | ratio | no workers img/s "
+          "| pixel cache: fill img/s | warm img/s | warm ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for ckpt in args.checkpoint:
         emb = Embedder.from_checkpoint(ckpt)
-        fw, rw, r0 = [], [], []
+        fw, rw, r0, fill, warm = [], [], [], [], []
+        run = dict(batch=args.batch_size, workers=args.num_workers, n=len(paths))
         for _ in range(args.rounds):
             fw.append(forward_ips(emb, paths, args.batch_size, args.forward_seconds))
-            rw.append(reindex_ips(ckpt, url, root, batch=args.batch_size,
-                                  workers=args.num_workers, n=len(paths)))
-            r0.append(reindex_ips(ckpt, url, root, batch=args.batch_size, workers=0,
-                                  n=len(paths)))
-        f, r = max(fw), max(rw)
+            rw.append(reindex_ips(ckpt, url, root, **run))
+            r0.append(reindex_ips(ckpt, url, root, **{**run, "workers": 0}))
+            shutil.rmtree(root / "pixels", ignore_errors=True)
+            fill.append(reindex_ips(ckpt, url, root, **run, pixel_cache=root / "pixels"))
+            warm.append(reindex_ips(ckpt, url, root, **run, pixel_cache=root / "pixels"))
+        f, r, w = max(fw), max(rw), max(warm)
         print(f"| {emb.spec.arch} ({Path(ckpt).name}) | {emb.spec.input_size}px | {f:,.0f} | "
-              f"{r:,.0f} | {r / f:.2f} | {max(r0):,.0f} |", flush=True)
+              f"{r:,.0f} | {r / f:.2f} | {max(r0):,.0f} | {max(fill):,.0f} | {w:,.0f} | "
+              f"{w / f:.2f} |", flush=True)
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

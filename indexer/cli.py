@@ -103,6 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per chunk, the unit of resumption and sharding")
     r.add_argument("--keep-work", action="store_true",
                    help="keep the work directory (embeddings) after publishing")
+    r.add_argument("--pixel-cache", default=None, metavar="DIR",
+                   help="keep each image's preprocessed pixels here (C x size x size bytes "
+                        "per distinct image) and reuse them: the next reindex with a model "
+                        "of the same preprocessing decodes nothing")
     stage = r.add_mutually_exclusive_group()
     stage.add_argument("--shard", default=None, metavar="I/N",
                        help="only embed (and, after --prepare, add) worker I's part of N")
@@ -201,7 +205,7 @@ def _reindex(args: argparse.Namespace) -> int:
                            num_workers=args.num_workers, memory_budget_mb=args.memory_budget_mb,
                            target_recall=args.target_recall, tuning_queries=args.tuning_queries,
                            seed=args.seed, keep_versions=args.keep_versions,
-                           keep_work=args.keep_work)
+                           keep_work=args.keep_work, pixel_cache=args.pixel_cache)
     if args.status:
         print(json.dumps(rx.status(cfg), indent=2))
     elif args.prepare:

@@ -48,6 +48,7 @@ from indexer.construct import (
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
 from indexer.incremental import change_vectors, lock_collection
+from indexer.pixel_cache import PixelCache
 from indexer.tune import held_out_queries, tune_search_params
 from indexer.versions import publish_lock
 from training.checkpoint import file_sha256
@@ -76,6 +77,7 @@ class ReindexConfig:
     seed: int = 0
     keep_versions: int = 5
     keep_work: bool = False  # keep the work directory (embeddings) after publishing
+    pixel_cache: str | None = None  # directory of preprocessed pixels (indexer.pixel_cache)
     progress: bool = True
 
     def indexing(self, factory: str | None = None) -> IndexingConfig:
@@ -236,8 +238,15 @@ def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
     stream = np.concatenate([first for _, first, _ in parts])
     pending: list[np.ndarray] = []  # vectors streamed for the chunk being covered
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
-        batches = embedder.stream_paths(plan.paths[stream].tolist(), batch_size=cfg.batch_size,
-                                        num_workers=cfg.num_workers)
+        paths = plan.paths[stream].tolist()
+        if cfg.pixel_cache:  # pixels decoded by an earlier reindex with this preprocessing
+            cached = PixelCache(cfg.pixel_cache, embedder.spec)
+            batches = embedder.stream_dataset(cached.dataset(paths, plan.sha256[stream].tolist()),
+                                              batch_size=cfg.batch_size,
+                                              num_workers=cfg.num_workers)
+        else:
+            batches = embedder.stream_paths(paths, batch_size=cfg.batch_size,
+                                            num_workers=cfg.num_workers)
         for _, batch in batches:
             pending.append(embedder.embed_tensors(batch))
             bar.update(len(batch))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
@@ -109,12 +109,18 @@ class Embedder:
         """Image files -> (row numbers, (b, C, H, W) model input) batches, in the order given.
         ``num_workers`` DataLoader processes decode ahead of the model (a few batches each)
         and send uint8 pixels, normalised here a whole batch at a time."""
-        if not paths:
+        return self.stream_dataset(ImagePaths([str(p) for p in paths], self.pixels),
+                                   batch_size=batch_size, num_workers=num_workers)
+
+    def stream_dataset(self, dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0
+                       ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Like :meth:`stream_paths` over any dataset of (uint8 pixels of ``self.pixels``'s
+        shape, row number) items, e.g. a cache of preprocessed pixels."""
+        if not len(dataset):
             return
         extra = {"prefetch_factor": 4} if num_workers > 0 else {}
-        loader = DataLoader(ImagePaths([str(p) for p in paths], self.pixels),
-                            batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                            persistent_workers=False, **extra)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                            shuffle=False, persistent_workers=False, **extra)
         for pixels, idx in loader:
             yield idx.numpy(), normalize_pixels(pixels, self.spec)
 

@@ -304,3 +304,52 @@ def test_cli_reindex_rejects_a_bad_shard(capsys):
 
     assert main(["reindex", "--checkpoint", "x.pt", "--shard", "2/2"]) == 2
     assert "0 <= i < N" in capsys.readouterr().err
+
+
+def test_a_pixel_cache_lets_the_next_reindex_decode_nothing(catalogue, new_checkpoint,
+                                                           tiny_checkpoint, monkeypatch):
+    """Retraining keeps the preprocessing: the second reindex reads the first one's pixels,
+    opens no image file, and gets the same vectors as decoding would."""
+    import indexer.pixel_cache as pc
+
+    tmp, url = catalogue
+    cache = tmp / "pixels"
+    rx.reindex(_cfg(tmp, url, new_checkpoint, pixel_cache=str(cache)))
+    with open_catalog(url)() as s:
+        hashes = {r.sha256 for r in all_images(s, collection="digits")}
+    files = sorted(cache.rglob("*.u8"))
+    assert len(files) == len(hashes) and not list(cache.rglob(".*"))
+    ids, vectors = _embedded_by(new_checkpoint, url)
+    version = load_index_version(tmp / "idx")
+    np.testing.assert_allclose(np.stack([version.index.reconstruct(int(i)) for i in ids]),
+                               vectors, atol=1e-5)
+
+    opened = []
+    real_open = pc.Image.open
+    monkeypatch.setattr(pc.Image, "open",  # PIL's, so that any decoding anywhere counts
+                        lambda p, *a: (opened.append(p), real_open(p, *a))[1])
+    rx.reindex(_cfg(tmp, url, tiny_checkpoint, pixel_cache=str(cache)))  # another model
+    assert opened == []
+    ids, vectors = _embedded_by(tiny_checkpoint, url)
+    version = load_index_version(tmp / "idx")
+    assert version.manifest.checkpoint_sha256 == Embedder.from_checkpoint(tiny_checkpoint) \
+        .checkpoint_sha256
+    np.testing.assert_allclose(np.stack([version.index.reconstruct(int(i)) for i in ids]),
+                               vectors, atol=1e-5)
+
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a torn file is decoded again
+    opened.clear()
+    rx.reindex(_cfg(tmp, url, new_checkpoint, pixel_cache=str(cache)))
+    assert len(opened) == 1 and files[0].stat().st_size == len(files[1].read_bytes())
+
+
+def test_the_pixel_cache_is_shared_only_by_the_same_preprocessing():
+    from indexer.pixel_cache import signature
+    from training.spec import ModelSpec
+
+    base = ModelSpec(arch="smallcnn", embedding_dim=32, input_size=64, resize_size=73)
+    assert signature(base) == signature(replace(base, arch="resnet18", embedding_dim=128,
+                                                name="retrained"))
+    for change in ({"input_size": 72}, {"resize_size": 80}, {"face_align": "dlib5"},
+                   {"in_channels": 1, "mean": (0.5,), "std": (0.25,)}):
+        assert signature(replace(base, **change)) != signature(base), change
