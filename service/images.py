@@ -15,7 +15,7 @@ from service.errors import InvalidInput
 from service.face import check_face_mode, crop_largest_face, detect_faces
 from training.embedder import Embedder
 from training.face import FaceNotFoundError
-from training.transforms import ImageDecodeError, decode_image
+from training.transforms import ImageDecodeError, decode_image, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ class ImagePipeline:
             self._forward, name="embed", max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, observer=observer)
 
-    def _forward(self, tensors: list[torch.Tensor]) -> list[np.ndarray]:
-        return list(self.embedder.embed_tensors(torch.stack(tensors)))
+    def _forward(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        batch = normalize_pixels(torch.stack(pixels), self.embedder.spec)
+        return list(self.embedder.embed_tensors(batch))
 
     def decode(self, data: bytes) -> Image.Image:
         """Checked decode: non-empty, an accepted format, at most ``max_pixels``."""
@@ -59,7 +60,8 @@ class ImagePipeline:
         return img
 
     def preprocess(self, data: bytes) -> torch.Tensor:
-        """Encoded bytes -> (C, H, W) float32, as the model expects.
+        """Encoded bytes -> (C, H, W) uint8 pixels of the model's preprocessing (normalised
+        a whole batch at a time in the forward pass; a quarter of float32's memory queued).
 
         A model whose spec names a face aligner (``spec.face_align``) detects and aligns faces
         in its own transform; the face mode then only decides whether an image without a
@@ -75,7 +77,7 @@ class ImagePipeline:
                     raise InvalidInput(NO_FACE)
                 img = face if face is not None else img
         try:
-            return self.embedder.transform(img)
+            return self.embedder.pixels(img)
         except FaceNotFoundError as e:  # the model's own aligner found none
             raise InvalidInput(f"{NO_FACE}: {e}") from e
 
@@ -85,15 +87,15 @@ class ImagePipeline:
         if not datas:
             return np.zeros((0, self.embedder.dim), np.float32)
         jobs = [self._pool.submit(self.preprocess, d) for d in datas]
-        tensors = []
+        pixels = []
         for i, job in enumerate(jobs):
             try:
-                tensors.append(wait_result(job, deadline, what="image decoding"))
+                pixels.append(wait_result(job, deadline, what="image decoding"))
             except InvalidInput as e:
                 for j in jobs[i + 1:]:
                     j.cancel()
                 raise InvalidInput(f"{names[i]}: {e}" if names else str(e)) from e
-        return np.stack(self.batcher.run_many(tensors, deadline=deadline))
+        return np.stack(self.batcher.run_many(pixels, deadline=deadline))
 
     def close(self) -> None:
         self.batcher.close()

@@ -88,7 +88,7 @@ def test_a_model_that_aligns_faces_itself(embedder, digits_dir, monkeypatch):
     def aligner_finds_nothing(img):
         raise FaceNotFoundError("no face found in the image")
 
-    model.transform = aligner_finds_nothing
+    model.pixels = aligner_finds_nothing  # the pipeline's preprocessing (uint8 pixels)
     p = ImagePipeline(model, face="off")
     try:
         with pytest.raises(InvalidInput, match="no face found"):
@@ -96,7 +96,7 @@ def test_a_model_that_aligns_faces_itself(embedder, digits_dir, monkeypatch):
     finally:
         p.close()
     seen = []
-    model.transform = lambda img: seen.append(img) or embedder.transform(img)
+    model.pixels = lambda img: seen.append(img) or embedder.pixels(img)
     monkeypatch.setattr(service.images, "detect_faces", lambda img: [])
     p = ImagePipeline(model, face="require")
     try:
