@@ -10,6 +10,9 @@ A reindex works in a directory of its own (default ``<index-root>/reindex/<colle
 - optionally ``trained.faiss`` (:func:`prepare`: an IVF trained on evenly spaced chunks) and
   ``shards/shard-I-of-N.faiss`` (worker I's vectors added to a copy of it).
 
+With ``pixel_cache`` set, images are read through :class:`indexer.pixel_cache.PixelCache`:
+preprocessed pixels kept from an earlier reindex with the same preprocessing, not decoded.
+
 :func:`merge` assembles the index: with IVF shards, FAISS's own merge of inverted lists
 (``IndexIVF.merge_from``), otherwise a build from all chunks (``auto`` measures candidates).
 It then catches up with catalogue changes made since the plan, tunes the search parameters on
