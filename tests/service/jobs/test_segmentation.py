@@ -13,6 +13,7 @@ from service.jobs.segmentation.metrics import (
     adapted_rand,
     cell_labels,
     foreground_iou,
+    grow_cells,
     pixel_error,
     score_membranes,
 )
@@ -130,6 +131,26 @@ def test_score_membranes_uses_cells_of_the_thresholded_map():
     gap[4, 4] = 0.1  # a one-pixel gap merges the two cells: Rand error rises, pixel error barely
     s2 = score_membranes(gap, mask)
     assert s2.pixel_error == pytest.approx(1 / 81) and s2.rand_error > 0.3
+
+
+def test_grown_cells_take_the_membrane_pixels_nearest_to_them():
+    labels = np.array([[1, 0, 0, 0, 0, 2]])
+    np.testing.assert_array_equal(grow_cells(labels), [[1, 1, 1, 2, 2, 2]])
+    none = np.zeros((3, 3), int)  # all membrane: nothing to grow
+    np.testing.assert_array_equal(grow_cells(none), none)
+
+
+def test_growing_cells_forgives_thick_membranes_but_not_gaps():
+    mask = np.zeros((20, 20), int)
+    mask[10, :] = 1  # the true membrane: one line between two cells
+    thick = np.zeros((20, 20))
+    thick[8:13, :] = 0.9  # predicted five pixels thick: singletons inside the true cells
+    plain, grown = score_membranes(thick, mask), score_membranes(thick, mask, grow=True)
+    assert plain.rand_error > 0.05 and grown.rand_error == pytest.approx(0)
+    assert grown.pixel_error == plain.pixel_error == pytest.approx(80 / 400)
+    gap = thick.copy()
+    gap[8:13, 9] = 0.1  # a gap through it merges the two cells, grown or not
+    assert score_membranes(gap, mask, grow=True).rand_error > 0.3
 
 
 def test_border_weights_favour_thin_membranes_between_cells():
