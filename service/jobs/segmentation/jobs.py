@@ -70,6 +70,7 @@ class SegEvalParams:
     tile: int = 256
     margin: int = 32
     tta: bool = False
+    grow_cells: bool = False  # Rand error of the cells grown over the predicted membrane
 
 
 @register_job("segment-eval", SegEvalParams,
@@ -79,7 +80,7 @@ def run_eval(p: SegEvalParams, ctx: JobContext) -> None:
 
     summary, rows = evaluate_slices(p.checkpoint, _data(p.data, ctx), p.slices, ctx.out_dir,
                                     threshold=p.threshold, tile=p.tile, margin=p.margin,
-                                    tta=p.tta, progress=ctx.progress)
+                                    tta=p.tta, grow_cells=p.grow_cells, progress=ctx.progress)
     ctx.report.table([{k: v for k, v in r.items() if k != "overlay"} for r in rows],
                      "per held-out slice")
     ctx.report.table([summary], "mean over slices")

@@ -48,8 +48,11 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], out_dir: str
 
 def evaluate_slices(checkpoint: str | Path, data: str | Path, slices: str, out_dir: str | Path,
                     *, threshold: float = 0.5, tile: int = 256, margin: int = 32,
-                    tta: bool = False, progress: Progress | None = None) -> tuple[dict, list[dict]]:
-    """Score labelled ISBI slices; writes an overlay per slice. -> (mean scores, per-slice rows)"""
+                    tta: bool = False, grow_cells: bool = False,
+                    progress: Progress | None = None) -> tuple[dict, list[dict]]:
+    """Score labelled ISBI slices; writes an overlay per slice. -> (mean scores, per-slice rows)
+    ``grow_cells``: the Rand error of the predicted cells grown over the predicted membrane
+    (:func:`service.jobs.segmentation.metrics.grow_cells`)."""
     ckpt = load_seg_checkpoint(checkpoint)
     model = ckpt.build()
     out = Path(out_dir)
@@ -59,7 +62,7 @@ def evaluate_slices(checkpoint: str | Path, data: str | Path, slices: str, out_d
     for i, s in enumerate(labelled):
         prob = predict_probs(model, s.image, tile=tile, margin=margin, mean=ckpt.mean,
                              std=ckpt.std, tta=tta)[1]
-        sc = score_membranes(prob, s.mask, threshold=threshold)
+        sc = score_membranes(prob, s.mask, threshold=threshold, grow=grow_cells)
         scores.append(sc)
         ov = save_overlay(out / f"slice{s.name}_overlay.png", s.image, prob >= threshold,
                           true_membrane=s.mask.astype(bool))
