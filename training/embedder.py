@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from training.data import ImagePaths
 from training.spec import ModelSpec
-from training.transforms import eval_pixels_transform, eval_transform, normalize_pixels
+from training.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ class Embedder:
         self.model = model.eval().to(device)
         self.spec = spec
         self.device = torch.device(device)
-        self.transform = eval_transform(spec)
         self.pixels = eval_pixels_transform(spec)  # bulk embedding: uint8 from the workers
+        # one preprocessing pipeline (one face aligner, loaded once) for both entry points
+        self.transform = T.Compose([self.pixels, NormalizePixels(spec)])
         self.checkpoint_sha256 = checkpoint_sha256
 
     @classmethod

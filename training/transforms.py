@@ -96,8 +96,9 @@ def _eval_image_ops(spec: ModelSpec) -> list:
 
 
 def eval_transform(spec: ModelSpec) -> T.Compose:
-    """PIL image -> (C, input_size, input_size) float32 tensor, as the model expects."""
-    return T.Compose([*_eval_image_ops(spec), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    """PIL image -> (C, input_size, input_size) float32 tensor, as the model expects:
+    :func:`eval_pixels_transform`, then :class:`NormalizePixels`."""
+    return T.Compose([*_eval_image_ops(spec), ToPixels(), NormalizePixels(spec)])
 
 
 class ToPixels:
@@ -109,7 +110,7 @@ class ToPixels:
 
 
 def eval_pixels_transform(spec: ModelSpec) -> T.Compose:
-    """:func:`eval_transform` without its last two steps: the uint8 pixels that
+    """:func:`eval_transform` without its last step: the uint8 pixels that
     :func:`normalize_pixels` turns into the model's input, a whole batch at a time. Bulk
     embedding uses this pair: DataLoader workers send a quarter of the bytes, and the scaling
     runs vectorised over the batch instead of per image (the same arithmetic, the same bits)."""
@@ -117,11 +118,21 @@ def eval_pixels_transform(spec: ModelSpec) -> T.Compose:
 
 
 def normalize_pixels(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """(n, C, H, W) uint8 -> float32 model input: ToTensor's /255 then Normalize's
-    (x - mean) / std, as :func:`eval_transform` does per image."""
-    mean = torch.as_tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.as_tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    """(C, H, W) or (n, C, H, W) uint8 -> float32 model input: torchvision's ToTensor (/255)
+    then Normalize ((x - mean) / std), the same operations in the same order."""
+    mean = torch.as_tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
     return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+class NormalizePixels:
+    """:func:`normalize_pixels` as a transform step."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return normalize_pixels(pixels, self.spec)
 
 
 def train_transform(spec: ModelSpec, *, flip: bool = True, color_jitter: float = 0.2,

@@ -69,24 +69,31 @@ def test_no_reduction_before_face_alignment():
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-def test_uint8_pixels_normalised_as_a_batch_are_the_eval_transform_bit_for_bit(tmp_path, channels):
+def test_uint8_pixels_normalised_as_a_batch_are_torchvisions_transform_bit_for_bit(tmp_path,
+                                                                                    channels):
     """Bulk embedding ships uint8 pixels from the DataLoader workers and normalises whole
-    batches: the model must see exactly the tensor the per-image transform makes."""
+    batches; eval_transform normalises one image the same way. Both must give exactly what
+    torchvision's ToTensor + Normalize give on the same crop, the model's training input."""
+    from torchvision import transforms as T
+
     spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=64, resize_size=73,
                      in_channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels) \
         if channels == 1 else ModelSpec(arch="smallcnn", embedding_dim=8, input_size=64,
                                         resize_size=73)
+    reference = T.Compose([*eval_pixels_transform(spec).transforms[:-1], T.ToTensor(),
+                           T.Normalize(spec.mean, spec.std)])
     paths = []
     for i, size in enumerate([(300, 240), (240, 300), (90, 70)]):
         (tmp_path / str(i)).mkdir()
         paths.append(_file(_photo(size), "JPEG", tmp_path / str(i)))
-    singles, pixels = [], []
+    expected, singles, pixels = [], [], []
     for p in paths:
-        with Image.open(p) as img:
-            singles.append(eval_transform(spec)(img))
-        with Image.open(p) as img:
-            pixels.append(eval_pixels_transform(spec)(img))
+        for out, tf in ((expected, reference), (singles, eval_transform(spec)),
+                        (pixels, eval_pixels_transform(spec))):
+            with Image.open(p) as img:
+                out.append(tf(img))
     assert all(px.dtype == torch.uint8 and px.shape == (channels, 64, 64) for px in pixels)
     batch = normalize_pixels(torch.stack(pixels), spec)
     assert batch.dtype == torch.float32
-    assert torch.equal(batch, torch.stack(singles))
+    assert torch.equal(batch, torch.stack(expected))
+    assert torch.equal(torch.stack(singles), torch.stack(expected))
