@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from indexer.files import atomic_write
 from training.spec import ModelSpec
 from training.transforms import eval_pixels_transform
 
@@ -44,10 +43,13 @@ def signature(spec: ModelSpec) -> str:
 class PixelCache:
     """Preprocessed uint8 pixels of ``spec``'s eval transform, by content sha256."""
 
-    def __init__(self, root: str | Path, spec: ModelSpec) -> None:
+    def __init__(self, root: str | Path, spec: ModelSpec,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+        """``transform``: the caller's instance of ``eval_pixels_transform(spec)`` (e.g. an
+        Embedder's ``pixels``), so that its face aligner is not built and loaded again."""
         self.dir = Path(root) / signature(spec)
         self.shape = (spec.in_channels, spec.input_size, spec.input_size)
-        self.transform = eval_pixels_transform(spec)
+        self.transform = transform or eval_pixels_transform(spec)
 
     def path(self, sha256: str) -> Path:
         return self.dir / sha256[:2] / f"{sha256}.u8"
@@ -64,20 +66,8 @@ class PixelCache:
             return torch.from_numpy(data.reshape(self.shape))
         with Image.open(image_path) as img:
             pixels = self.transform(img)
-        self._store(file, pixels.numpy())
+        atomic_write(file, lambda f: f.write(pixels.numpy().tobytes()), fsync=False)
         return pixels
-
-    def _store(self, file: Path, pixels: np.ndarray) -> None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
-            os.replace(tmp, file)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     def dataset(self, paths: Sequence[str], sha256s: Sequence[str]) -> CachedPixels:
         return CachedPixels(self, paths, sha256s)

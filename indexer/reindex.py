@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +49,7 @@ from indexer.construct import (
 )
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
+from indexer.files import atomic_write
 from indexer.incremental import change_vectors, lock_collection
 from indexer.pixel_cache import PixelCache
 from indexer.tune import held_out_queries, tune_search_params
@@ -179,12 +179,12 @@ def _write_plan(cfg: ReindexConfig, work: Path, sha: str) -> None:
     ids = np.array([r[0] for r in rows], np.int64)
     paths = np.array([r[1] for r in rows], dtype=str)
     hashes = np.array([r[2] for r in rows], dtype=str)
-    _atomic(work / PLAN_FILE, lambda f: np.savez(f, ids=ids, paths=paths, sha256=hashes))
+    atomic_write(work / PLAN_FILE, lambda f: np.savez(f, ids=ids, paths=paths, sha256=hashes))
     digest = hashlib.sha256(ids.tobytes() + "".join(hashes.tolist()).encode()).hexdigest()
     run = {"collection": cfg.collection, "checkpoint_sha256": sha,
            "checkpoint": str(Path(cfg.checkpoint).resolve()), "chunk_size": cfg.chunk_size,
            "count": len(ids), "plan_sha256": digest, "created": time.time()}
-    _atomic(work / RUN_FILE, lambda f: f.write(json.dumps(run, indent=2).encode()))
+    atomic_write(work / RUN_FILE, lambda f: f.write(json.dumps(run, indent=2).encode()))
     log.info("reindex plan: %d images of %r in %d chunks under %s", len(ids), cfg.collection,
              math.ceil(len(ids) / cfg.chunk_size), work)
 
@@ -198,22 +198,6 @@ def _read_plan(cfg: ReindexConfig, work: Path, sha: str) -> Plan:
     with np.load(work / PLAN_FILE, allow_pickle=False) as z:
         ids, paths, hashes = z["ids"], z["paths"], z["sha256"]
     return Plan(work, ids, paths, hashes, int(run["chunk_size"]), sha)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write a file under a temporary name, fsync, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # -- embedding ---------------------------------------------------------------------------------
@@ -243,7 +227,7 @@ def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
         paths = plan.paths[stream].tolist()
         if cfg.pixel_cache:  # pixels decoded by an earlier reindex with this preprocessing
-            cached = PixelCache(cfg.pixel_cache, embedder.spec)
+            cached = PixelCache(cfg.pixel_cache, embedder.spec, embedder.pixels)
             batches = embedder.stream_dataset(cached.dataset(paths, plan.sha256[stream].tolist()),
                                               batch_size=cfg.batch_size,
                                               num_workers=cfg.num_workers)
@@ -257,7 +241,7 @@ def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
                 j, first, inverse = parts.pop(0)
                 streamed = np.concatenate(pending)
                 vectors = streamed[:len(first)][inverse]
-                _atomic(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
+                atomic_write(plan.chunk_path(j), lambda f, v=vectors: np.save(f, v))
                 bar.update(len(inverse) - len(first))  # duplicates: not streamed
                 pending = [streamed[len(first):]]
     return len(todo)
@@ -313,7 +297,7 @@ def prepare(cfg: ReindexConfig) -> str:
     trained.train(vectors[:want])
     if ivf.direct_map.type != faiss.DirectMap.NoMap:  # shards are merged without it
         ivf.set_direct_map_type(faiss.DirectMap.NoMap)
-    _atomic(plan.work / TRAINED_FILE,
+    atomic_write(plan.work / TRAINED_FILE,
             lambda f: f.write(faiss.serialize_index(trained).tobytes()))
     (plan.work / "factory.txt").write_text(factory + "\n")
     log.info("trained %s on %d vectors from %d chunks", factory, min(len(vectors), want),
@@ -336,7 +320,7 @@ def run_shard(cfg: ReindexConfig, shard: int = 0, num_shards: int = 1) -> Plan:
         for j in chunks:
             rows = plan.chunk_rows(j)
             index.add_with_ids(np.load(plan.chunk_path(j)), plan.ids[rows])
-        _atomic(out, lambda f: f.write(faiss.serialize_index(index).tobytes()))
+        atomic_write(out, lambda f: f.write(faiss.serialize_index(index).tobytes()))
     return plan
 
 

@@ -89,7 +89,7 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
                                                                      monkeypatch):
     tmp, url = catalogue
     cfg = _cfg(tmp, url, new_checkpoint, keep_work=True)
-    real_atomic, written = rx._atomic, []
+    real_atomic, written = rx.atomic_write, []
 
     def dies_in_the_fourth_chunk(path, write):
         if path.parent.name == "chunks":
@@ -98,10 +98,10 @@ def test_a_killed_reindex_resumes_without_recomputing_finished_chunks(catalogue,
             written.append(path.name)
         return real_atomic(path, write)
 
-    monkeypatch.setattr(rx, "_atomic", dies_in_the_fourth_chunk)
+    monkeypatch.setattr(rx, "atomic_write", dies_in_the_fourth_chunk)
     with pytest.raises(KeyboardInterrupt):
         rx.reindex(cfg)
-    monkeypatch.setattr(rx, "_atomic", real_atomic)
+    monkeypatch.setattr(rx, "atomic_write", real_atomic)
     plan = rx.make_plan(cfg)
     assert [plan.done(j) for j in range(plan.num_chunks)] == [True] * 3 + [False] * 4
     assert not list((plan.work / "chunks").glob(".*"))  # no half-written chunk left behind
@@ -256,7 +256,7 @@ def test_two_local_workers_build_the_same_index_as_one(catalogue, new_checkpoint
 
 def _reindex_hanging_mid_write(cfg, chunk: int, ready: str) -> None:
     """rx.reindex, but the write of ``chunk`` stops half-way (and says so) until killed."""
-    real = rx._atomic
+    real = rx.atomic_write
 
     def atomic(path, write):
         if path.name != f"{chunk:06d}.npy":
@@ -266,7 +266,7 @@ def _reindex_hanging_mid_write(cfg, chunk: int, ready: str) -> None:
         open(ready, "w").close()
         time.sleep(600)
 
-    rx._atomic = atomic
+    rx.atomic_write = atomic
     rx.reindex(cfg)
 
 
