@@ -15,7 +15,7 @@ from service.errors import InvalidInput
 from service.face import check_face_mode, crop_largest_face, detect_faces
 from training.embedder import Embedder
 from training.face import FaceNotFoundError
-from training.transforms import ImageDecodeError, decode_image, normalize_pixels
+from training.transforms import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ class ImagePipeline:
             max_queue=max_queue, observer=observer)
 
     def _forward(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
-        batch = normalize_pixels(torch.stack(pixels), self.embedder.spec)
-        return list(self.embedder.embed_tensors(batch))
+        return list(self.embedder.embed_pixels(torch.stack(pixels)))
 
     def decode(self, data: bytes) -> Image.Image:
         """Checked decode: non-empty, an accepted format, at most ``max_pixels``."""

@@ -63,6 +63,10 @@ class Embedder:
         out = self.model(batch).float()
         return out.cpu().numpy().astype(np.float32, copy=False)
 
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, C, H, W) uint8 from :attr:`pixels` -> (n, d) float32, normalised as a batch."""
+        return self.embed_tensors(normalize_pixels(pixels, self.spec))
+
     def embed_images(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> np.ndarray:
         """Decoded PIL images -> (n, d) float32."""
         if not images:
