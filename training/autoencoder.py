@@ -296,17 +296,16 @@ def save_reconstruction_grid(model: ConvAutoencoder, spec: ModelSpec, paths: Seq
 
 def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, dict]:
     """The trained autoencoder (eval mode) and its payload (config, images, metrics)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"autoencoder checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an imgsim autoencoder (expected format {FORMAT})")
-    cfg, enc = payload["config"], payload["encoder"]
-    model = ConvAutoencoder(enc["arch"], in_channels=enc["in_channels"],
-                            input_size=enc["input_size"], latent_channels=cfg["latent_channels"],
-                            variational=cfg["variational"], arch_kwargs=enc["arch_kwargs"])
-    model.load_state_dict(payload["state_dict"])
+    from training.checkpoint import checkpoint_fields, read_checkpoint_file
+
+    payload = read_checkpoint_file(path, format=FORMAT, what="imgsim autoencoder")
+    with checkpoint_fields(path, "imgsim autoencoder"):
+        cfg, enc = payload["config"], payload["encoder"]
+        model = ConvAutoencoder(enc["arch"], in_channels=enc["in_channels"],
+                                input_size=enc["input_size"],
+                                latent_channels=cfg["latent_channels"],
+                                variational=cfg["variational"], arch_kwargs=enc["arch_kwargs"])
+        model.load_state_dict(payload["state_dict"])
     return model.eval(), payload
 
 
@@ -315,12 +314,9 @@ def init_backbone_from_autoencoder(model: nn.Module, spec: ModelSpec, path: str 
     stays random. Refuses an encoder of another architecture, channel count or arch_kwargs,
     and loads strictly (every backbone tensor must come from the encoder). Returns the
     autoencoder's payload minus weights (for provenance: images count and digest)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"autoencoder checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an imgsim autoencoder (expected format {FORMAT})")
+    from training.checkpoint import read_checkpoint_file
+
+    payload = read_checkpoint_file(path, format=FORMAT, what="imgsim autoencoder")
     enc = payload["encoder"]
     mine = {"arch": spec.arch, "in_channels": spec.in_channels, "arch_kwargs": dict(spec.arch_kwargs)}
     theirs = {k: enc[k] for k in mine}

@@ -121,7 +121,12 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[s
     """Load local weights into ``model.backbone`` (no downloads). Keys may be a plain
     torchvision state dict or prefixed with ``backbone.``; the classifier is ignored.
     Returns (missing, unexpected) keys."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from training.checkpoint import CheckpointError, torch_load_file
+
+    state = torch_load_file(path, what="backbone weights file")  # bad file: CheckpointError
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a backbone weights file: it holds a "
+                              f"{type(state).__name__}, not a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k.removeprefix("backbone."): v for k, v in state.items()}

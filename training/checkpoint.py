@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,87 @@ from training.spec import ModelSpec
 FORMAT = "imgsim.checkpoint/1"
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint: missing, a directory, unreadable, not a
+    torch file, truncated, another format, or fields that do not rebuild the model. The
+    message is one line that names the file; the command line prints it and exits 2."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file at the path (a FileNotFoundError too, for callers that test for that)."""
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def torch_load_file(path: str | Path, *, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` of a file, every way it can fail -> CheckpointError.
+
+    The unpickler answers a text file with ``KeyError``, random bytes with
+    ``UnpicklingError``, a truncated zip with ``RuntimeError``...: none of them says "this is
+    not a checkpoint" (and torch's advice to retry with ``weights_only=False`` is not one to
+    pass on), so each becomes that, naming the file and what it looks like instead."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning: noise here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:  # unreadable (permissions, I/O)
+        raise CheckpointError(f"cannot read {what} {path}: {e.strerror or _one_line(e)}") \
+            from None
+    except Exception as e:  # noqa: BLE001  whatever the unpickler or zip reader raises
+        if not head:
+            why = "the file is empty"
+        elif head.startswith(b"PK"):  # torch.save's zip container
+            why = f"a damaged, truncated or foreign zip file ({_one_line(e, 100)})"
+        elif head[:1] == b"\x80" and "weights only" in str(e).lower():
+            why = ("a pickle of Python objects, which are not loaded (a checkpoint holds only "
+                   "tensors and primitives)")
+        else:
+            why = "not a torch file"
+        raise CheckpointError(f"{path} is not {_a(what)}: {why}") from None
+
+
+def read_checkpoint_file(path: str | Path, *, format: str,
+                         what: str = "imgsim checkpoint") -> dict[str, Any]:
+    """The payload dict of a checkpoint file whose ``format`` is ``format``, else
+    CheckpointError (see :func:`torch_load_file`)."""
+    payload = torch_load_file(path, what=what)
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != format:
+        was = f"its format is {found!r}" if isinstance(found, str) else \
+            f"a torch file of another kind ({type(payload).__name__} without a format)"
+        raise CheckpointError(f"{path} is not {_a(what)} (expected format {format}; {was})")
+    return payload
+
+
+@contextmanager
+def checkpoint_fields(path: str | Path, what: str = "imgsim checkpoint") -> Iterator[None]:
+    """Around the code that turns a payload into objects: a missing or ill-typed field, or
+    weights that do not fit the architecture, become one CheckpointError line."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except KeyError as e:
+        raise CheckpointError(f"{path} is not a complete {what}: it has no field {e}") from None
+    except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a usable {what}: {_one_line(e)}") from None
+
+
 @dataclass
 class Checkpoint:
     spec: ModelSpec
@@ -26,11 +110,14 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # optimiser state, epoch, ...
+    source: str = field(default="", compare=False, repr=False)  # file it was read from
 
     def build(self) -> nn.Module:
-        """The network with these weights, in eval mode."""
-        model = build_model(self.spec)
-        model.load_state_dict(self.state_dict)
+        """The network with these weights, in eval mode (CheckpointError when they do not
+        fit the spec's architecture)."""
+        with checkpoint_fields(self.source or f"checkpoint of {self.spec.arch}"):
+            model = build_model(self.spec)
+            model.load_state_dict(self.state_dict)
         return model.eval()
 
 
@@ -65,19 +152,22 @@ def atomic_torch_save(payload: dict, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an imgsim checkpoint (expected format {FORMAT})")
-    return Checkpoint(
-        spec=ModelSpec.from_dict(payload["spec"]),
-        state_dict=payload["state_dict"],
-        config=payload.get("config", {}),
-        metrics=payload.get("metrics", {}),
-        extra=payload.get("extra", {}),
-    )
+    """Read and check a checkpoint file; any bad file -> CheckpointError (one line)."""
+    payload = read_checkpoint_file(path, format=FORMAT)
+    with checkpoint_fields(path):
+        state = payload["state_dict"]
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise TypeError("state_dict is not a mapping of names to tensors")
+        extras = {name: payload.get(name, {}) for name in ("config", "metrics", "extra")}
+        for name, value in extras.items():
+            if not isinstance(value, dict):
+                raise TypeError(f"{name} is a {type(value).__name__}, not a mapping")
+        spec = payload["spec"]
+        if not isinstance(spec, dict):
+            raise TypeError(f"spec is a {type(spec).__name__}, not a mapping")
+        return Checkpoint(spec=ModelSpec.from_dict(spec), state_dict=state, **extras,
+                          source=str(path))
 
 
 def file_sha256(path: str | Path) -> str:

@@ -28,7 +28,7 @@ from service.jobs.segmentation.infer import predict_probs
 from service.jobs.segmentation.metrics import SegScores, mean_scores, score_membranes
 from service.jobs.segmentation.models import SegModelSpec, build_segmenter
 from service.jobs.segmentation.weights import border_weights
-from training.checkpoint import atomic_torch_save
+from training.checkpoint import atomic_torch_save, checkpoint_fields, read_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,12 @@ def save_seg_checkpoint(path: str | Path, ckpt: SegCheckpoint) -> Path:
 
 
 def load_seg_checkpoint(path: str | Path) -> SegCheckpoint:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmentation checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an imgsim segmentation checkpoint ({FORMAT})")
-    return SegCheckpoint(SegModelSpec.from_dict(payload["spec"]), payload["state_dict"],
-                         float(payload["mean"]), float(payload["std"]),
-                         payload.get("config", {}), payload.get("metrics", {}))
+    what = "imgsim segmentation checkpoint"  # any bad file: CheckpointError, one line
+    payload = read_checkpoint_file(path, format=FORMAT, what=what)
+    with checkpoint_fields(path, what):
+        return SegCheckpoint(SegModelSpec.from_dict(payload["spec"]), payload["state_dict"],
+                             float(payload["mean"]), float(payload["std"]),
+                             payload.get("config", {}), payload.get("metrics", {}))
 
 
 def evaluate(model: nn.Module, slices: list[Slice], *, mean: float, std: float, tile: int = 256,
