@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.jobs.report import HtmlReport
+from service.jobs.report import HtmlReport, job_title
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class JobContext:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.defaults = defaults or JobDefaults()
         self.artifacts: list[dict[str, str]] = []
-        self.report = HtmlReport(f"imgsim job {job_id if job_id is not None else ''} ({kind})")
+        self.report = HtmlReport(job_title(job_id, kind))
         self._sink = sink
         self._min_interval = min_interval
         self._last = 0.0

@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def job_title(job_id: int | None, kind: str) -> str:
+    """A report's title: the job's id and kind; a job run in-process (``imgsim jobs run``) has
+    no id, and says so rather than leave a blank where the id goes."""
+    if job_id is None:
+        return f"imgsim {kind} job (run in-process: not queued, no job id)"
+    return f"imgsim job {job_id} ({kind})"
+
+
 @dataclass
 class HtmlReport:
     title: str

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.context import JobCancelled, JobContext, JobDefaults
 from service.jobs.registry import get_kind, load_builtin_kinds, parse_params
-from service.jobs.report import HtmlReport
+from service.jobs.report import HtmlReport, job_title
 from service.jobs.store import (
     InvalidTransition,
     JobRow,
@@ -243,7 +243,7 @@ def orphan_report(row: JobRow) -> list[dict[str, str]]:
     if not local:
         return list(row.artifacts or [])
     out_dir = Path(local[0]["path"]).parent
-    report = HtmlReport(f"imgsim job {row.id} ({row.kind})",
+    report = HtmlReport(job_title(row.id, row.kind),
                         status=f"This job failed: {row.error}")
     for a in local:
         if a.get("media_type", "").startswith("image/"):
