@@ -85,6 +85,72 @@ def nmi(true: list[str] | np.ndarray, pred: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
+class ClusterSample:
+    """What a gallery row shows of one cluster: its size, its majority label and the share of
+    members carrying it, and which members to draw (indices into the collection)."""
+
+    cluster: int
+    size: int
+    central: list[int]        # the members nearest the cluster's centre, nearest first
+    random: list[int]         # a few more drawn at random from the rest
+    majority: str | None = None   # None when the images carry no labels
+    purity: float | None = None   # share of the members whose label is the majority
+
+    @property
+    def title(self) -> str:
+        t = f"cluster {self.cluster}: {self.size} images"
+        if self.majority is not None:
+            t += f", {self.purity:.0%} '{self.majority}'"
+        return t
+
+
+def central_members(vectors: np.ndarray, members: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` of ``members`` (indices into ``vectors`` (N, d)) nearest their centre (the mean
+    of their L2-normalised vectors, i.e. the k-means centroid), nearest first."""
+    x = _l2n(vectors[members].astype(np.float64))
+    d = np.linalg.norm(x - x.mean(0), axis=1)
+    return members[np.argsort(d, kind="stable")[:n]]
+
+
+def cluster_samples(vectors: np.ndarray, labels: list[str], pred: np.ndarray, *,
+                    clusters: int, per_cluster: int, seed: int = 0) -> list[ClusterSample]:
+    """The ``clusters`` largest clusters, largest first, each with a representative sample of
+    ``per_cluster`` members: about 70% nearest the centre (what the cluster is), the rest at
+    random (how far it strays). Labels of "" mean unknown: no majority or purity then."""
+    rng = np.random.default_rng(seed)
+    labelled = all(labels)
+    n_random = per_cluster * 3 // 10
+    out = []
+    for c, size in Counter(pred[pred != -1].tolist()).most_common(clusters):
+        members = np.flatnonzero(pred == c)
+        central = central_members(vectors, members, per_cluster - n_random)
+        rest = np.setdiff1d(members, central)
+        random = rng.choice(rest, min(n_random, len(rest)), replace=False) if len(rest) else rest
+        major = purity_ = None
+        if labelled:
+            major, count = Counter(labels[i] for i in members).most_common(1)[0]
+            purity_ = count / size
+        out.append(ClusterSample(int(c), int(size), central.tolist(),
+                                 sorted(random.tolist()), major, purity_))
+    return out
+
+
+def cluster_gallery(samples: list[ClusterSample], paths: list[str], labels: list[str],
+                    out: str, *, title: str) -> str:
+    """Draw ``samples`` (see :func:`cluster_samples`) as one titled row per cluster -> PNG."""
+    from service.jobs.visualization.embeddings import thumbnail
+    from service.jobs.visualization.plots import cluster_gallery_figure, save_figure
+
+    rows = []
+    for cs in samples:
+        drawn = [(i, False) for i in cs.central] + [(i, True) for i in cs.random]
+        rows.append((cs.title, [(thumbnail(paths[i], 64), labels[i] or "?",
+                                 None if cs.majority is None else labels[i] == cs.majority, r)
+                                for i, r in drawn]))
+    return str(save_figure(cluster_gallery_figure(rows, title=title), out))
+
+
+@dataclass(frozen=True)
 class ClusterParams:
     checkpoint: str = ""      # default: the worker's model
     images: str = ""          # image folder <label>/<file>; empty: the index below
@@ -104,9 +170,7 @@ class ClusterParams:
 @register_job("cluster", ClusterParams,
               "cluster a collection's embeddings; NMI/purity when labels are known; galleries")
 def run_cluster(p: ClusterParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.embeddings import thumbnail
     from service.jobs.visualization.jobs import embedding_source
-    from service.jobs.visualization.plots import gallery
 
     data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
                             index_root=p.index_root, catalog_url=p.catalog_url,
@@ -128,21 +192,18 @@ def run_cluster(p: ClusterParams, ctx: JobContext) -> None:
     out = ctx.path("clusters.csv")
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "cluster"])
-        w.writerows(zip(data.paths, data.labels, pred.tolist(), strict=True))
+        w.writerow(["key", "path", "label", "cluster"])
+        w.writerows(zip(data.keys, data.paths, data.labels, pred.tolist(), strict=True))
     ctx.add_artifact(out, "cluster of every image")
     (ctx.path("summary.json")).write_text(json.dumps(summary, indent=2))
     ctx.add_artifact(ctx.path("summary.json"), "summary")
     ctx.progress(0.7, "drawing cluster galleries")
-    rows = []
-    for c, size in sizes.most_common(p.gallery_clusters):
-        members = np.flatnonzero(pred == c)[:p.gallery_per_cluster]
-        major = Counter(data.labels[i] for i in np.flatnonzero(pred == c)).most_common(1)[0][0]
-        hits = [(thumbnail(data.paths[i], 64), data.labels[i] or "?",
-                 (data.labels[i] == major) if labelled else None) for i in members]
-        rows.append((hits[0][0], f"cluster {c}\n{size} images" +
-                     (f"\nmostly {major}" if labelled else ""), hits))
-    if rows:
-        ctx.add_artifact(gallery(rows, ctx.path("clusters.png"),
-                                 title=f"{p.method}: the {len(rows)} largest clusters"),
-                         "largest clusters (frame: green = the cluster's majority label)")
+    samples = cluster_samples(data.vectors, data.labels, pred, clusters=p.gallery_clusters,
+                              per_cluster=p.gallery_per_cluster, seed=p.seed)
+    if samples:
+        ctx.add_artifact(cluster_gallery(samples, data.paths, data.labels,
+                                         str(ctx.path("clusters.png")),
+                                         title=f"{p.method}: the {len(samples)} largest "
+                                               "clusters"),
+                         "largest clusters: the members nearest each centre, then a few at "
+                         "random (frame: green = the cluster's majority label)")

@@ -20,14 +20,17 @@ class EmbeddingSet:
     vectors: np.ndarray     # (n, d) float32
     labels: list[str]       # "" where unknown
     paths: list[str]
+    keys: list[str] | None = None   # catalogue keys (``label/name`` for a folder); None: unknown
 
     def __post_init__(self) -> None:
-        if not (len(self.vectors) == len(self.labels) == len(self.paths)):
-            raise ValueError("vectors, labels and paths must have the same length")
+        if self.keys is None:
+            object.__setattr__(self, "keys", [""] * len(self.paths))
+        if not (len(self.vectors) == len(self.labels) == len(self.paths) == len(self.keys)):
+            raise ValueError("vectors, labels, paths and keys must have the same length")
 
     def subset(self, idx: np.ndarray) -> EmbeddingSet:
         return EmbeddingSet(self.vectors[idx], [self.labels[i] for i in idx],
-                            [self.paths[i] for i in idx])
+                            [self.paths[i] for i in idx], [self.keys[i] for i in idx])
 
     def sample(self, n: int, *, seed: int = 0) -> EmbeddingSet:
         """At most n items, chosen at random without replacement (order kept)."""
@@ -47,7 +50,9 @@ def from_folder(checkpoint: str, images: str, *, max_images: int = 0, seed: int 
         samples = [samples[i] for i in keep]
     emb = Embedder.from_checkpoint(checkpoint)
     vectors = emb.embed_paths([s.path for s in samples], progress=progress)
-    return EmbeddingSet(vectors, [s.label for s in samples], [s.path for s in samples])
+    # the key the indexer would catalogue the image under, so rows match `imgsim search` hits
+    keys = [Path(s.path).relative_to(images).with_suffix("").as_posix() for s in samples]
+    return EmbeddingSet(vectors, [s.label for s in samples], [s.path for s in samples], keys)
 
 
 def from_index(index_root: str, catalog_url: str, *, collection: str = "") -> EmbeddingSet:
@@ -56,7 +61,7 @@ def from_index(index_root: str, catalog_url: str, *, collection: str = "") -> Em
     sessions = open_catalog(catalog_url)
     with sessions() as s:
         rows = all_images(s, collection=collection or version.manifest.collection)
-    vectors, labels, paths = [], [], []
+    vectors, labels, paths, keys = [], [], [], []
     for r in rows:
         try:
             vectors.append(version.index.reconstruct(r.id))
@@ -64,9 +69,25 @@ def from_index(index_root: str, catalog_url: str, *, collection: str = "") -> Em
             continue
         labels.append(r.label)
         paths.append(r.path)
+        keys.append(r.key)
     if not vectors:
         raise ValueError(f"index {version.path} holds none of the catalogue's images")
-    return EmbeddingSet(np.stack(vectors).astype(np.float32), labels, paths)
+    return EmbeddingSet(np.stack(vectors).astype(np.float32), labels, paths, keys)
+
+
+def write_points_csv(path: str | Path, data: EmbeddingSet, points: np.ndarray) -> Path:
+    """One row per image: key, path, label and its (n, 2) map coordinates, so that a point
+    can be traced back to its image."""
+    import csv
+
+    if len(points) != len(data.paths):
+        raise ValueError(f"{len(points)} points for {len(data.paths)} images")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "path", "label", "x", "y"])
+        for k, p, lab, (x, y) in zip(data.keys, data.paths, data.labels, points, strict=True):
+            w.writerow([k, p, lab, f"{x:.6g}", f"{y:.6g}"])
+    return Path(path)
 
 
 def tsne_2d(vectors: np.ndarray, *, perplexity: float = 30.0, seed: int = 0,

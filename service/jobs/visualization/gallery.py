@@ -50,5 +50,6 @@ def retrieval_gallery(checkpoint: str, index_root: str, catalog_url: str, querie
                 table.append({"query": qpath.name, "rank": h.rank, "key": h.key,
                               "label": h.label, "distance": h.distance})
         rows.append((thumbnail(qpath, 64), f"query\n{label or qpath.name}", hits))
-    png = gallery(rows, out, title=f"top-{k} from index {result.index_version}")
+    png = gallery(rows, out, title=f"top-{k} from index {result.index_version} "
+                                   "(d: distance to the query; smaller is more similar)")
     return png, table

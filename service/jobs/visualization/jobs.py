@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -53,7 +54,12 @@ class TsneParams:
 @register_job("tsne", TsneParams, "t-SNE map of a collection's embeddings, coloured by label, "
                                   "with thumbnails")
 def run_tsne(p: TsneParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.embeddings import knn_label_agreement, thumbnail, tsne_2d
+    from service.jobs.visualization.embeddings import (
+        knn_label_agreement,
+        thumbnail,
+        tsne_2d,
+        write_points_csv,
+    )
     from service.jobs.visualization.plots import scatter_with_thumbnails
 
     data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
@@ -69,8 +75,8 @@ def run_tsne(p: TsneParams, ctx: JobContext) -> None:
                                   thumbs=thumbs, title=f"t-SNE (perplexity {p.perplexity:g}) of "
                                                        f"{len(pts)} embeddings")
     ctx.add_artifact(png, "t-SNE of the embeddings, coloured by label")
-    np.savetxt(ctx.path("tsne.csv"), pts, delimiter=",", header="x,y", comments="")
-    ctx.add_artifact(ctx.path("tsne.csv"), "2-D coordinates, in the order of the images")
+    ctx.add_artifact(write_points_csv(ctx.path("tsne.csv"), data, pts),
+                     "2-D coordinates of each image (key, path, label, x, y)")
     if all(data.labels):
         ctx.report.table([{"points": len(pts),
                            "5-NN label agreement in 2-D": knn_label_agreement(pts, data.labels),
@@ -298,7 +304,7 @@ def run_occlusion(p: OcclusionParams, ctx: JobContext) -> None:
 
     from service.jobs.visualization.models import load_model
     from service.jobs.visualization.occlusion import class_score, occlusion_map
-    from service.jobs.visualization.plots import heatmap_overlays
+    from service.jobs.visualization.plots import save_figure, shared_scale_overlays
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     if not m.is_classifier:
@@ -312,11 +318,16 @@ def run_occlusion(p: OcclusionParams, ctx: JobContext) -> None:
         raise ValueError(f"class_index must be below {len(m.classes)}")
     occ = occlusion_map(class_score(m.model, c), x, patch=p.patch, stride=p.stride,
                         progress=ctx.progress)
-    name = m.classes[c]
-    ctx.add_artifact(heatmap_overlays([m.to_image(x)], [occ.heatmap], ctx.path("occlusion.png"),
-                                      titles=[f"p({name}) = {occ.base:.3f}"],
-                                      suptitle="drop of the class probability when a "
-                                               f"{p.patch}px patch is greyed"),
+    name, top = m.classes[c], m.classes[int(probs.argmax())]
+    image = m.to_image(x)
+    fig = shared_scale_overlays(
+        [image, image], [None, occ.heatmap],
+        titles=[f"input: {Path(p.image).name}\npredicted '{top}' (p = {float(probs.max()):.3f})",
+                f"occlusion map of p('{name}') = {occ.base:.3f}"],
+        suptitle=f"which regions make it '{name}': one {p.patch}px patch greyed at a time; "
+                 "red regions support the class",
+        cbar_label=f"drop of p('{name}') when occluded")
+    ctx.add_artifact(save_figure(fig, ctx.path("occlusion.png")),
                      f"occlusion map for class {name}")
 
 
@@ -339,7 +350,7 @@ def run_verify(p: VerifyParams, ctx: JobContext) -> None:
 
     from service.jobs.visualization.models import load_model
     from service.jobs.visualization.occlusion import verification_occlusion
-    from service.jobs.visualization.plots import heatmap_overlays
+    from service.jobs.visualization.plots import save_figure
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     xa, xb = m.tensor(p.a), m.tensor(p.b)
@@ -356,14 +367,41 @@ def run_verify(p: VerifyParams, ctx: JobContext) -> None:
     if p.occlusion:
         v = verification_occlusion(m.model, xa, xb, mode=p.mode, patch=p.patch, stride=p.stride,
                                    progress=ctx.progress)
-        images = [m.to_image(xa), m.to_image(xb)]
-        ctx.add_artifact(heatmap_overlays(
-            images, [v.heatmap_a, v.heatmap_b], ctx.path("why_match.png"),
-            titles=[f"a (occluded: {'a and b' if p.mode == 'both' else 'a'})",
-                    f"b (occluded: {'a and b' if p.mode == 'both' else 'b'})"],
-            suptitle=f"similarity {v.similarity:.3f}: red = occluding this region lowers it "
-                     f"(it makes the images match)"),
-            "which regions make the two images match")
+        fig = why_match_figure([m.to_image(xa), m.to_image(xb)], [v.heatmap_a, v.heatmap_b],
+                               names=[Path(p.a).name, Path(p.b).name], mode=p.mode,
+                               distance=distance, threshold=thr, patch=p.patch)
+        ctx.add_artifact(save_figure(fig, ctx.path("why_match.png")),
+                         "which regions make the two images match: red where greying a patch "
+                         "lowers their similarity")
+
+
+def verdict(distance: float, threshold: float | None) -> str:
+    """'SAME: distance 0.41 <= threshold 0.80', 'DIFFERENT: ... >', or no verdict without one."""
+    if threshold is None:
+        return f"NO VERDICT (no calibrated threshold): distance {distance:.3f}"
+    same = distance <= threshold
+    return (f"{'SAME' if same else 'DIFFERENT'}: distance {distance:.3f} "
+            f"{'≤' if same else '>'} threshold {threshold:.3f}")
+
+
+def why_match_figure(images: list, heatmaps: list, *, names: list[str], mode: str,
+                     distance: float, threshold: float | None, patch: int):
+    """The verify job's picture: each image with its occlusion heatmap blended over it, both on
+    one colour scale, titled with the verdict."""
+    from service.jobs.visualization.plots import shared_scale_overlays
+
+    if mode == "both":
+        titles = [f"a: {names[0]}", f"b: {names[1]}"]
+        how = f"the same {patch}px patch greyed in both images"
+    else:
+        titles = [f"a: {names[0]}\n(patches of a greyed, b whole)",
+                  f"b: {names[1]}\n(patches of b greyed, a whole)"]
+        how = f"one {patch}px patch greyed at a time"
+    return shared_scale_overlays(
+        images, heatmaps, titles=titles,
+        suptitle=f"{verdict(distance, threshold)}\n{how}: red regions make them alike, blue "
+                 "ones set them apart",
+        cbar_label="similarity drop when occluded (cosine)")
 
 
 # -- retrieval gallery ------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Matplotlib figures (Agg backend) for the visualization jobs; each function writes one PNG."""
+"""Matplotlib figures (Agg backend) for the visualization jobs: each function writes one PNG, or
+returns a Figure (``*_figure``) for ``save_figure``, so that tests can read what it shows."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG and free it."""
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
@@ -45,7 +51,7 @@ def image_grid(images: Sequence[np.ndarray], path: str | Path, *, titles: Sequen
             ax.set_title(titles[i], fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def filters_figure(weight: np.ndarray, path: str | Path, *, title: str = "") -> Path:
@@ -69,28 +75,38 @@ def feature_maps_figure(maps: dict[str, np.ndarray], path: str | Path, *,
         axes[r, 0].set_title(name, fontsize=7, loc="left")
         for c in range(min(max_channels, m.shape[0])):
             axes[r, c].imshow(normalise(m[c]), cmap="viridis")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def heatmap_overlays(images: Sequence[np.ndarray], heatmaps: Sequence[np.ndarray],
-                     path: str | Path, *, titles: Sequence[str] = (), suptitle: str = "",
-                     symmetric: bool = True) -> Path:
-    """Pairs of (image, image + heatmap); a diverging colour map centred on 0 when symmetric."""
+def shared_scale_overlays(images: Sequence[np.ndarray], heatmaps: Sequence[np.ndarray | None],
+                          *, titles: Sequence[str], suptitle: str, cbar_label: str,
+                          alpha: float = 0.75) -> Figure:
+    """One panel per image: the image in grey with its heatmap alpha-blended over it (a None
+    heatmap: the image alone, in colour), every panel on ONE colour scale (symmetric about 0,
+    diverging) and one labelled colour bar, so that equal colours mean equal values across
+    panels. The blend grows with |value| (up to ``alpha``), so that where nothing happens the
+    image shows through unveiled."""
+    lim = max((float(np.abs(h).max()) for h in heatmaps if h is not None), default=0.0) or 1.0
+    norm = Normalize(-lim, lim)
     n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(6, 3 * n + 0.4), squeeze=False)
-    for i, (img, hm) in enumerate(zip(images, heatmaps, strict=True)):
-        axes[i, 0].imshow(img)
-        axes[i, 0].set_title(titles[i] if i < len(titles) else "", fontsize=8)
-        lim = float(np.abs(hm).max()) or 1.0
-        axes[i, 1].imshow(img.mean(2) if img.ndim == 3 else img, cmap="gray")
-        im = axes[i, 1].imshow(hm, cmap="RdBu_r" if symmetric else "inferno", alpha=0.6,
-                               vmin=-lim if symmetric else None, vmax=lim if symmetric else None)
-        fig.colorbar(im, ax=axes[i, 1], fraction=0.046)
-        for ax in axes[i]:
-            ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.0, 4.4), squeeze=False,
+                             layout="constrained")
+    for ax, img, hm, t in zip(axes[0], images, heatmaps, titles, strict=True):
+        if hm is None:
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.mean(2) if img.ndim == 3 else img, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(hm, cmap="RdBu_r", norm=norm,
+                      alpha=alpha * np.clip(np.abs(hm) / lim, 0.15, 1.0))
+        ax.set_title(t, fontsize=10)
+        ax.axis("off")
+    # the bar shows the colours at full strength, not a panel's blend
+    cb = fig.colorbar(ScalarMappable(norm, "RdBu_r"), ax=list(axes[0]), fraction=0.046,
+                      shrink=0.9)
+    cb.set_label(cbar_label, fontsize=10)
+    cb.ax.tick_params(labelsize=9)
+    fig.suptitle(suptitle, fontsize=12)
+    return fig
 
 
 def curve(values: Sequence[float], path: str | Path, *, title: str, ylabel: str,
@@ -104,7 +120,7 @@ def curve(values: Sequence[float], path: str | Path, *, title: str, ylabel: str,
     if more:
         ax.legend(fontsize=7)
         ax.set_yscale("log")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def scatter_with_thumbnails(points: np.ndarray, labels: Sequence[str], path: str | Path, *,
@@ -128,33 +144,103 @@ def scatter_with_thumbnails(points: np.ndarray, labels: Sequence[str], path: str
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def gallery(rows: Sequence[tuple[np.ndarray, str, Sequence[tuple[np.ndarray, str, bool | None]]]],
-            path: str | Path, *, title: str = "") -> Path:
+FRAME = {True: "green", False: "red"}
+
+
+def _frame(ax, ok: bool | None, *, style: str = "solid") -> None:
+    if ok is None:
+        return
+    for sp in ax.spines.values():
+        sp.set_visible(True)
+        sp.set_color(FRAME[ok])
+        sp.set_linewidth(3)
+        sp.set_linestyle(style)
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+
+
+def _frame_legend(fig, meaning: tuple[str, str], *, extra: Sequence[Patch] = (),
+                  loc: str = "outside lower center") -> None:
+    """The key to the frames: (what green means, what red means)."""
+    handles = [Patch(facecolor="none", edgecolor="green", linewidth=3, label=f"green: {meaning[0]}"),
+               Patch(facecolor="none", edgecolor="red", linewidth=3, label=f"red: {meaning[1]}"),
+               *extra]
+    fig.legend(handles=handles, loc=loc, ncols=len(handles), fontsize=9, frameon=False)
+
+
+def gallery_figure(rows: Sequence[tuple[np.ndarray, str,
+                                        Sequence[tuple[np.ndarray, str, bool | None]]]], *,
+                   title: str = "",
+                   legend: tuple[str, str] = ("same label as the query",
+                                              "different label")) -> Figure:
     """One row per query: its image and title, then its hits (image, caption, correct?).
-    Correct hits are framed green, wrong ones red, unknown ones not at all."""
+    Correct hits are framed green, wrong ones red, unknown ones not at all; ``legend`` says
+    what the two colours mean (shown when some hit is framed)."""
     ncols = 1 + max((len(h) for _, _, h in rows), default=0)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.6 * ncols, 1.9 * len(rows) + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 2.3 * len(rows) + 0.6),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_visible(False)
+        _bare(ax)
     for r, (qimg, qtitle, hits) in enumerate(rows):
         axes[r, 0].imshow(qimg, cmap="gray")
-        axes[r, 0].set_title(qtitle, fontsize=7, fontweight="bold")
+        axes[r, 0].set_title(qtitle, fontsize=10, fontweight="bold")
         for c, (img, cap, ok) in enumerate(hits, start=1):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray")
-            ax.set_title(cap, fontsize=6)
-            if ok is not None:
-                for s in ax.spines.values():
-                    s.set_visible(True)
-                    s.set_color("green" if ok else "red")
-                    s.set_linewidth(3)
+            ax.set_title(cap, fontsize=9)
+            _frame(ax, ok)
+    if any(ok is not None for _, _, hits in rows for *_, ok in hits):
+        _frame_legend(fig, legend)
     if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def gallery(rows: Sequence[tuple[np.ndarray, str, Sequence[tuple[np.ndarray, str, bool | None]]]],
+            path: str | Path, *, title: str = "",
+            legend: tuple[str, str] = ("same label as the query", "different label")) -> Path:
+    """:func:`gallery_figure` written to ``path``."""
+    return save_figure(gallery_figure(rows, title=title, legend=legend), path)
+
+
+def cluster_gallery_figure(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str, bool | None,
+                                                                     bool]]]], *,
+                           title: str = "") -> Figure:
+    """One row per cluster under its own title (size, purity): its members (image, caption,
+    has the majority label?, drawn at random?). Central members come first with solid frames;
+    random ones are captioned "random" and framed dashed."""
+    ncols = max((len(m) for _, m in rows), default=1)
+    fig = plt.figure(figsize=(1.7 * ncols, 2.35 * len(rows) + 0.8), layout="constrained")
+    # the first subfigure holds the figure's title and the key to the frames
+    head, *subs = np.atleast_1d(fig.subfigures(len(rows) + 1, 1,
+                                              height_ratios=[0.8] + [2.35] * len(rows)))
+    framed = False
+    for sub, (row_title, members) in zip(subs, rows, strict=True):
+        sub.suptitle(row_title, fontsize=11, fontweight="bold", x=0.01, ha="left")
+        axes = np.atleast_1d(sub.subplots(1, ncols))
+        for ax in axes:
+            _bare(ax)
+        for ax, (img, cap, ok, random) in zip(axes, members, strict=False):
+            ax.imshow(img, cmap="gray")
+            ax.set_title(f"{cap}\n(random)" if random else cap, fontsize=9,
+                         style="italic" if random else "normal")
+            _frame(ax, ok, style="dashed" if random else "solid")
+            framed |= ok is not None
+    if title:
+        head.suptitle(title, fontsize=12)
+    random_key = Patch(facecolor="none", edgecolor="grey", linewidth=2, linestyle="dashed",
+                       label="dashed: a random member (solid: nearest the centre)")
+    if framed:
+        _frame_legend(head, ("the cluster's majority label", "another label"),
+                      extra=[random_key], loc="lower center")
+    else:
+        head.legend(handles=[random_key], loc="lower center", fontsize=9, frameon=False)
+    return fig

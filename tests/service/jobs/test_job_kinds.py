@@ -1,6 +1,7 @@
 """The built-in job kinds end to end through the worker, on real digit images and the tiny
 trained model: each produces its PNG/HTML/JSON artifacts and meaningful numbers."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def run(indexed, tiny_checkpoint):
         arts = {a.name: Path(a.path) for a in done.artifacts}
         assert all(p.is_file() for p in arts.values())
         html = arts["report.html"].read_text()
+        assert f"<h1>imgsim job {job.id} ({kind})</h1>" in html
         for name, p in arts.items():  # every image is in the report
             if p.suffix == ".png":
                 assert f'src="{name}"' in html
@@ -59,7 +61,10 @@ def _img(digits_dir, label, i=0):
 def test_tsne_job_from_the_index(run):
     job, arts = run("tsne", perplexity=10, sample=120, thumbnails=10)
     assert {"tsne.png", "tsne.csv", "report.html"} <= set(arts)
-    assert len(arts["tsne.csv"].read_text().splitlines()) == 121
+    rows = list(csv.DictReader(arts["tsne.csv"].open()))
+    assert len(rows) == 120 and list(rows[0]) == ["key", "path", "label", "x", "y"]
+    for r in rows:  # each point traces back to its catalogued image
+        assert r["key"] == f"{r['label']}/{Path(r['path']).stem}" and Path(r["path"]).is_file()
     assert "label agreement" in arts["report.html"].read_text()
 
 
@@ -69,6 +74,9 @@ def test_cluster_job_scores_against_labels(run, digits_dir):
     assert summary["clusters"] == 10 and summary["labels"] == 10
     assert summary["nmi"] > 0.3 and summary["purity"] > 0.3  # far above chance (0.1)
     assert "clusters.png" in arts
+    rows = list(csv.DictReader(arts["clusters.csv"].open()))
+    assert len(rows) == 200 and all(r["key"] == f"{r['label']}/{Path(r['path']).stem}"
+                                    for r in rows)
 
 
 def test_verify_job_with_occlusion_heatmap(run, digits_dir):
