@@ -49,6 +49,7 @@ from indexer.construct import (
 )
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
+from indexer.faults import AFTER_INDEX_PUBLISH, fault_point
 from indexer.files import atomic_write
 from indexer.incremental import change_vectors, lock_collection
 from indexer.pixel_cache import PixelCache
@@ -405,6 +406,7 @@ def merge(cfg: ReindexConfig) -> Path:
         model = model_row(session, embedder, cfg.checkpoint)
         path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
                              keep=cfg.keep_versions)
+        fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
     if not cfg.keep_work:
         shutil.rmtree(plan.work, ignore_errors=True)
     log.info("reindexed %s: %d images -> %s", cfg.collection, manifest.count, path)

@@ -62,6 +62,9 @@ class Manifest:
     target_recall: float | None = None  # recall@10 the search parameters were tuned to
     tuning_queries: int = 0  # held-out queries the recall was measured on
     build_params: dict = field(default_factory=dict)  # train size, memory budget, candidates
+    # the Upsert/Delete that made this version, {"upserted": {id: sha256}, "deleted": [id]}:
+    # at start a server checks that its catalogue transaction committed (service.mutations)
+    last_change: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:

@@ -19,13 +19,17 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.catalog import DEFAULT_COLLECTION, ImageRow
+from indexer.faults import AFTER_INDEX_PUBLISH, fault_point
 from indexer.incremental import (
     add_to_index,
     clone_version,
@@ -33,7 +37,13 @@ from indexer.incremental import (
     publish_changes,
     remove_from_index,
 )
-from indexer.versions import current_version_name, publish_lock
+from indexer.versions import (
+    IndexVersion,
+    current_version_name,
+    load_index_version,
+    publish_lock,
+    read_manifest,
+)
 from service.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -222,12 +232,15 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                                             unchanged=len(batch))
                     version = clone_version(live.version)
                     try:
-                        add_to_index(s, version, rows, vectors[changed],
-                                     collection=live.collection)
+                        ids = add_to_index(s, version, rows, vectors[changed],
+                                           collection=live.collection)
                     except (TypeError, ValueError) as e:
                         raise FailedPrecondition(f"cannot change this index: {e}") from e
+                    _record_change(version, upserted=dict(zip(ids, [r["sha256"] for r in rows],
+                                                              strict=True)))
                     publish_changes(live.root, version, keep=core.options.keep_versions)
                     published = True
+                    fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
             except BaseException:
                 if published:
                     _restore(live, core.options.keep_versions)
@@ -281,8 +294,10 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
                     n = remove_from_index(s, version, list(found), collection=live.collection)
                 except (TypeError, ValueError) as e:
                     raise FailedPrecondition(f"cannot change this index: {e}") from e
+                _record_change(version, deleted=[e.id for e in found.values()])
                 publish_changes(live.root, version, keep=core.options.keep_versions)
                 published = True
+                fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
         except BaseException:
             if published:
                 _restore(live, core.options.keep_versions)
@@ -294,6 +309,58 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
              extra={"collection": live.collection, "index_version": version.manifest.version})
     return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,
                         missing=missing)
+
+
+def _record_change(version: IndexVersion, *, upserted: dict[int, str] | None = None,
+                   deleted: Sequence[int] = ()) -> None:
+    """Write into the manifest what the catalogue will hold once this change commits, so that
+    :func:`recover_interrupted_change` can tell whether it did."""
+    version.manifest = replace(version.manifest, last_change={
+        "upserted": {str(i): sha for i, sha in (upserted or {}).items()},
+        "deleted": [int(i) for i in deleted]})
+
+
+def _committed(sessions: sessionmaker[Session], collection: str, change: dict) -> bool:
+    upserted = {int(i): sha for i, sha in change.get("upserted", {}).items()}
+    deleted = [int(i) for i in change.get("deleted", [])]
+    with sessions() as s:
+        now = dict(s.execute(select(ImageRow.id, ImageRow.sha256).where(
+            ImageRow.collection == collection,
+            ImageRow.id.in_([*upserted, *deleted]))).all())
+    return (all(now.get(i) == sha for i, sha in upserted.items())
+            and not any(i in now for i in deleted))
+
+
+def recover_interrupted_change(root: str | Path, sessions: sessionmaker[Session], *,
+                               keep: int = 5) -> str | None:
+    """Before serving ``root``: if CURRENT was published by an Upsert or Delete whose catalogue
+    transaction never committed (the process died between the publish and the commit), publish
+    its parent version again, so that the index agrees with the catalogue (the change is lost
+    whole, as its client was never told it succeeded). Returns the version published, if any.
+
+    Only CURRENT can be such a version: every writer publishes under the root's lock and a
+    change's transaction ends before the lock is released, unless its process died."""
+    with publish_lock(root):
+        try:
+            m = read_manifest(root)
+        except FileNotFoundError:
+            return None
+        collection = m.collection or DEFAULT_COLLECTION
+        if not m.last_change or _committed(sessions, collection, m.last_change):
+            return None
+        try:
+            parent = load_index_version(root, m.parent_version)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise RuntimeError(
+                f"index version {m.version} of {collection!r} holds a change its catalogue never "
+                f"committed, and its parent {m.parent_version!r} cannot be loaded ({e}); "
+                "rebuild the collection with `imgsim reindex` (same checkpoint)") from e
+        path = publish_changes(root, clone_version(parent), keep=keep)
+    log.warning("index %s: version %s held a change whose catalogue transaction never committed "
+                "(a crash between publish and commit); republished its parent %s as %s",
+                collection, m.version, m.parent_version, path.name,
+                extra={"collection": collection, "index_version": path.name})
+    return path.name
 
 
 def _sha(data: bytes) -> str:

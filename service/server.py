@@ -22,6 +22,7 @@ from service.config import ServeConfig, load_serve_config  # noqa: F401  (public
 from service.core import CoreObserver, SimilarityCore
 from service.jobs.server import register_job_service
 from service.metrics import Metrics
+from service.mutations import recover_interrupted_change
 from service.servicer import SimilarityServicer
 from service.store import ensure_service_tables
 from training.embedder import Embedder
@@ -48,9 +49,12 @@ SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_servic
 
 def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> SimilarityCore:
     embedder = Embedder.from_checkpoint(cfg.checkpoint)
+    sessions = open_catalog(cfg.catalog_url)
+    for root in (cfg.index_root, *cfg.extra_index_roots):  # a change killed mid-publish
+        recover_interrupted_change(root, sessions, keep=cfg.keep_versions)
     extra = [load_index_version(root) for root in cfg.extra_index_roots]
     return SimilarityCore(embedder, load_index_version(cfg.index_root),
-                          open_catalog(cfg.catalog_url), extra_indexes=extra,
+                          sessions, extra_indexes=extra,
                           options=cfg.core_options(), observer=observer)
 
 
