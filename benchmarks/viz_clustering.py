@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.jobs.clustering import cluster_embeddings, nmi, purity
-from service.jobs.visualization.embeddings import EmbeddingSet, thumbnail
-from service.jobs.visualization.plots import gallery
+from service.jobs.clustering import (
+    cluster_embeddings,
+    cluster_gallery,
+    cluster_samples,
+    nmi,
+    purity,
+)
+from service.jobs.visualization.embeddings import EmbeddingSet
 from training.data import list_image_folder
 from training.embedder import Embedder
 
@@ -70,15 +75,11 @@ def main() -> int:
         rows.append({"method": name, "clusters": len(sizes), "noise": int(np.sum(pred == -1)),
                      "nmi": nmi(data.labels, pred), "purity": purity(data.labels, pred),
                      "seconds": secs})
-        grows = []
-        for c, size in sizes.most_common(6):
-            members = np.flatnonzero(pred == c)
-            major = Counter(data.labels[i] for i in members).most_common(1)[0][0]
-            hits = [(thumbnail(data.paths[i], 64), data.labels[i][:14], data.labels[i] == major)
-                    for i in members[:8]]
-            grows.append((hits[0][0], f"{size} images\n{major[:16]}", hits))
-        gallery(grows, out / f"{name.replace(' ', '_').replace('=', '')}.png",
-                title=f"{name}: largest clusters")
+        cluster_gallery(cluster_samples(data.vectors, data.labels, pred, clusters=6,
+                                        per_cluster=8, seed=args.seed),
+                        data.paths, data.labels,
+                        str(out / f"{name.replace(' ', '_').replace('=', '')}.png"),
+                        title=f"{name}: largest clusters")
     print(f"\n{len(chosen)} images of {k} labels from {args.images}; model "
           f"{emb.model_version}; embedding took {embed_s:.0f}s\n")
     print("| method | clusters | noise | NMI | purity | seconds |")

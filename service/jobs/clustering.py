@@ -144,7 +144,7 @@ def cluster_gallery(samples: list[ClusterSample], paths: list[str], labels: list
     rows = []
     for cs in samples:
         drawn = [(i, False) for i in cs.central] + [(i, True) for i in cs.random]
-        rows.append((cs.title, [(thumbnail(paths[i], 64), labels[i] or "?",
+        rows.append((cs.title, [(thumbnail(paths[i], 64), labels[i][:16] or "?",
                                  None if cs.majority is None else labels[i] == cs.majority, r)
                                 for i, r in drawn]))
     return str(save_figure(cluster_gallery_figure(rows, title=title), out))

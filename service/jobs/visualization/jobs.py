@@ -139,10 +139,12 @@ def run_reconstruct(p: ReconstructParams, ctx: JobContext) -> None:
         r = reconstruct(m.model, x, layer=p.layer, channel=p.channel, method=method)
         g = r.image_grad.permute(1, 2, 0).numpy()
         imgs.append(normalise(g if g.shape[2] == 3 else g[..., 0]))
-        titles.append(f"{method}\nunit {r.unit}")
+        c, y, xx = r.unit
+        titles.append(f"{method}\nchannel {c}" + (f" at (y={y}, x={xx})" if y >= 0 else ""))
         ctx.progress((i + 1) / len(p.methods), method)
     ctx.add_artifact(image_grid(imgs, ctx.path("reconstructions.png"), titles=titles, size=2.5,
-                                suptitle=f"layer {p.layer or 'output'}"),
+                                suptitle="what in the input drives one unit of layer "
+                                         f"{p.layer or 'output'}"),
                      "input and its reconstructions from one unit")
 
 
@@ -283,8 +285,9 @@ def run_style(p: StyleParams, ctx: JobContext) -> None:
     ctx.add_artifact(image_grid([m.to_image(c), m.to_image(s), m.to_image(r.image)],
                                 ctx.path("style.png"), titles=["content", "style", "result"],
                                 size=3), "style transfer")
-    ctx.add_artifact(curve(r.style_loss, ctx.path("losses.png"), title="losses", ylabel="style",
-                           more={"content": r.content_loss}), "losses during optimisation")
+    ctx.add_artifact(curve(r.style_loss, ctx.path("losses.png"), title="style transfer losses",
+                           ylabel="style", more={"content": r.content_loss}, axis_label="loss"),
+                     "losses during optimisation")
 
 
 # -- occlusion --------------------------------------------------------------------------------

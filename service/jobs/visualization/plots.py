@@ -48,9 +48,9 @@ def image_grid(images: Sequence[np.ndarray], path: str | Path, *, titles: Sequen
         ax = axes.flat[i]
         ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=1)
         if i < len(titles):
-            ax.set_title(titles[i], fontsize=7)
+            ax.set_title(titles[i], fontsize=9)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(suptitle, fontsize=11)
     return save_figure(fig, path)
 
 
@@ -65,16 +65,23 @@ def filters_figure(weight: np.ndarray, path: str | Path, *, title: str = "") -> 
 
 def feature_maps_figure(maps: dict[str, np.ndarray], path: str | Path, *,
                         max_channels: int = 16) -> Path:
-    """One row per layer: its first ``max_channels`` maps (C, h, w), each scaled separately."""
+    """One row per layer: its first ``max_channels`` maps (C, h, w), each scaled separately
+    (so colours compare within a map, not across maps; the title says so)."""
     rows = len(maps)
-    fig, axes = plt.subplots(rows, max_channels, figsize=(max_channels * 0.9, rows * 1.1 + 0.3),
+    fig, axes = plt.subplots(rows, max_channels, figsize=(max_channels * 0.9, rows * 1.2 + 0.6),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, (name, m) in enumerate(maps.items()):
-        axes[r, 0].set_title(name, fontsize=7, loc="left")
+        axes[r, 0].set_title(f"{name}: {m.shape[0]} channels of {m.shape[1]}x{m.shape[2]}",
+                             fontsize=9, loc="left")
         for c in range(min(max_channels, m.shape[0])):
             axes[r, c].imshow(normalise(m[c]), cmap="viridis")
+            axes[r, c].text(0.03, 0.97, str(c), transform=axes[r, c].transAxes, fontsize=8,
+                            va="top", color="white",
+                            bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+    fig.suptitle(f"feature maps: the first {max_channels} channels of each layer (numbered), "
+                 "each scaled to its own range: dark = low, yellow = high", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -110,23 +117,28 @@ def shared_scale_overlays(images: Sequence[np.ndarray], heatmaps: Sequence[np.nd
 
 
 def curve(values: Sequence[float], path: str | Path, *, title: str, ylabel: str,
-          more: dict[str, Sequence[float]] | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3))
+          more: dict[str, Sequence[float]] | None = None, axis_label: str = "") -> Path:
+    """``values`` per step; with ``more`` curves, all on one log axis (``axis_label`` names
+    what they share, e.g. "loss") with a legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot(values, label=ylabel)
     for name, v in (more or {}).items():
         ax.plot(v, label=name)
-    ax.set_xlabel("step")
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("optimisation step", fontsize=10)
+    ax.set_ylabel(f"{axis_label or ylabel} (log scale)" if more else ylabel, fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(labelsize=9)
     if more:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
         ax.set_yscale("log")
     return save_figure(fig, path)
 
 
 def scatter_with_thumbnails(points: np.ndarray, labels: Sequence[str], path: str | Path, *,
                             thumbs: dict[int, np.ndarray] | None = None, title: str = "",
-                            zoom: float = 0.5) -> Path:
-    """(n, 2) points coloured by label; thumbnails drawn at the points in ``thumbs``."""
+                            zoom: float = 1.0) -> Path:
+    """(n, 2) points coloured by label; thumbnails drawn at the points in ``thumbs``, framed
+    in their point's colour."""
     fig, ax = plt.subplots(figsize=(9, 9))
     names = sorted(set(labels))
     cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
@@ -135,13 +147,16 @@ def scatter_with_thumbnails(points: np.ndarray, labels: Sequence[str], path: str
         sel = lab == name
         ax.scatter(points[sel, 0], points[sel, 1], s=8, color=cmap(i % cmap.N),
                    label=name if len(names) <= 20 else None)
+    colour = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
     for idx, img in (thumbs or {}).items():
         box = AnnotationBbox(OffsetImage(img, zoom=zoom, cmap="gray"), points[idx], frameon=True,
-                             pad=0.1)
+                             pad=0.15, bboxprops={"edgecolor": colour[labels[idx]],
+                                                  "linewidth": 2})
         ax.add_artist(box)
     if len(names) <= 20:
-        ax.legend(fontsize=7, markerscale=2, loc="best")
-    ax.set_title(title, fontsize=10)
+        ax.legend(title="label", fontsize=9, title_fontsize=10, markerscale=2, loc="best")
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel("t-SNE axes have no units: only neighbourhoods are meaningful", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     return save_figure(fig, path)

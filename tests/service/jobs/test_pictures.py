@@ -158,3 +158,52 @@ def test_report_of_a_queued_job_names_its_id(tmp_path, store):
     report = next(a for a in core.get(job.id).artifacts if a.name == "report.html")
     with open(report.path) as f:
         assert _title(f.read()) == f"imgsim job {job.id} (test-loop)"
+
+
+# -- the other pictures: labelled axes, a key, readable type ------------------------------------
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plotting functions would have saved, kept open for inspection."""
+    from service.jobs.visualization import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or path)
+    return figs
+
+
+def test_curves_label_their_axes(drawn):
+    from service.jobs.visualization.plots import curve
+
+    curve([3.0, 2.0, 1.0], "x.png", title="objective: output[0]", ylabel="objective")
+    curve([3.0, 2.0], "y.png", title="losses", ylabel="style", more={"content": [1.0, 0.5]},
+          axis_label="loss")
+    (one,), (two,) = drawn[0].axes, drawn[1].axes
+    assert one.get_ylabel() == "objective" and one.get_xlabel() == "optimisation step"
+    assert two.get_ylabel() == "loss (log scale)" and two.get_yscale() == "log"
+    assert [t.get_text() for t in two.get_legend().get_texts()] == ["style", "content"]
+
+
+def test_feature_maps_say_how_they_are_scaled_in_readable_type(drawn):
+    from service.jobs.visualization.plots import feature_maps_figure
+
+    feature_maps_figure({"conv1": np.random.default_rng(0).random((4, 6, 6))}, "f.png",
+                        max_channels=4)
+    fig = drawn[0]
+    assert "each scaled to its own range" in fig._suptitle.get_text()
+    assert "conv1: 4 channels of 6x6" in [t.get_text() for t in _texts(fig)]
+    assert min(t.get_fontsize() for t in _texts(fig)) >= 8
+
+
+def test_tsne_map_has_a_titled_legend_and_thumbnails_framed_by_label(drawn):
+    from matplotlib.offsetbox import AnnotationBbox
+
+    from service.jobs.visualization.plots import scatter_with_thumbnails
+
+    pts = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    scatter_with_thumbnails(pts, ["a", "b", "a"], "t.png", thumbs={1: np.zeros((4, 4))})
+    (ax,) = drawn[0].axes
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "label" and legend.get_texts()[0].get_fontsize() >= 8
+    (box,) = [a for a in ax.artists if isinstance(a, AnnotationBbox)]
+    b_colour = ax.collections[1].get_facecolor()[0]  # label "b"'s points
+    assert np.allclose(box.patch.get_edgecolor(), b_colour)
