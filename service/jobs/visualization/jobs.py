@@ -103,8 +103,11 @@ def run_filters(p: FiltersParams, ctx: JobContext) -> None:
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     name, w = first_layer_filters(m.model)
+    out_ch, in_ch, kh, kw = w.shape
+    shown = "as RGB" if in_ch == 3 else f"the mean of {in_ch} input channels"
     ctx.add_artifact(filters_figure(w.numpy(), ctx.path("filters.png"),
-                                    title=f"{name}: {tuple(w.shape)}"),
+                                    title=f"{name}: {out_ch} filters of {kh}x{kw}, shown {shown}, "
+                                          "each scaled to its own range"),
                      f"first-layer filters ({name})")
     if p.image:
         layers = list(p.layers) or relu_layers(m.model)[:3]
