@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from indexer.factory import METRICS, estimate_bytes, new_index, parse_factory
 from indexer.tune import (
@@ -25,6 +24,7 @@ from indexer.tune import (
     queries_per_second_alternating,
     tune_search_params,
 )
+from training.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ def make_index(factory: str, dim: int, vectors: np.ndarray, ids: np.ndarray, *,
         index.train(sample)
         log.info("trained %s on %d vectors in %.1fs", factory, n_train, time.perf_counter() - t0)
     step = 65_536
-    with tqdm(total=len(vectors), unit="vec", desc=f"add {factory}", disable=not progress or None,
-              leave=False) as bar:
+    with progress_bar(total=len(vectors), unit="vec", desc=f"add {factory}", enabled=progress,
+                      leave=False) as bar:
         for i in range(0, len(vectors), step):
             index.add_with_ids(vectors[i:i + step], ids[i:i + step])
             bar.update(min(step, len(vectors) - i))

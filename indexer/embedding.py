@@ -6,15 +6,15 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from training.embedder import Embedder
+from training.progress import ProgressBar, progress
 
 log = logging.getLogger(__name__)
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 64,
-                num_workers: int = 2, bar: tqdm | None = None) -> np.ndarray:
+                num_workers: int = 2, bar: ProgressBar | None = None) -> np.ndarray:
     """Image files -> (n, d) float32 in the order given, with ``embedder``'s preprocessing.
 
     ``num_workers`` DataLoader processes decode and resize ahead of the model (prefetching a
@@ -24,7 +24,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 6
 
 def embed_unique(embedder: Embedder, paths: Sequence[str], sha256s: Sequence[str], *,
                  batch_size: int = 64, num_workers: int = 2,
-                 bar: tqdm | None = None) -> np.ndarray:
+                 bar: ProgressBar | None = None) -> np.ndarray:
     """Like :func:`embed_files`, but identical content (same sha256) is embedded once."""
     if len(paths) != len(sha256s):
         raise ValueError(f"{len(paths)} paths but {len(sha256s)} hashes")
@@ -41,7 +41,8 @@ def embed_unique(embedder: Embedder, paths: Sequence[str], sha256s: Sequence[str
     return vectors[inverse.ravel()]
 
 
-def progress_bar(total: int, *, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    """A progress bar in images with rate and ETA; silent when not on a TTY or not ``enabled``."""
-    return tqdm(total=total, initial=initial, unit="img", desc=desc, smoothing=0.1,
-                disable=None if enabled else True, dynamic_ncols=True)
+def progress_bar(total: int, *, desc: str, enabled: bool, initial: int = 0) -> ProgressBar:
+    """Progress in images with rate and ETA: a bar on a terminal, periodic log lines elsewhere
+    (``training.progress``); silent when not ``enabled``."""
+    return progress(total=total, initial=initial, unit="img", desc=desc, enabled=enabled,
+                    smoothing=0.1, dynamic_ncols=True)

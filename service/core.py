@@ -35,6 +35,14 @@ from service.store import (
     ids_by_keys,
     matching_ids,
 )
+from service.validation import (
+    check_count,
+    check_key,
+    check_keys,
+    check_label,
+    check_metadata,
+    check_version_name,
+)
 from training.embedder import Embedder
 from training.transforms import MAX_PIXELS
 
@@ -60,6 +68,10 @@ class CoreOptions:
     max_items: int = 64  # queries per BatchSearch, images per Embed
     max_upsert_items: int = 1000  # images per Upsert stream, keys per Delete
     max_upsert_bytes: int = 256 * 1024 * 1024  # encoded image bytes per Upsert stream
+    # per query (and per upserted image for metadata): each filter is one catalogue condition
+    max_filter_labels: int = 256
+    max_metadata_pairs: int = 64
+    max_exclude_keys: int = 1000
     keep_versions: int = 5
     blob_dir: str = ""  # where inline Upsert images are kept; "" -> <index root>/blobs
     default_threshold: float = 1.0
@@ -233,7 +245,7 @@ class SimilarityCore:
     def reload(self, collection: str = "", version: str | None = None) -> tuple[str, str, str]:
         """Serve another published version (default: CURRENT) -> (collection, previous, now)."""
         live = self.live(collection)
-        old, new = live.swap(version or None)
+        old, new = live.swap(check_version_name(version) if version else None)
         return live.collection, old, new
 
     def swap_index(self, root: str | Path, version: str | None = None) -> str:
@@ -271,6 +283,8 @@ class SimilarityCore:
                 inline.append(i)
             elif not im.key:
                 raise InvalidInput(f"{names[i]}: image is missing: set either data or key")
+            else:
+                check_key(im.key, f"{names[i]}: key")
         keyed = sorted(set(range(len(images))) - set(inline))
         if keyed:
             out[keyed] = self._key_vectors([images[i] for i in keyed], [names[i] for i in keyed],
@@ -336,6 +350,7 @@ class SimilarityCore:
         """Compare an image with every enrolled image of ``identity`` (a label); the decision
         is the nearest one's (mean distance reported beside it)."""
         thr = self._threshold(threshold)
+        check_label(identity, "identity")
         live = self.live(collection)
         with self.sessions() as s:
             enrolled = identity_entries(s, identity, collection=live.collection)
@@ -374,6 +389,14 @@ class SimilarityCore:
                                                and q.max_distance >= 0):
             raise InvalidInput(f"{name}: max_distance must be a non-negative number, "
                                f"got {q.max_distance}")
+        o = self.options
+        check_count(len(q.labels), o.max_filter_labels, "labels", name)
+        check_count(len(q.metadata), o.max_metadata_pairs, "metadata filters", name)
+        check_count(len(q.exclude_keys), o.max_exclude_keys, "excluded keys", name)
+        for label in q.labels:
+            check_label(label, f"{name}: label {label[:40]!r}")
+        check_metadata(q.metadata, f"{name}: metadata")
+        check_keys(q.exclude_keys, f"{name}: excluded key")
         live = self.live(q.collection)
         return SearchQuery(q.query, k, live.collection, q.labels, q.metadata, q.max_distance,
                            q.exclude_keys)

@@ -54,30 +54,24 @@ from service.errors import (
 )
 from service.live_index import LiveIndex
 from service.store import BlobStore, entries_by_keys
+from service.validation import check_count, check_key, check_keys, check_label, check_metadata
 
 if TYPE_CHECKING:
     from service.core import ChangeResult, SimilarityCore, UpsertItem
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_CHARS = 512
-MAX_META_NAME_CHARS = 256
-MAX_META_VALUE_CHARS = 4096
 _EXT = {"JPEG": "jpg", "TIFF": "tif"}
 # Longest an Upsert or Delete waits (within its deadline) for another process publishing into
 # the same index root, e.g. a reindex catching up and writing its version; then UNAVAILABLE.
 PUBLISH_LOCK_SECONDS = 60.0
 
 
-def _check_item(it: UpsertItem, name: str) -> None:
-    if not it.key or len(it.key) > MAX_KEY_CHARS:
-        raise InvalidInput(f"{name}: key must be 1 to {MAX_KEY_CHARS} characters")
-    if len(it.label) > MAX_KEY_CHARS:
-        raise InvalidInput(f"{name}: label longer than {MAX_KEY_CHARS} characters")
-    for k, v in it.metadata.items():
-        if not k or len(k) > MAX_META_NAME_CHARS or len(v) > MAX_META_VALUE_CHARS:
-            raise InvalidInput(f"{name}: metadata names must be 1 to {MAX_META_NAME_CHARS} "
-                               f"characters and values at most {MAX_META_VALUE_CHARS}")
+def _check_item(it: UpsertItem, name: str, *, max_metadata_pairs: int) -> None:
+    check_key(it.key, f"{name}: key")
+    check_label(it.label, f"{name}: label")
+    check_count(len(it.metadata), max_metadata_pairs, "metadata pairs", name)
+    check_metadata(it.metadata, f"{name}: metadata")
     if not it.data:
         raise InvalidInput(f"{name}: empty image data")
 
@@ -91,8 +85,8 @@ def _collect(core: SimilarityCore, items: Iterable[UpsertItem]) -> tuple[LiveInd
         if n >= core.options.max_upsert_items:
             raise InvalidInput(f"more than {core.options.max_upsert_items} images in one Upsert "
                                "stream; split it into several")
-        name = f"item {n} (key {it.key!r})"
-        _check_item(it, name)
+        name = f"item {n} (key {it.key[:80]!r})"
+        _check_item(it, name, max_metadata_pairs=core.options.max_metadata_pairs)
         total += len(it.data)
         if total > core.options.max_upsert_bytes:  # the stream is held in memory until applied
             raise InvalidInput(f"more than {core.options.max_upsert_bytes} bytes of images in one "
@@ -271,8 +265,7 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
     if len(keys) > core.options.max_upsert_items:
         raise InvalidInput(f"{len(keys)} keys in one Delete; the limit is "
                            f"{core.options.max_upsert_items}")
-    if any(not k for k in keys):
-        raise InvalidInput("empty key")
+    check_keys(keys)
     live = core.live(collection)
     published = False
     with _publishing(live, deadline):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import inspect, select
+from sqlalchemy import and_, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import ImageRow
@@ -78,13 +78,18 @@ def ids_by_keys(session: Session, keys: Iterable[str], *, collection: str) -> di
 
 def matching_ids(session: Session, *, collection: str, labels: Sequence[str] = (),
                  metadata: Mapping[str, str] | None = None) -> list[int]:
-    """Ids of the collection's images with one of ``labels`` (if any) and every metadata pair."""
-    q = select(ImageRow.id).where(ImageRow.collection == collection)
+    """Ids of the collection's images with one of ``labels`` (if any) and every metadata pair.
+
+    One flat AND of the conditions, labels as one IN list. SQLite's parser still nests each
+    AND one level deeper and refuses more than 1000 levels, so the caller caps the pairs a
+    query may hold (``CoreOptions.max_metadata_pairs``), far below that on either database."""
+    conditions = [ImageRow.collection == collection]
     if labels:
-        q = q.where(ImageRow.label.in_(list(labels)))
-    for name, value in (metadata or {}).items():  # JSON string equality (SQLite and PostgreSQL)
-        q = q.where(ImageRow.meta[name].as_string() == value)
-    return list(session.scalars(q))
+        conditions.append(ImageRow.label.in_(list(labels)))
+    # JSON string equality, on SQLite and PostgreSQL alike
+    conditions += [ImageRow.meta[name].as_string() == value
+                   for name, value in (metadata or {}).items()]
+    return list(session.scalars(select(ImageRow.id).where(and_(*conditions))))
 
 
 def identity_entries(session: Session, label: str, *, collection: str) -> list[tuple[int, str]]:

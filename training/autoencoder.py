@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from training.backbones import BACKBONES, SmallCNN
 from training.data import IMAGE_EXTENSIONS, ImagePaths
+from training.progress import progress
 from training.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from training.transforms import eval_transform, train_transform
 
@@ -213,8 +213,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         for epoch in range(cfg.epochs):
             model.train()
             tot, rec, kl, n, t0 = 0.0, 0.0, 0.0, 0, time.perf_counter()
-            bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=None)
+            bar = progress(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", unit="step",
+                           leave=False)
             for x, _ in bar:
                 loss, r, k = model.loss(x, beta=cfg.beta)
                 opt.zero_grad(set_to_none=True)

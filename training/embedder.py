@@ -12,10 +12,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from tqdm import tqdm
 
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from training.data import ImagePaths
+from training.progress import ProgressBar
+from training.progress import progress as progress_bar
 from training.spec import ModelSpec
 from training.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
 
@@ -79,7 +80,7 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[str | Path], *, batch_size: int = 64,
                     num_workers: int = 0, progress: bool = False,
-                    flip_tta: bool = False, bar: tqdm | None = None) -> np.ndarray:
+                    flip_tta: bool = False, bar: ProgressBar | None = None) -> np.ndarray:
         """Image files -> (n, d) float32 in the order given. Decoding runs in DataLoader
         workers (when ``num_workers`` > 0) so that it overlaps the forward pass; they send
         uint8 pixels, normalised here a batch at a time. ``bar``: a progress bar of the
@@ -131,13 +132,13 @@ class Embedder:
             yield idx.numpy(), normalize_pixels(pixels, self.spec)
 
     def _embed_paths(self, paths: Sequence[str | Path], *, batch_size: int, num_workers: int,
-                     progress: bool, flips: bool, bar: tqdm | None = None
+                     progress: bool, flips: bool, bar: ProgressBar | None = None
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         out = np.zeros((len(paths), self.dim), np.float32)
         out_flip = np.zeros_like(out) if flips else None
         own = bar is None
         if own:
-            bar = tqdm(total=len(paths), unit="img", desc="embed", disable=not progress)
+            bar = progress_bar(total=len(paths), unit="img", desc="embed", enabled=progress)
         for rows, batch in self.stream_paths(paths, batch_size=batch_size,
                                              num_workers=num_workers):
             out[rows] = self.embed_tensors(batch)

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from training.autoencoder import init_backbone_from_autoencoder
 from training.backbones import build_model, load_pretrained_backbone
@@ -67,6 +66,7 @@ from training.embedder import Embedder
 from training.losses import DEFAULT_MINER, LOSSES, get_loss
 from training.miners import MINERS
 from training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from training.progress import progress
 from training.samplers import PairSampler, PKSampler
 from training.spec import METRICS, ModelSpec
 from training.transforms import AUGMENTATIONS, eval_transform, get_augmentation
@@ -209,7 +209,7 @@ def fit(state: TrainState, loader: Iterable, loss_fn, miner, *, epochs: int,
         model.train()
         losses, active, total, n_img = [], 0, 0, 0
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None)
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             emb = model(x)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+
+from training.progress import progress as progress_bar
 
 
 def tile_origins(length: int, tile: int, step: int) -> list[int]:
@@ -44,8 +45,8 @@ def predict_probs(model: nn.Module, image: np.ndarray, *, tile: int = 256, margi
     ys, xs = tile_origins(ph + 2 * margin, tile, core), tile_origins(pw + 2 * margin, tile, core)
     origins = [(y, xx) for y in ys for xx in xs]
     out: torch.Tensor | None = None
-    bar = tqdm(total=len(origins), desc="tiles", unit="tile", disable=None if progress else True,
-               leave=False)
+    bar = progress_bar(total=len(origins), desc="tiles", unit="tile", enabled=progress,
+                       leave=False)
     for i in range(0, len(origins), batch_size):
         batch_o = origins[i:i + batch_size]
         batch = torch.cat([x[..., y:y + tile, xx:xx + tile] for y, xx in batch_o])

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from service.jobs.segmentation.data import (
     AugmentConfig,
@@ -29,6 +28,7 @@ from service.jobs.segmentation.metrics import SegScores, mean_scores, score_memb
 from service.jobs.segmentation.models import SegModelSpec, build_segmenter
 from service.jobs.segmentation.weights import border_weights
 from training.checkpoint import atomic_torch_save, checkpoint_fields, read_checkpoint_file
+from training.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def train_segmenter(cfg: SegTrainConfig, *, progress: Progress | None = None,
     t0 = time.perf_counter()
     losses: list[float] = []
     steps_done = 0
-    bar = tqdm(range(cfg.steps), desc=f"{cfg.arch}/{cfg.upsampling}", leave=False, disable=None)
+    bar = progress_bar(range(cfg.steps), desc=f"{cfg.arch}/{cfg.upsampling}", unit="step",
+                       leave=False)
     model.train()
     for step in bar:
         x, y, wt = sampler.sample(cfg.batch_size)
