@@ -9,6 +9,9 @@ Against a running server, loopback only, bounded by -t:
 --rate R paces the users to R requests/second in total (locust's constant_throughput per
 user); without it each user sends its next request as soon as the last one is answered.
 --api-key and --tls-ca talk to a server that requires keys or TLS.
+--latency-log FILE appends one line per request (unix time, name, ms, 0/1 failed), for
+per-minute percentiles over a long run (benchmarks/soak.py); locust's own history holds
+only a rolling 10-second window.
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ def _args(parser):
     parser.add_argument("--api-key", default="", help="API key, if the server requires one")
     parser.add_argument("--tls-ca", default="", help="CA certificate (PEM) for a TLS server")
     parser.add_argument("--grpc-timeout", type=float, default=30.0, help="per-call deadline (s)")
+    parser.add_argument("--latency-log", default="",
+                        help="append 'time name ms failed' per request to this file")
+
+
+_LOG: list = []  # the open latency log, if any (one per process)
+
+
+@events.test_start.add_listener
+def _open_latency_log(environment, **_kw):
+    path = environment.parsed_options.latency_log
+    if path and not _LOG:
+        _LOG.append(open(path, "a", buffering=1))
+
+
+@events.request.add_listener
+def _log_latency(name, response_time, exception, **_kw):
+    if _LOG:
+        _LOG[0].write(f"{time.time():.3f} {name} {response_time:.2f} {int(exception is not None)}\n")
 
 
 def load_images(spec: str) -> list[bytes]:
