@@ -31,25 +31,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """'imgsim index build', 'imgsim jobs run': the command and its subcommand, for messages."""
+    subs = [v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(["imgsim", args.command, *subs])
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # faiss logs every instruction-set variant it fails to load at INFO: noise for users
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    name = command_name(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as e:  # missing files, busy ports, bad values
-        print(f"imgsim {args.command}: error: {e}", file=sys.stderr)
+    # missing files, busy ports, bad values, bad checkpoints (training.checkpoint.CheckpointError)
+    except (OSError, ValueError) as e:
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:  # gRPC errors from the client commands
+    except Exception as e:  # gRPC errors from the client commands, an unreachable database
         import grpc
+        from sqlalchemy.exc import DBAPIError
 
         if isinstance(e, grpc.RpcError):
-            print(f"imgsim {args.command}: {e.code().name}: {e.details()}", file=sys.stderr)
+            print(f"{name}: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
+        if isinstance(e, DBAPIError):  # the driver's words, not SQLAlchemy's traceback
+            reason = _one_line(e.orig if e.orig is not None else e)
+            print(f"{name}: error: catalogue database: {reason} (check --catalog, "
+                  f"IMGSIM_CATALOG_URL or the server's catalog_url)", file=sys.stderr)
+            return 2
         raise
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from indexer.cli import DEFAULT_CATALOG, DEFAULT_INDEX_ROOT
+from service.core import MAX_K
 from service.face import FACE_MODES
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,31 @@ def _client_options(p: argparse.ArgumentParser) -> None:
                    help="PEM file of the CA that signed the server's certificate: use TLS "
                         "(env IMGSIM_TLS_CA)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
+
+
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in lo..hi (hi None: no upper bound), else a usage error
+    that states the bounds."""
+    bounds = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {bounds}"  # argparse names the type by it in messages
+    return parse
+
+
+# What a catalogue key is, for --help texts (indexer.build.image_key and _upsert_images).
+KEY_HELP = ("a catalogue key: <label>/<name> for images indexed or upserted from a folder "
+            "(their path below the folder without the extension, e.g. 3/0123 for 3/0123.png), "
+            "<name> (the file name without its extension) for single upserted files")
+IMAGE_HELP = "an image file, or " + KEY_HELP
 
 
 def _meta(pairs: list[str] | None) -> dict[str, str]:
@@ -80,8 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Verify two images (file paths, or catalogue keys) on a "
                                    "server, or one image against an enrolled identity "
                                    "(--identity LABEL: every catalogued image of that label).")
-    v.add_argument("a")
-    v.add_argument("b", nargs="?", help="second image (omit with --identity)")
+    v.add_argument("a", help=IMAGE_HELP)
+    v.add_argument("b", nargs="?", help="second image, file or key (omit with --identity)")
     v.add_argument("--identity", default="", help="verify A against this enrolled label")
     v.add_argument("--collection", default="", help="collection of the identity")
     v.add_argument("--threshold", type=float, default=None)
@@ -90,9 +117,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("search", help="top-k most similar catalogued images",
                        description="Search a server's index with an image file (or a catalogue "
-                                   "key), optionally filtered by label, metadata and distance.")
-    q.add_argument("query")
-    q.add_argument("-k", type=int, default=5)
+                                   "key), optionally filtered by label, metadata and distance. "
+                                   "In the API, SearchRequest.k = 0 (unset) means the server's "
+                                   "default, 10; here -k is always given (default 5).")
+    q.add_argument("query", help=IMAGE_HELP)
+    q.add_argument("-k", type=int_in(1, MAX_K), default=5,
+                   help=f"number of hits, 1..{MAX_K} (default %(default)s; a server started "
+                        f"with a lower max_k refuses more)")
     q.add_argument("--collection", default="")
     q.add_argument("--label", action="append", dest="labels", help="only this label (repeatable)")
     q.add_argument("--meta", action="append", help="only images with NAME=VALUE (repeatable)")
@@ -102,10 +133,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_search)
 
     u = sub.add_parser("upsert", help="add or replace images on a server (idempotent by key)",
-                       description="Stream images to a server's Upsert: a folder is read as "
-                                   "<folder>/<label>/<image> with keys <label>/<name> (like "
-                                   "`imgsim index build`); single files get key <name> and "
-                                   "--label. All are applied or none.")
+                       description="Stream images to a server's Upsert and print the key each "
+                                   "got. A folder is read as <folder>/<label>/<image>: the key "
+                                   "is <label>/<file name without extension> and the label the "
+                                   "sub-folder's name (like `imgsim index build`); a single "
+                                   "file's key is its file name without extension (photos/"
+                                   "cat.jpg -> cat), with --label. An existing key is replaced. "
+                                   "All are applied or none.")
     u.add_argument("paths", nargs="+", help="image files or folders")
     u.add_argument("--label", default="", help="label of single files")
     u.add_argument("--meta", action="append", help="NAME=VALUE metadata for every image")
@@ -114,9 +148,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.set_defaults(func=_upsert)
 
     x = sub.add_parser("delete", help="remove images by key from a server's catalogue and index",
-                       description="Delete images by key. Unknown keys fail the call (nothing "
+                       description="Delete images by key: " + KEY_HELP + " (what `imgsim "
+                                   "upsert` prints). Unknown keys fail the call (nothing "
                                    "deleted) unless --ignore-missing.")
-    x.add_argument("keys", nargs="+")
+    x.add_argument("keys", nargs="+", metavar="KEY", help="catalogue key, e.g. 3/0123")
     x.add_argument("--collection", default="")
     x.add_argument("--ignore-missing", action="store_true")
     _client_options(x)
@@ -163,7 +198,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bg.add_argument("--index-root", action="append", dest="index_roots",
                     help="a collection's index root (repeatable; default: the server's "
                          f"index_root and extra_index_roots, else {DEFAULT_INDEX_ROOT})")
-    bg.add_argument("--catalog", dest="catalog_url", help=f"default {DEFAULT_CATALOG}")
+    bg.add_argument("--catalog", dest="catalog_url",
+                    help=f"the server's catalogue URL (default: its settings, else "
+                         f"{DEFAULT_CATALOG})")
     bg.add_argument("--blob-dir", help="the server's blob_dir (default: <index root>/blobs)")
     bg.add_argument("--min-age-seconds", type=float, default=None,
                     help="keep files younger than this (default 300)")
@@ -171,7 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bg.set_defaults(func=_blobs_gc)
 
     k = sub.add_parser("keys", help="manage API keys (stored hashed in the catalogue)",
-                       description="Create, list and revoke API keys. A key is scoped to "
+                       description="Create, list and revoke API keys in the server's catalogue "
+                                   "(read from the server's settings: --config, "
+                                   "IMGSIM_SERVE_CATALOG_URL, or --catalog). A key is scoped to "
                                    "collections and to read or write (write includes read).")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     kc = ksub.add_parser("create", help="create a key and print it once",
@@ -181,25 +220,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     kc.add_argument("--access", choices=["read", "write"], default="read")
     kc.add_argument("--collections", default="*",
                     help="comma-separated collections, or * for all (default)")
-    kc.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    _catalog_of_server(kc)
     kc.set_defaults(func=_keys_create)
     kl = ksub.add_parser("list", help="list keys (ids, scopes; never secrets)",
                          description="List API keys: id, name, access, collections, created, "
                                      "revoked.")
-    kl.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    _catalog_of_server(kl)
     kl.set_defaults(func=_keys_list)
     kr = ksub.add_parser("revoke", help="revoke a key by id",
                          description="Revoke an API key by its id (the part after isk_); "
                                      "running servers refuse it within their auth cache time.")
     kr.add_argument("key_id")
-    kr.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue URL")
+    _catalog_of_server(kr)
     kr.set_defaults(func=_keys_revoke)
+
+
+def _catalog_of_server(p: argparse.ArgumentParser) -> None:
+    """--config and --catalog: commands beside a server use the server's catalogue."""
+    from service.health_check import add_config_argument
+
+    add_config_argument(p)
+    p.add_argument("--catalog", dest="catalog_url", default=None,
+                   help=f"catalogue URL (default: the server's, from --config or "
+                        f"IMGSIM_SERVE_CATALOG_URL, else {DEFAULT_CATALOG})")
+
+
+def _serve_until_stopped(cfg) -> int:
+    """serve_forever; a server that could not load its model, index or catalogue exits 2
+    (a bad file or setting) or 1 (anything else) with one line."""
+    from service.server import StartupError, serve_forever
+
+    try:
+        serve_forever(cfg)
+    except StartupError as e:
+        print(f"imgsim serve: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e.__cause__, OSError | ValueError) else 1
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.config import load_serve_config
     from service.logs import use_json_logs
-    from service.server import serve_forever
 
     flags = {k: getattr(args, k) for k in (
         "checkpoint", "index_root", "catalog_url", "host", "port", "max_workers", "max_batch",
@@ -211,13 +272,12 @@ def _serve(args: argparse.Namespace) -> int:
                                                    "catalog_url": DEFAULT_CATALOG}, **flags)
     if cfg.log_format == "json":
         use_json_logs()
-    serve_forever(cfg)
-    return 0
+    return _serve_until_stopped(cfg)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from service.config import ServeConfig
     from service.demo import prepare_demo
-    from service.server import ServeConfig, serve_forever
 
     demo = prepare_demo(args.root, data=args.data)
     if args.prepare_only:
@@ -240,9 +300,9 @@ imgsim demo ({demo.data}): serving on {server}. In another shell, try:
 Held-out query images (never trained on, never indexed): {demo.root / 'queries'}
 Ctrl-C stops the server.
 """, flush=True)
-    serve_forever(ServeConfig(checkpoint=str(demo.checkpoint), index_root=str(demo.index_root),
-                              catalog_url=demo.catalog_url, host=args.host, port=args.port))
-    return 0
+    return _serve_until_stopped(ServeConfig(
+        checkpoint=str(demo.checkpoint), index_root=str(demo.index_root),
+        catalog_url=demo.catalog_url, host=args.host, port=args.port))
 
 
 def _client(args: argparse.Namespace):
@@ -288,24 +348,36 @@ def _upsert_images(args: argparse.Namespace):
     from training.data import list_image_folder
 
     meta = _meta(args.meta)
+    seen: dict[str, Path] = {}
     for p in map(Path, args.paths):
         if p.is_dir():
-            for s in list_image_folder(p):
-                f = Path(s.path)
-                yield UpsertImage(f.relative_to(p).with_suffix("").as_posix(), f, s.label, meta,
-                                  args.collection)
+            found = [(Path(s.path).relative_to(p).with_suffix("").as_posix(), Path(s.path),
+                      s.label) for s in list_image_folder(p)]
         elif p.is_file():
-            yield UpsertImage(p.stem, p, args.label, meta, args.collection)
+            found = [(p.stem, p, args.label)]
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
+        for key, f, label in found:
+            if key in seen and seen[key].resolve() != f.resolve():
+                # one stream, one key: the second image would silently replace the first
+                raise ValueError(f"{seen[key]} and {f} would both get key {key!r} (keys are "
+                                 f"file names without extension); rename one or upsert "
+                                 f"them separately")
+            if key not in seen:
+                seen[key] = f
+                yield UpsertImage(key, f, label, meta, args.collection)
 
 
 def _upsert(args: argparse.Namespace) -> int:
     images = list(_upsert_images(args))  # resolve paths before streaming: fail early
     with _client(args) as c:
         r = c.upsert(images)
-    print(f"{r.inserted} inserted, {r.updated} updated, {r.unchanged} unchanged; index "
-          f"{r.index_version} now holds {r.count} images")
+    # the reply counts new, replaced and unchanged images but does not say which key is which
+    print(f"{len(images)} image(s) sent: {r.inserted} inserted, {r.updated} updated, "
+          f"{r.unchanged} unchanged; index {r.index_version} now holds {r.count} images")
+    print(f"{'key':<32} {'label':<16} file")
+    for im in images:
+        print(f"{im.key:<32} {im.label or '-':<16} {im.image}")
     return 0
 
 
@@ -360,6 +432,7 @@ def _health(args: argparse.Namespace) -> int:
 def _blobs_gc(args: argparse.Namespace) -> int:
     from indexer.catalog import DEFAULT_COLLECTION, open_catalog
     from indexer.versions import read_manifest
+    from service.config import require_catalog
     from service.store import DEFAULT_GC_MIN_AGE, BlobStore, blob_root, sweep_blobs
 
     cfg = _server_settings(args.config, catalog_url=args.catalog_url, blob_dir=args.blob_dir)
@@ -367,6 +440,7 @@ def _blobs_gc(args: argparse.Namespace) -> int:
     min_age = DEFAULT_GC_MIN_AGE if args.min_age_seconds is None else args.min_age_seconds
     if min_age < 0:
         raise ValueError(f"--min-age-seconds must be >= 0, got {min_age}")
+    require_catalog(cfg.catalog_url)  # a sweep against a new, empty catalogue would delete all
     sessions = open_catalog(cfg.catalog_url)
     for root in roots:
         collection = read_manifest(root).collection or DEFAULT_COLLECTION
@@ -380,24 +454,35 @@ def _blobs_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_sessions(url: str):
+def _key_sessions(args: argparse.Namespace, *, create: bool = False):
+    """(sessions, URL) of the server's catalogue (its settings, or --catalog). Listing and
+    revoking never create one (a missing catalogue is an error); ``create`` (a new key) may,
+    as `imgsim index build` would, and the caller says where the key went."""
     from indexer.catalog import open_catalog
     from indexer.cli import _ensure_sqlite_dir
+    from service.config import require_catalog
     from service.store import ensure_service_tables
 
-    _ensure_sqlite_dir(url)
+    url = _server_settings(args.config, catalog_url=args.catalog_url).catalog_url
+    if create:
+        _ensure_sqlite_dir(url)
+    else:
+        require_catalog(url)
     sessions = open_catalog(url)
     ensure_service_tables(sessions)
-    return sessions
+    return sessions, url
 
 
 def _keys_create(args: argparse.Namespace) -> int:
     from service.auth import create_api_key
+    from service.config import safe_url
 
-    with _key_sessions(args.catalog).begin() as s:
+    sessions, url = _key_sessions(args, create=True)
+    with sessions.begin() as s:
         key, row = create_api_key(s, name=args.name, access=args.access,
                                   collections=args.collections.split(","))
-        print(f"created key {row.key_id} ({row.access} on {row.collections}) for {row.name!r}.")
+        print(f"created key {row.key_id} ({row.access} on {row.collections}) for {row.name!r} "
+              f"in {safe_url(url)}.")
     print("The key (shown only now; the catalogue keeps its hash):")
     print(key)
     return 0
@@ -406,7 +491,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     from service.auth import list_api_keys
 
-    with _key_sessions(args.catalog)() as s:
+    with _key_sessions(args)[0]() as s:
         rows = list_api_keys(s)
     print(f"{'id':<14} {'access':<6} {'collections':<24} {'created':<20} {'revoked':<20} name")
     for r in rows:
@@ -419,7 +504,7 @@ def _keys_list(args: argparse.Namespace) -> int:
 def _keys_revoke(args: argparse.Namespace) -> int:
     from service.auth import revoke_api_key
 
-    with _key_sessions(args.catalog).begin() as s:
+    with _key_sessions(args)[0].begin() as s:
         row = revoke_api_key(s, args.key_id)
         print(f"revoked {row.key_id} ({row.name!r})")
     return 0

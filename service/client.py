@@ -16,13 +16,33 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 ImageLike = str | bytes | Path
 
 
+def looks_like_path(image: str | Path) -> bool:
+    """A ``Path``, or a string that is anchored (``/x``, ``./x``, ``../x``, ``~/x``) or ends
+    in an image file extension. A separator alone is not enough: catalogue keys are
+    ``<label>/<name>`` (the image's path below its folder, without extension)."""
+    if isinstance(image, Path):
+        return True
+    from PIL import Image
+
+    p = Path(image)
+    return (p.is_absolute() or image.startswith(("./", "../", "~", ".\\", "..\\"))
+            or p.suffix.lower() in Image.registered_extensions())
+
+
 def image_ref(image: ImageLike, *, collection: str = "") -> pb.ImageRef:
-    """bytes -> inline image; an existing file path -> its bytes; any other string -> a key."""
+    """bytes -> inline image; an existing file path -> its bytes; a directory, or a path that
+    names no file (see :func:`looks_like_path`) -> IsADirectoryError or FileNotFoundError,
+    saying which path was tried; any other string -> a catalogue key."""
     if isinstance(image, bytes):
         return pb.ImageRef(data=image, collection=collection)
-    p = Path(image)
+    p = Path(image).expanduser()
     if p.is_file():
         return pb.ImageRef(data=p.read_bytes(), collection=collection)
+    tried = f" (tried {p.resolve()})" if str(p.resolve()) != str(image) else ""
+    if p.is_dir():
+        raise IsADirectoryError(f"{image} is a directory, not an image file{tried}")
+    if looks_like_path(image):
+        raise FileNotFoundError(f"no such image file: {image}{tried}")
     return pb.ImageRef(key=str(image), collection=collection)
 
 

@@ -126,3 +126,65 @@ def load_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] 
         raise ValueError(f"serve config: missing {', '.join(missing)} (flag, file or "
                          f"{ENV_PREFIX}<NAME>)")
     return ServeConfig(**values)
+
+
+# How each setting that names a file or database is given, for error messages.
+_FLAGS = {"checkpoint": "--checkpoint", "index_root": "--index-root", "catalog_url": "--catalog"}
+
+
+def how_to_set(name: str) -> str:
+    """'set it with --catalog, IMGSIM_SERVE_CATALOG_URL or catalog_url in the --config file'."""
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return f"set it with {flag}, {ENV_PREFIX}{name.upper()} or {name} in the --config file"
+
+
+def safe_url(url: str) -> str:
+    """A database URL with its password hidden, for messages and logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def require_catalog(url: str, *, how: str | None = None) -> None:
+    """ValueError unless the catalogue database at ``url`` exists and answers a connection.
+
+    Never creates one: a SQLite file that is not there would otherwise be created empty
+    (SQLite's default) and a command run from the wrong folder would silently act on a new,
+    empty catalogue instead of the server's. ``how`` says how to point at the right one
+    (default: the server's flag, environment variable and config setting)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from indexer.catalog import make_engine
+
+    how = how or how_to_set("catalog_url")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"catalogue URL {url!r} is not a database URL (e.g. "
+                         f"sqlite:///var/catalog.db or postgresql+psycopg://host/db); {how}"
+                         ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if path.is_dir():
+            raise ValueError(f"catalogue {url}: {path} is a directory, not a database; {how}")
+        if not path.is_file():
+            where = f" (from {Path.cwd()})" if not path.is_absolute() else ""
+            raise ValueError(f"no catalogue at {url}: {path}{where} does not exist; {how} "
+                             f"(`imgsim index build` creates one)")
+    engine = None
+    try:
+        engine = make_engine(url)
+        with engine.connect():
+            pass
+    except (SQLAlchemyError, ImportError) as e:  # unreachable server, bad credentials, driver
+        reason = getattr(e, "orig", None) or e
+        first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(e).__name__
+        raise ValueError(f"cannot open catalogue {safe_url(url)}: {first}; {how}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()

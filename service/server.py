@@ -18,7 +18,11 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from indexer.catalog import open_catalog
 from indexer.versions import load_index_version
 from service.auth import Authenticator
-from service.config import ServeConfig, load_serve_config  # noqa: F401  (public here too)
+from service.config import (  # noqa: F401  (ServeConfig, load_serve_config: public here too)
+    ServeConfig,
+    load_serve_config,
+    require_catalog,
+)
 from service.core import CoreObserver, SimilarityCore
 from service.jobs.server import register_job_service
 from service.metrics import Metrics
@@ -133,7 +137,10 @@ class Server:
         try:
             self._loaded(load_core(self.cfg, observer=self.metrics))
         except BaseException as e:  # reported through health and the log; the server stays up
-            log.exception("loading model/index failed")
+            if isinstance(e, OSError | ValueError):  # a bad setting or file: its message says
+                log.error("loading model/index failed: %s", e)
+            else:
+                log.exception("loading model/index failed")
             self.load_error = e
             self.ready.set()
 
@@ -168,8 +175,16 @@ class Server:
         self.grpc.wait_for_termination()
 
 
+class StartupError(Exception):
+    """The server could not load what it serves (model, index or catalogue) and stopped."""
+
+
 def serve_forever(cfg: ServeConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain gracefully and return."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully and return. A model, index or
+    catalogue that cannot be loaded stops the server with StartupError (a process that
+    answered NOT_SERVING forever would look alive to everything but its health check);
+    a load still in progress is waited for."""
+    require_catalog(cfg.catalog_url)  # before binding: never serve a new, empty catalogue
     server = Server(cfg)
     stopper: list[threading.Thread] = []
 
@@ -183,6 +198,12 @@ def serve_forever(cfg: ServeConfig) -> None:
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
+    while not server.ready.wait(0.2) and not stopper:  # short waits: signals get through
+        pass
+    if server.load_error is not None and not stopper:
+        server.stop(0)
+        first = str(server.load_error).strip().splitlines() or [type(server.load_error).__name__]
+        raise StartupError(f"cannot serve: {first[0]}") from server.load_error
     server.wait()
     for t in stopper:
         t.join()

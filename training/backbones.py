@@ -121,7 +121,7 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[s
     """Load local weights into ``model.backbone`` (no downloads). Keys may be a plain
     torchvision state dict or prefixed with ``backbone.``; the classifier is ignored.
     Returns (missing, unexpected) keys."""
-    from training.checkpoint import CheckpointError, torch_load_file
+    from training.checkpoint import CheckpointError, checkpoint_fields, torch_load_file
 
     state = torch_load_file(path, what="backbone weights file")  # bad file: CheckpointError
     if not isinstance(state, dict):
@@ -131,5 +131,10 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[s
         state = state["state_dict"]
     state = {k.removeprefix("backbone."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-    result = model.backbone.load_state_dict(state, strict=False)
+    wanted = set(model.backbone.state_dict())
+    if not wanted & set(state):  # nothing would load: training would silently start from scratch
+        raise CheckpointError(f"{path} holds no weights of this backbone (none of its "
+                              f"{len(state)} tensor names match; e.g. {sorted(wanted)[:1]})")
+    with checkpoint_fields(path, "backbone weights file"):  # shapes of another architecture
+        result = model.backbone.load_state_dict(state, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)

@@ -171,6 +171,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (a missing path or a directory: an error that says which)."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a file")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"file not found: {path}")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

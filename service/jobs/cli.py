@@ -32,9 +32,7 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     jsub = j.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
 
     def target(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--catalog", default=DEFAULT_CATALOG,
-                       help="catalogue DB URL holding the jobs table (env IMGSIM_CATALOG_URL; "
-                            "default %(default)s)")
+        _catalog_of_server(p)
         p.add_argument("--server", default=DEFAULT_SERVER or None,
                        help="HOST:PORT: go through the server's gRPC JobService instead of "
                             "the DB (env IMGSIM_SERVER)")
@@ -52,7 +50,8 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--params-json", default=None, help="all parameters as one JSON object")
 
     k = jsub.add_parser("kinds", help="list job kinds and their parameters",
-                        description="List every job kind with its parameters and defaults.")
+                        description="List every job kind with its parameters: type, default "
+                                    "and what each does.")
     k.set_defaults(func=_kinds)
 
     s = jsub.add_parser("submit", help="queue a job", description="Queue a job for a worker; "
@@ -86,7 +85,7 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     w = jsub.add_parser("worker", help="run queued jobs (outside the server)",
                         description="Claim queued jobs from the catalogue DB and run them. "
                                     "Several workers (processes or hosts) may share one DB.")
-    w.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalogue DB URL")
+    _catalog_of_server(w)
     w.add_argument("--artifacts", default=None,
                    help="folder for job outputs (env IMGSIM_JOBS_ROOT; default var/jobs)")
     w.add_argument("--concurrency", type=int, default=1, help="jobs run at the same time")
@@ -112,6 +111,31 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run)
 
 
+def _catalog_of_server(p: argparse.ArgumentParser) -> None:
+    from service.health_check import add_config_argument
+
+    add_config_argument(p)
+    p.add_argument("--catalog", default=None,
+                   help="catalogue DB URL holding the jobs table (default: the server's, from "
+                        f"--config or IMGSIM_SERVE_CATALOG_URL, else {DEFAULT_CATALOG})")
+
+
+def _catalog_url(args: argparse.Namespace, *, create: bool) -> str:
+    """The catalogue of the server these jobs run beside (its settings, or --catalog).
+    ``create``: a SQLite file may be created (queueing and running jobs without a server);
+    else it must exist (reading or cancelling jobs never creates a database)."""
+    from indexer.cli import _ensure_sqlite_dir
+    from service.cli import _server_settings
+    from service.config import require_catalog
+
+    url = _server_settings(args.config, catalog_url=args.catalog).catalog_url
+    if create:
+        _ensure_sqlite_dir(url)
+    else:
+        require_catalog(url)
+    return url
+
+
 def _parse_params(args: argparse.Namespace) -> dict:
     out: dict = {}
     if args.params_json:
@@ -130,22 +154,21 @@ def _parse_params(args: argparse.Namespace) -> dict:
     return out
 
 
-def _core(args: argparse.Namespace):
-    from indexer.cli import _ensure_sqlite_dir
+def _core(args: argparse.Namespace, *, create: bool):
     from service.jobs.core import JobsCore
     from service.jobs.store import open_job_store
 
-    _ensure_sqlite_dir(args.catalog)
-    return JobsCore(open_job_store(args.catalog))
+    return JobsCore(open_job_store(_catalog_url(args, create=create)))
 
 
-def _backend(args: argparse.Namespace):
-    """The gRPC client when --server is given, else the core on the DB; both answer JobInfo."""
+def _backend(args: argparse.Namespace, *, create: bool = False):
+    """The gRPC client when --server is given, else the core on the DB; both answer JobInfo.
+    ``create``: see :func:`_catalog_url`."""
     if args.server:
         from service.jobs.client import JobClient
 
         return JobClient(args.server, api_key=args.api_key, tls_ca=args.tls_ca)
-    return _CoreBackend(_core(args))
+    return _CoreBackend(_core(args, create=create))
 
 
 class _CoreBackend:
@@ -204,7 +227,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     from service.jobs.store import TERMINAL
 
-    with _backend(args) as b:
+    with _backend(args, create=True) as b:
         job = b.submit(args.kind, _parse_params(args))
         print(f"submitted job {job.id} ({job.kind})")
         while args.wait and job.state not in TERMINAL:
@@ -240,25 +263,27 @@ def _cancel(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import signal
 
-    from indexer.cli import _ensure_sqlite_dir
     from service.jobs.context import JobDefaults
     from service.jobs.worker import JobWorker, WorkerConfig, default_artifacts_root
+    from training.checkpoint import load_checkpoint
 
-    _ensure_sqlite_dir(args.catalog)
-    cfg = WorkerConfig(catalog_url=args.catalog,
+    if args.checkpoint:  # fail now, not on the first job that needs it
+        load_checkpoint(args.checkpoint)
+    catalog = _catalog_url(args, create=True)
+    cfg = WorkerConfig(catalog_url=catalog,
                        artifacts_root=args.artifacts or default_artifacts_root(),
                        concurrency=args.concurrency, poll_seconds=args.poll,
                        lease_seconds=args.lease, heartbeat_seconds=args.lease / 8,
                        defaults=JobDefaults(checkpoint=args.checkpoint,
                                             index_root=args.index_root,
-                                            catalog_url=args.catalog, data_root=args.data_root))
+                                            catalog_url=catalog, data_root=args.data_root))
     worker = JobWorker(cfg)
     if args.once:
         done = worker.run_until_empty()
         print(f"ran {len(done)} job(s): {done}")
         return 0
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(wait=False))
-    log.info("job worker %s polling %s", worker.name, args.catalog)
+    log.info("job worker %s polling %s", worker.name, catalog)
     worker.run_forever()
     return 0
 
