@@ -1,5 +1,7 @@
 # imgsim service image: CPU-only torch, non-root, gRPC health check.
 # Build: docker build -t imgsim .    Run: docker run -p 50051:50051 -v $PWD/var:/app/var imgsim
+# A bind-mounted var/ must be writable by uid 10001 (sudo chown -R 10001 var), or run with
+# --user "$(id -u):$(id -g)"; otherwise the demo stops with a message saying so (README).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -27,7 +29,11 @@ EXPOSE 50051
 # `imgsim health` (here as its light module: no torch import) reads the server's settings
 # (IMGSIM_SERVE_* variables, IMGSIM_SERVE_CONFIG): set port and TLS files there, not as flags,
 # and the check follows them, TLS included.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+# Start period: the demo's first start (training included) took 15-16 s to SERVING on a busy
+# 2-core machine; with one training job beside it the old demo ran 10x slower, ~2.5 min now.
+# Failed probes in the start period do not count and the first success ends it, so a long one
+# costs a healthy start nothing (a start that fails exits the container instead).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=240s --retries=3 \
   CMD ["python", "-m", "service.health_check", "--timeout", "4"]
 
 # Default: the demo (trains a small model on real digits on first start, then serves).

@@ -3,13 +3,19 @@
 Default data: scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside the package,
 so any fresh machine has them). ``IMGSIM_DEMO_DATA=PATH`` points at any image folder instead
 (``PATH/<label>/<image>``, e.g. LFW). A few images per class are held out as queries the model
-and the index never saw.
+and the index never saw, written as ``<root>/queries/<label>__<n>.<ext>`` (n = 1, 2, ...): the
+names the README's example commands use, whichever images the hold-out drew.
+
+Training is short on purpose: on the digits, the held-out classes' MAP@R peaks after about
+20-30 steps and then falls (0.84 after 20 steps, 0.60 after 160, see git log), so the demo
+trains 2 epochs of 15 steps and keeps the better epoch by validation MAP@R.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,9 @@ from training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
+DEMO_FORMAT = 2  # demo.json layout and query names; another value rebuilds the demo
+IMAGE_UID = 10001  # the Dockerfile's user
+
 
 @dataclass(frozen=True)
 class Demo:
@@ -32,6 +41,17 @@ class Demo:
     catalog_url: str
     queries: list[Path]
     data: str
+    query_sources: tuple[str, ...] = ()  # catalogue key each query was drawn from (label/name)
+
+
+def query_name(label: str, n: int, suffix: str) -> str:
+    """File name of the n-th (1-based) held-out query of ``label``: ``3__1.png``."""
+    return f"{label}__{n}{suffix.lower()}"
+
+
+def query_label(path: str | Path) -> str:
+    """The label a query file name carries (:func:`query_name`'s inverse)."""
+    return Path(path).name.rsplit("__", 1)[0]
 
 
 def export_digits(dest: Path, *, size: int = 32) -> None:
@@ -44,6 +64,29 @@ def export_digits(dest: Path, *, size: int = 32) -> None:
         out.mkdir(parents=True, exist_ok=True)
         arr = (img / 16.0 * 255).astype(np.uint8)
         Image.fromarray(arr, "L").resize((size, size), Image.BILINEAR).save(out / f"{i:04d}.png")
+
+
+def not_writable_message(folder: Path, *, what: str) -> str:
+    """Why ``folder`` cannot be used and how to fix it (a root-owned bind mount, usually)."""
+    try:
+        owner = f", owned by uid {folder.stat().st_uid}"
+    except OSError:
+        owner = ""
+    uid = os.getuid() if hasattr(os, "getuid") else "?"
+    return (f"{folder} is not writable by this user (uid {uid}){owner}; {what}. Make it "
+            f"writable for uid {uid} (for a bind-mounted var/ of the Docker image, whose user "
+            f"is uid {IMAGE_UID}: `sudo chown -R {IMAGE_UID} var` on the host), run as its "
+            f"owner (`docker run --user $(id -u) ...`), or choose another folder")
+
+
+def require_writable(path: str | Path, *, what: str) -> None:
+    """Raise PermissionError (a clear message, see :func:`not_writable_message`) unless
+    ``path``, or where it does not exist yet its nearest existing parent, can be written."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(not_writable_message(folder, what=what))
 
 
 def _hold_out(samples: list[Sample], *, per_class: int, max_classes: int, seed: int = 0):
@@ -61,40 +104,49 @@ def _hold_out(samples: list[Sample], *, per_class: int, max_classes: int, seed: 
 
 
 def prepare_demo(root: str | Path = "var/demo", *, data: str | None = None,
-                 epochs: int = 4) -> Demo:
-    """Build (once) the demo model and index under ``root``; later calls reuse them."""
+                 epochs: int | None = None) -> Demo:
+    """Build (once) the demo model and index under ``root``; later calls reuse them. A root
+    that cannot be written raises PermissionError naming the folder and the fix."""
     root = Path(root)
     done = root / "demo.json"
     if done.is_file():
         info = json.loads(done.read_text())
-        if info.get("data") == (data or "sklearn-digits"):
+        if info.get("data") == (data or "sklearn-digits") and info.get("format") == DEMO_FORMAT:
             return _demo_from(root, info)
-        log.info("demo data changed: rebuilding %s", root)
+        log.info("demo data or layout changed: rebuilding %s", root)
+    what = "the demo writes its model, index and catalogue there"
+    require_writable(root, what=what)
+    try:
+        return _build(root, data=data, epochs=epochs)
+    except PermissionError as e:  # a sub-folder owned by someone else, a read-only mount
+        folder = Path(e.filename).parent if e.filename else root
+        raise PermissionError(not_writable_message(folder, what=what)) from e
+
+
+def _build(root: Path, *, data: str | None, epochs: int | None) -> Demo:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    done = root / "demo.json"
     if data is None:
         src = root / "digits"
         export_digits(src)
         # contrastive (margin 0.5) gives distances on a readable scale; batch-hard triplet at
-        # this learning rate collapsed the embedding on the digits (measured, see git log)
+        # this learning rate collapsed the embedding on the digits (measured, see git log).
+        # Held-out MAP@R peaks after 20-30 steps: 2 x 15 steps, the better epoch kept.
         tcfg = dict(arch="smallcnn", input_size=32, embedding_dim=64, p=10, k=8, loss="contrastive",
-                    margin=0.5, steps_per_epoch=40, epochs=epochs, num_workers=0, val_fraction=0.2)
+                    margin=0.5, steps_per_epoch=15, epochs=epochs or 2, num_workers=0,
+                    val_fraction=0.2, val_metric="map@r", tensorboard=False)
         per_class, max_classes = 3, 10
     else:
         src = Path(data)
         tcfg = dict(arch="smallcnn", input_size=64, embedding_dim=128, p=16, k=4,
-                    steps_per_epoch=60, epochs=epochs, num_workers=2, val_fraction=0.1)
+                    steps_per_epoch=60, epochs=epochs or 4, num_workers=2, val_fraction=0.1,
+                    val_metric="map@r", tensorboard=False)
         per_class, max_classes = 1, 20
     samples = list_image_folder(src)
     rest, queries = _hold_out(samples, per_class=per_class, max_classes=max_classes)
-    qdir = root / "queries"
-    qdir.mkdir()
-    qpaths = []
-    for q in queries:
-        dst = qdir / f"{q.label}__{Path(q.path).name}"
-        shutil.copyfile(q.path, dst)
-        qpaths.append(dst)
+    qpaths = write_queries(root / "queries", queries)
     log.info("training the demo model on %d images (%d held out as queries)", len(rest), len(queries))
     ckpt = train(TrainConfig(data=str(src), out=str(root / "model"), name="demo", **tcfg),
                  samples=rest)
@@ -102,13 +154,29 @@ def prepare_demo(root: str | Path = "var/demo", *, data: str | None = None,
     build_index(BuildConfig(checkpoint=str(ckpt), images=str(src), index_root=str(root / "index"),
                             catalog_url=catalog_url, num_workers=tcfg["num_workers"]),
                 samples=rest)
-    info = {"data": data or "sklearn-digits", "checkpoint": str(ckpt.resolve()),
+    info = {"format": DEMO_FORMAT, "data": data or "sklearn-digits",
+            "checkpoint": str(ckpt.resolve()),
             "index_root": str((root / "index").resolve()), "catalog_url": catalog_url,
-            "queries": [str(p.resolve()) for p in qpaths]}
+            "queries": [str(p.resolve()) for p in qpaths],
+            "query_sources": [f"{q.label}/{Path(q.path).stem}" for q in queries]}
     done.write_text(json.dumps(info, indent=2))
     return _demo_from(root, info)
 
 
+def write_queries(qdir: Path, queries: list[Sample]) -> list[Path]:
+    """Copy the held-out images to ``qdir`` under their stable names (:func:`query_name`)."""
+    qdir.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, int] = {}
+    paths = []
+    for q in queries:
+        seen[q.label] = seen.get(q.label, 0) + 1
+        dst = qdir / query_name(q.label, seen[q.label], Path(q.path).suffix)
+        shutil.copyfile(q.path, dst)
+        paths.append(dst)
+    return paths
+
+
 def _demo_from(root: Path, info: dict) -> Demo:
     return Demo(root, Path(info["checkpoint"]), Path(info["index_root"]), info["catalog_url"],
-                [Path(q) for q in info["queries"]], info["data"])
+                [Path(q) for q in info["queries"]], info["data"],
+                tuple(info.get("query_sources", ())))
