@@ -261,6 +261,7 @@ def _serve_until_stopped(cfg) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from service.config import load_serve_config
     from service.logs import use_json_logs
+    from service.writable import require_serving_writable
 
     flags = {k: getattr(args, k) for k in (
         "checkpoint", "index_root", "catalog_url", "host", "port", "max_workers", "max_batch",
@@ -272,6 +273,7 @@ def _serve(args: argparse.Namespace) -> int:
                                                    "catalog_url": DEFAULT_CATALOG}, **flags)
     if cfg.log_format == "json":
         use_json_logs()
+    require_serving_writable(cfg)  # a root-owned var/: the folder and the fix, not a traceback
     return _serve_until_stopped(cfg)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ import numpy as np
 from PIL import Image
 
 from indexer.build import BuildConfig, build_index
+from service.writable import not_writable_message, require_writable
 from training.data import Sample, list_image_folder
 from training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
 DEMO_FORMAT = 2  # demo.json layout and query names; another value rebuilds the demo
-IMAGE_UID = 10001  # the Dockerfile's user
 
 
 @dataclass(frozen=True)
@@ -64,29 +63,6 @@ def export_digits(dest: Path, *, size: int = 32) -> None:
         out.mkdir(parents=True, exist_ok=True)
         arr = (img / 16.0 * 255).astype(np.uint8)
         Image.fromarray(arr, "L").resize((size, size), Image.BILINEAR).save(out / f"{i:04d}.png")
-
-
-def not_writable_message(folder: Path, *, what: str) -> str:
-    """Why ``folder`` cannot be used and how to fix it (a root-owned bind mount, usually)."""
-    try:
-        owner = f", owned by uid {folder.stat().st_uid}"
-    except OSError:
-        owner = ""
-    uid = os.getuid() if hasattr(os, "getuid") else "?"
-    return (f"{folder} is not writable by this user (uid {uid}){owner}; {what}. Make it "
-            f"writable for uid {uid} (for a bind-mounted var/ of the Docker image, whose user "
-            f"is uid {IMAGE_UID}: `sudo chown -R {IMAGE_UID} var` on the host), run as its "
-            f"owner (`docker run --user $(id -u) ...`), or choose another folder")
-
-
-def require_writable(path: str | Path, *, what: str) -> None:
-    """Raise PermissionError (a clear message, see :func:`not_writable_message`) unless
-    ``path``, or where it does not exist yet its nearest existing parent, can be written."""
-    folder = Path(path).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(not_writable_message(folder, what=what))
 
 
 def _hold_out(samples: list[Sample], *, per_class: int, max_classes: int, seed: int = 0):

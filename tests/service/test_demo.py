@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 import service.demo
+import service.writable
 from imgsim.cli import main
 from service.client import SimilarityClient
 
@@ -106,7 +107,7 @@ def test_unwritable_root_is_one_clear_line_naming_the_folder_and_the_fix(tmp_pat
     var = tmp_path / "var"
     var.mkdir()
     real_access = os.access
-    monkeypatch.setattr(service.demo.os, "access",
+    monkeypatch.setattr(service.writable.os, "access",
                         lambda p, mode: False if Path(p) == var else real_access(p, mode))
     monkeypatch.setattr(service.demo, "train", _no_training)
     monkeypatch.setattr(service.demo, "export_digits", _no_training)
