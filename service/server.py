@@ -24,6 +24,7 @@ from service.config import (  # noqa: F401  (ServeConfig, load_serve_config: pub
     require_catalog,
 )
 from service.core import CoreObserver, SimilarityCore
+from service.interceptors import MalformedRequests
 from service.jobs.server import register_job_service
 from service.metrics import Metrics
 from service.mutations import recover_interrupted_change
@@ -101,7 +102,8 @@ class Server:
                 ("grpc.so_reuseport", 0)]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                            thread_name_prefix="grpc"),
-                                options=opts, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+                                options=opts, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+                                interceptors=[MalformedRequests(self.metrics)])
         names = [register(self.grpc, self)
                  for register in (SERVICER_REGISTRARS if registrars is None else registrars)]
         self.health = health.HealthServicer()

@@ -94,6 +94,81 @@ class Caller:
         self.require("read", [r.collection for r in refs if r.key])
 
 
+# A deadline further than this is no deadline: a call without one reports a time remaining of
+# about 2**63 ns, past what a lock or a future can wait for (OverflowError).
+NO_DEADLINE_SECONDS = 365 * 24 * 3600.0
+INTERNAL_MESSAGE = "internal error (details in the server log)"
+
+
+def call_deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline on ``time.monotonic()``'s clock; None when it has none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_SECONDS:
+        return None
+    return time.monotonic() + remaining
+
+
+def ended_by_client(context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    """The status of a call the client's side ended: past its deadline, or cancelled. gRPC
+    also ends a request stream this way when a message is over the server's size limit (the
+    client then reads RESOURCE_EXHAUSTED, the server only that the stream was cancelled)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call was done"
+    return grpc.StatusCode.CANCELLED, ("the client's side ended the call: cancelled, or a "
+                                       "message over the server's size limit")
+
+
+class RpcCall:
+    """One RPC's outcome: the status code of its error, its log line and its metrics.
+
+    A client's error (a bad argument, an unknown key, a deadline, a cancelled or oversized
+    stream) is logged as a warning and counted under its own code; only a fault of the server
+    answers INTERNAL and is logged as an error with its traceback, so that alerts on INTERNAL
+    mean a fault."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext,
+                 metrics: Metrics | None) -> None:
+        self.method, self.context, self.metrics = method, context, metrics
+        self.principal: Principal | None = None
+
+    def run(self, fn: Callable[[], Any]):
+        """``fn()``'s result, or the abort of the call with the status of its error."""
+        t0 = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        try:
+            result = fn()
+        except ServiceError as e:
+            code, msg = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
+        except grpc.RpcError:  # raised by a request stream the client's side ended
+            code, msg = ended_by_client(self.context)
+        except Exception:
+            log.exception("%s failed", self.method, extra={"method": self.method})
+            code, msg = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        else:
+            code, msg = grpc.StatusCode.OK, ""
+            if not self.context.is_active():  # answered after the client gave up on it
+                code, msg = ended_by_client(self.context)
+            self._done(code, t0, msg)
+            return result
+        self._done(code, t0, msg)
+        self.context.abort(code, msg)
+
+    def _done(self, code: grpc.StatusCode, t0: float, msg: str) -> None:
+        seconds = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.in_flight.dec()
+            self.metrics.observe(self.method, code.name, seconds)
+        level = logging.DEBUG if code == grpc.StatusCode.OK else (
+            logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING)
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %.1fms %s", self.method, code.name, seconds * 1e3, msg,
+                    extra={"method": self.method, "code": code.name,
+                           "ms": round(seconds * 1e3, 2), "peer": self.context.peer(),
+                           "key_id": self.principal.key_id if self.principal else None})
+
+
 class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
     def __init__(self, core_provider: Callable[[], SimilarityCore | None], *,
                  authenticator: Authenticator | None = None,
@@ -105,43 +180,18 @@ class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
     def _handle(self, method: str, context: grpc.ServicerContext, fn: Handler):
         """Authenticate, run, map errors to status codes, record metrics; never raises
         anything but the abort of a failed call."""
-        t0 = time.perf_counter()
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
-        principal = None
-        try:
+        call = RpcCall(method, context, self.metrics)
+
+        def run():
             core = self._core()
             if core is None:
                 raise Unavailable("model and index are still loading")
             if self.auth is not None:
-                principal = self.auth.authenticate(key_from_metadata(context.invocation_metadata()))
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
-            result = fn(core, Caller(core, principal, deadline))
-        except ServiceError as e:
-            code, msg = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
-        except Exception:
-            log.exception("%s failed", method, extra={"method": method})
-            code, msg = grpc.StatusCode.INTERNAL, "internal error (details in the server log)"
-        else:
-            self._done(method, grpc.StatusCode.OK, t0, context, principal)
-            return result
-        self._done(method, code, t0, context, principal, msg)
-        context.abort(code, msg)
+                call.principal = self.auth.authenticate(
+                    key_from_metadata(context.invocation_metadata()))
+            return fn(core, Caller(core, call.principal, call_deadline(context)))
 
-    def _done(self, method: str, code: grpc.StatusCode, t0: float, context, principal,
-              msg: str = "") -> None:
-        seconds = time.perf_counter() - t0
-        if self.metrics is not None:
-            self.metrics.in_flight.dec()
-            self.metrics.observe(method, code.name, seconds)
-        level = logging.DEBUG if code == grpc.StatusCode.OK else (
-            logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO)
-        if log.isEnabledFor(level):
-            log.log(level, "%s %s %.1fms %s", method, code.name, seconds * 1e3, msg,
-                    extra={"method": method, "code": code.name, "ms": round(seconds * 1e3, 2),
-                           "peer": context.peer(),
-                           "key_id": principal.key_id if principal else None})
+        return call.run(run)
 
     # -- RPCs -----------------------------------------------------------------------------
     def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
@@ -204,6 +254,10 @@ class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
                 for r in request_iterator:
                     c.require("write", [r.collection])
                     yield UpsertItem(r.key, r.data, r.label, dict(r.metadata), r.collection)
+                # gRPC may end the iteration, not raise, when the client's side ended the call
+                # (cancelled, a message over the size limit): what came so far is not the stream
+                if not context.is_active():
+                    raise grpc.RpcError("the request stream was cut off")
 
             r = core.upsert(items(), deadline=c.deadline)
             return pb.UpsertResponse(inserted=r.inserted, updated=r.updated, unchanged=r.unchanged,

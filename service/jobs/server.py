@@ -19,6 +19,7 @@ from service.jobs.worker import JobWorker, WorkerConfig, default_artifacts_root
 
 if TYPE_CHECKING:
     from service.auth import Authenticator
+    from service.metrics import Metrics
     from service.server import Server
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,14 @@ def add_job_service(server: grpc.Server, catalog_url: str, *,
                     artifacts_root: str | None = None, worker_threads: int = 1,
                     defaults: JobDefaults | None = None,
                     poll_seconds: float = 1.0,
-                    authenticator: Authenticator | None = None) -> JobsRuntime:
+                    authenticator: Authenticator | None = None,
+                    metrics: Metrics | None = None) -> JobsRuntime:
     """Register JobService on ``server`` and start ``worker_threads`` job-running threads
     (0: none; jobs then wait for an `imgsim jobs worker` process on the same catalogue)."""
     sessions = open_job_store(catalog_url)
     core = JobsCore(sessions)
     jobs_pb_grpc.add_JobServiceServicer_to_server(
-        JobServicer(core, authenticator=authenticator), server)
+        JobServicer(core, authenticator=authenticator, metrics=metrics), server)
     worker = None
     if worker_threads > 0:
         worker = JobWorker(WorkerConfig(catalog_url=catalog_url,
@@ -73,6 +75,7 @@ def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
     threads = int(os.environ.get("IMGSIM_JOB_THREADS", "1"))
     runtime = add_job_service(
         grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
+        metrics=getattr(server, "metrics", None),
         defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
                              catalog_url=cfg.catalog_url, data_root=os.environ.get("IMGSIM_DATA")))
     hooks = getattr(server, "stop_hooks", None)
