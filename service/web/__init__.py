@@ -1,0 +1,1 @@
+"""The HTTP/JSON API and web console, served beside gRPC by the same process and core objects."""
