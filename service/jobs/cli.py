@@ -209,17 +209,44 @@ def _print_job(job, *, as_json: bool = False) -> None:
 
 def _kinds(args: argparse.Namespace) -> int:
     import dataclasses
+    import typing
 
-    from service.jobs.registry import load_builtin_kinds
+    from service.jobs.registry import load_builtin_kinds, param_help
 
     for name, kind in sorted(load_builtin_kinds().items()):
         print(f"{name}: {kind.help}")
+        hints = typing.get_type_hints(kind.params)
+        rows = []
         for f in dataclasses.fields(kind.params):
             default = ("(required)" if f.default is dataclasses.MISSING
                        and f.default_factory is dataclasses.MISSING else
-                       f"= {f.default!r}" if f.default is not dataclasses.MISSING else "")
-            print(f"    {f.name} {default}")
+                       f"= {json.dumps(_jsonable(f.default))}"
+                       if f.default is not dataclasses.MISSING else "")
+            rows.append((f"{f.name}: {_type_name(hints[f.name])} {default}", param_help(f)))
+        width = min(max((len(r[0]) for r in rows), default=0), 36)
+        for left, text in rows:  # a long declaration gets its description on the next line
+            print(f"    {left:<{width}}  {text}" if len(left) <= width else
+                  f"    {left}\n    {'':<{width}}  {text}")
     return 0
+
+
+def _type_name(tp) -> str:
+    """int, str, list of str, float or null: the parameter's type as -p takes it (JSON)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _jsonable(value):
+    """A default as -p takes it: JSON (tuples as lists, None as null)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _submit(args: argparse.Namespace) -> int:

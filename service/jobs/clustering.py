@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.jobs.context import JobContext
-from service.jobs.registry import register_job
+from service.jobs.registry import param, register_job
 
 
 def _l2n(v: np.ndarray) -> np.ndarray:
@@ -152,19 +152,24 @@ def cluster_gallery(samples: list[ClusterSample], paths: list[str], labels: list
 
 @dataclass(frozen=True)
 class ClusterParams:
-    checkpoint: str = ""      # default: the worker's model
-    images: str = ""          # image folder <label>/<file>; empty: the index below
-    index_root: str = ""
-    catalog_url: str = ""
-    method: str = "kmeans"
-    n_clusters: int = 0       # 0: the number of distinct labels (when known)
-    linkage: str = "average"
-    eps: float = 0.5
-    min_samples: int = 3
-    max_images: int = 2000
-    gallery_clusters: int = 12
-    gallery_per_cluster: int = 10
-    seed: int = 0
+    checkpoint: str = param("", "embedding model for 'images' (default: the worker's --checkpoint)")
+    images: str = param("", "image folder <label>/<file> to embed; empty: the index below")
+    index_root: str = param("", "index whose stored vectors are clustered (default: the worker's)")
+    catalog_url: str = param(
+        "", "catalogue of that index, for keys, paths and labels (default: the worker's)")
+    method: str = param("kmeans", "kmeans | agglomerative | dbscan")
+    n_clusters: int = param(
+        0, "clusters for kmeans/agglomerative (0: the number of distinct labels)")
+    linkage: str = param(
+        "average", "agglomerative linkage: average | complete | single (cosine) or ward")
+    eps: float = param(
+        0.5, "dbscan neighbourhood radius (Euclidean, between L2-normalised embeddings)")
+    min_samples: int = param(3, "dbscan: neighbours a core point needs")
+    max_images: int = param(2000, "cluster a random sample of at most this many images")
+    gallery_clusters: int = param(12, "largest clusters drawn in the gallery")
+    gallery_per_cluster: int = param(
+        10, "images drawn per cluster (nearest the centre, then random)")
+    seed: int = param(0, "seed of the sample, the clustering and the gallery's random picks")
 
 
 @register_job("cluster", ClusterParams,

@@ -24,6 +24,19 @@ class JobKind:
 JOB_KINDS: dict[str, JobKind] = {}
 
 
+def param(default: Any = dataclasses.MISSING, help: str = "", *,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A job parameter with its one-line description (``imgsim jobs kinds`` prints it):
+    ``perplexity: float = param(30.0, "t-SNE perplexity: ...")``."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help})
+
+
+def param_help(f: dataclasses.Field) -> str:
+    """The description given with :func:`param` ("" when none)."""
+    return str(f.metadata.get("help", ""))
+
+
 def register_job(name: str, params: type, help: str) -> Callable:
     """Decorator: ``@register_job("tsne", TsneParams, "...")`` on ``def run(params, ctx)``."""
     if not dataclasses.is_dataclass(params):

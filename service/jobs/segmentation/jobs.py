@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.jobs.context import JobContext
-from service.jobs.registry import register_job
+from service.jobs.registry import param, register_job
 from service.jobs.segmentation.train import DEFAULT_DATA, SegTrainConfig
 
 
@@ -16,7 +16,7 @@ from service.jobs.segmentation.train import DEFAULT_DATA, SegTrainConfig
 class SegTrainParams(SegTrainConfig):
     """segment-train: SegTrainConfig's fields; ``out`` defaults to the job's folder."""
 
-    out: str = ""
+    out: str = param("", "folder of the checkpoint (default: the job's own folder)")
 
 
 @register_job("segment-train", SegTrainParams,
@@ -37,13 +37,13 @@ def run_train(p: SegTrainParams, ctx: JobContext) -> None:
 
 @dataclass(frozen=True)
 class SegPredictParams:
-    checkpoint: str
-    images: tuple[str, ...] = ()     # image files; empty: the ISBI test slices
-    data: str = ""
-    threshold: float = 0.5
-    tile: int = 256
-    margin: int = 32
-    tta: bool = False
+    checkpoint: str = param(help="segmentation checkpoint (from a segment-train job)")
+    images: tuple[str, ...] = param((), "image files to segment; empty: the ISBI test slices")
+    data: str = param("", "ISBI 2012 folder when 'images' is empty (default: <data root>/isbi2012)")
+    threshold: float = param(0.5, "membrane probability above which a pixel is membrane, in (0, 1)")
+    tile: int = param(256, "tile size of overlap-tile inference (pixels)")
+    margin: int = param(32, "context margin around each tile (pixels)")
+    tta: bool = param(False, "average the 8 flips/rotations (8x slower)")
 
 
 @register_job("segment-predict", SegPredictParams,
@@ -63,14 +63,15 @@ def run_predict(p: SegPredictParams, ctx: JobContext) -> None:
 
 @dataclass(frozen=True)
 class SegEvalParams:
-    checkpoint: str
-    slices: str = "20-23"
-    data: str = ""
-    threshold: float = 0.5
-    tile: int = 256
-    margin: int = 32
-    tta: bool = False
-    grow_cells: bool = False  # Rand error of the cells grown over the predicted membrane
+    checkpoint: str = param(help="segmentation checkpoint (from a segment-train job)")
+    slices: str = param("20-23", "labelled slices to score, e.g. 20-23 or 0,5,7")
+    data: str = param("", "ISBI 2012 folder (default: <data root>/isbi2012)")
+    threshold: float = param(0.5, "membrane probability above which a pixel is membrane, in (0, 1)")
+    tile: int = param(256, "tile size of overlap-tile inference (pixels)")
+    margin: int = param(32, "context margin around each tile (pixels)")
+    tta: bool = param(False, "average the 8 flips/rotations (8x slower)")
+    grow_cells: bool = param(
+        False, "also the Rand error once predicted cells grow over predicted membrane")
 
 
 @register_job("segment-eval", SegEvalParams,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.jobs.registry import param
 from service.jobs.segmentation.data import (
     AugmentConfig,
     Slice,
@@ -39,29 +40,33 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    data: str = DEFAULT_DATA
-    out: str = "runs/seg"
-    arch: str = "unet"
-    upsampling: str = "transposed"
-    width: int = 16
-    depth: int = 4
-    train_slices: str = "0-19"
-    val_slices: str = "20-23"
-    tile: int = 128
-    batch_size: int = 8
-    steps: int = 600
-    max_seconds: float | None = None  # stop early when this wall time is spent
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    weight_map: str = "unet"  # none | balance | unet (class balance + touching-cell borders)
-    border_w0: float = 10.0   # U-Net weight map: w0 and sigma of the border term
-    border_sigma: float = 5.0
-    augment: bool = True
-    elastic_sigma: float = 10.0
-    seed: int = 0
-    eval_tile: int = 256
-    eval_margin: int = 32
-    threads: int | None = None  # torch intra-op threads (1 is fastest on a busy shared CPU)
+    data: str = param(DEFAULT_DATA, "ISBI 2012 folder (train-volume.tif, train-labels.tif)")
+    out: str = param("runs/seg", "folder of model.pt")
+    arch: str = param("unet", "unet | segnet")
+    upsampling: str = param(
+        "transposed", "decoder upsampling: transposed | nearest | unpool (segnet)")
+    width: int = param(16, "channels of the first level (doubled at each level)")
+    depth: int = param(4, "number of poolings")
+    train_slices: str = param("0-19", "slices trained on, e.g. 0-19")
+    val_slices: str = param("20-23", "held-out slices scored after training ('' for none)")
+    tile: int = param(128, "training tile size (pixels)")
+    batch_size: int = param(8, "tiles per step")
+    steps: int = param(600, "optimiser steps")
+    max_seconds: float | None = param(
+        None, "stop early when this wall time is spent (null: no limit)")
+    lr: float = param(2e-3, "AdamW learning rate")
+    weight_decay: float = param(1e-4, "AdamW weight decay")
+    weight_map: str = param(
+        "unet", "pixel weights: none | balance (of the classes) | unet (balance + cell borders)")
+    border_w0: float = param(10.0, "unet weight map: weight w0 of the border term")
+    border_sigma: float = param(5.0, "unet weight map: width sigma of the border term (pixels)")
+    augment: bool = param(True, "elastic deformation, flips and rotations of the tiles")
+    elastic_sigma: float = param(10.0, "smoothness of the elastic deformation (pixels)")
+    seed: int = param(0, "seed of tiles, augmentation and initialisation")
+    eval_tile: int = param(256, "tile size when scoring the held-out slices")
+    eval_margin: int = param(32, "context margin when scoring the held-out slices")
+    threads: int | None = param(
+        None, "torch threads (null: torch's default; 1 is fastest on a busy CPU)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from service.jobs.context import JobContext
-from service.jobs.registry import register_job
+from service.jobs.registry import param, register_job
 
 
 def _checkpoint(checkpoint: str, ctx: JobContext) -> str:
@@ -41,14 +41,16 @@ def embedding_source(ctx: JobContext, *, checkpoint: str, images: str, index_roo
 # -- t-SNE ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TsneParams:
-    checkpoint: str = ""
-    images: str = ""
-    index_root: str = ""
-    catalog_url: str = ""
-    perplexity: float = 30.0
-    sample: int = 1000        # points in the map
-    thumbnails: int = 40      # points drawn as thumbnails
-    seed: int = 0
+    checkpoint: str = param("", "embedding model for 'images' (default: the worker's --checkpoint)")
+    images: str = param("", "image folder <label>/<file> to embed; empty: the index below")
+    index_root: str = param("", "index whose stored vectors are mapped (default: the worker's)")
+    catalog_url: str = param(
+        "", "catalogue of that index, for keys, paths and labels (default: the worker's)")
+    perplexity: float = param(
+        30.0, "t-SNE perplexity: about how many neighbours each point keeps close")
+    sample: int = param(1000, "points in the map (a random sample)")
+    thumbnails: int = param(40, "points drawn as image thumbnails")
+    seed: int = param(0, "seed of the sample, t-SNE and the thumbnail picks")
 
 
 @register_job("tsne", TsneParams, "t-SNE map of a collection's embeddings, coloured by label, "
@@ -88,10 +90,11 @@ def run_tsne(p: TsneParams, ctx: JobContext) -> None:
 # -- filters and feature maps ---------------------------------------------------------------
 @dataclass(frozen=True)
 class FiltersParams:
-    checkpoint: str = ""
-    image: str = ""                  # feature maps of this image (optional)
-    layers: tuple[str, ...] = ()     # default: the first three ReLU layers
-    max_channels: int = 16
+    checkpoint: str = param("", "model (default: the worker's --checkpoint)")
+    image: str = param("", "also draw the feature maps of this image (optional)")
+    layers: tuple[str, ...] = param(
+        (), "module names of the feature maps (default: the first three ReLUs)")
+    max_channels: int = param(16, "feature maps drawn per layer")
 
 
 @register_job("filters", FiltersParams, "first-layer filters, and feature maps of chosen layers "
@@ -121,11 +124,13 @@ def run_filters(p: FiltersParams, ctx: JobContext) -> None:
 # -- DeconvNet / guided backprop ------------------------------------------------------------
 @dataclass(frozen=True)
 class ReconstructParams:
-    image: str
-    checkpoint: str = ""
-    layer: str = ""           # module name; "" = the model's output (class score / embedding)
-    channel: int = -1         # -1: the strongest channel
-    methods: tuple[str, ...] = ("deconvnet", "guided", "gradient")
+    image: str = param(help="input image file")
+    checkpoint: str = param("", "model (default: the worker's --checkpoint)")
+    layer: str = param(
+        "", "module name of the unit; '' = the model's output (class score / embedding)")
+    channel: int = param(-1, "channel of the unit (-1: the strongest for this image)")
+    methods: tuple[str, ...] = param(
+        ("deconvnet", "guided", "gradient"), "any of deconvnet, guided (guided backprop), gradient")
 
 
 @register_job("reconstruct", ReconstructParams,
@@ -154,19 +159,19 @@ def run_reconstruct(p: ReconstructParams, ctx: JobContext) -> None:
 # -- gradient ascent ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AscentParams:
-    checkpoint: str = ""
-    target: str = "channel"   # channel (of a layer) | output (class score / embedding unit) |
-                              # direction (towards the embedding of direction_image)
-    layer: str = ""
-    index: int = 0            # channel or output index
-    direction_image: str = ""
-    steps: int = 200
-    lr: float = 0.05
-    jitter: int = 4
-    blur_sigma: float = 0.5
-    blur_every: int = 4
-    decay: float = 1e-3
-    seed: int = 0
+    checkpoint: str = param("", "model (default: the worker's --checkpoint)")
+    target: str = param(
+        "channel", "channel (of layer) | output (a class or embedding unit) | direction")
+    layer: str = param("", "module name, for target 'channel'")
+    index: int = param(0, "channel or output index")
+    direction_image: str = param("", "target direction: climb towards this image's embedding")
+    steps: int = param(200, "gradient ascent steps")
+    lr: float = param(0.05, "step size")
+    jitter: int = param(4, "random shift of the image at each step (pixels)")
+    blur_sigma: float = param(0.5, "Gaussian blur regulariser (pixels; 0: none)")
+    blur_every: int = param(4, "blur every this many steps")
+    decay: float = param(1e-3, "L2 decay of the image at each step")
+    seed: int = param(0, "seed of the starting noise and the jitter")
 
 
 @register_job("ascent", AscentParams, "synthetic image maximising a channel, class score or "
@@ -215,14 +220,14 @@ def run_ascent(p: AscentParams, ctx: JobContext) -> None:
 # -- Deep Dream -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DreamParams:
-    image: str
-    checkpoint: str = ""
-    layer: str = ""            # default: the middle ReLU
-    octaves: int = 3
-    octave_scale: float = 1.4
-    steps_per_octave: int = 10
-    lr: float = 0.02
-    size: int = 0              # working size (0: the model's input size)
+    image: str = param(help="input image file")
+    checkpoint: str = param("", "model (default: the worker's --checkpoint)")
+    layer: str = param("", "module whose activations are amplified (default: the middle ReLU)")
+    octaves: int = param(3, "scales processed, smallest first")
+    octave_scale: float = param(1.4, "size ratio between octaves")
+    steps_per_octave: int = param(10, "gradient steps at each scale")
+    lr: float = param(0.02, "step size")
+    size: int = param(0, "working size in pixels (0: the model's input size)")
 
 
 @register_job("deepdream", DreamParams, "Deep Dream: amplify a layer's activations, with octaves")
@@ -254,15 +259,17 @@ def run_dream(p: DreamParams, ctx: JobContext) -> None:
 # -- style transfer -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StyleParams:
-    content: str
-    style: str
-    checkpoint: str = ""
-    content_layer: str = ""             # default: the second-to-last ReLU of the first half
-    style_layers: tuple[str, ...] = ()  # default: the first four ReLUs
-    steps: int = 150
-    lr: float = 0.05
-    style_weight: float = 1e4
-    size: int = 0
+    content: str = param(help="image whose content is kept")
+    style: str = param(help="image whose style (Gram-matrix statistics) is copied")
+    checkpoint: str = param("", "model (default: the worker's --checkpoint)")
+    content_layer: str = param(
+        "", "module of the content loss (default: the second-to-last ReLU of the first half)")
+    style_layers: tuple[str, ...] = param(
+        (), "modules of the style loss (default: the first four ReLUs)")
+    steps: int = param(150, "optimisation steps")
+    lr: float = param(0.05, "step size")
+    style_weight: float = param(1e4, "weight of the style loss against the content loss")
+    size: int = param(0, "working size in pixels (0: the model's input size)")
 
 
 @register_job("style-transfer", StyleParams, "Gatys style transfer: content of one image, "
@@ -296,11 +303,11 @@ def run_style(p: StyleParams, ctx: JobContext) -> None:
 # -- occlusion --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OcclusionParams:
-    image: str
-    checkpoint: str = ""          # a classifier (see the 'classifier' job)
-    class_index: int = -1         # -1: the predicted class
-    patch: int = 8
-    stride: int = 2
+    image: str = param(help="input image file")
+    checkpoint: str = param("", "a classifier (see the 'classifier' job; default: the worker's)")
+    class_index: int = param(-1, "class whose probability is mapped (-1: the predicted class)")
+    patch: int = param(8, "side of the grey occluding patch (pixels)")
+    stride: int = param(2, "step between patch positions (pixels)")
 
 
 @register_job("occlusion", OcclusionParams,
@@ -339,14 +346,16 @@ def run_occlusion(p: OcclusionParams, ctx: JobContext) -> None:
 
 @dataclass(frozen=True)
 class VerifyParams:
-    a: str
-    b: str
-    checkpoint: str = ""
-    threshold: float = -1.0       # -1: the checkpoint's calibrated threshold
-    occlusion: bool = True
-    mode: str = "a"               # a | b (occlude one image) | both (same region of both)
-    patch: int = 8
-    stride: int = 4
+    a: str = param(help="first image file")
+    b: str = param(help="second image file")
+    checkpoint: str = param("", "embedding model (default: the worker's --checkpoint)")
+    threshold: float = param(
+        -1.0, "same when the distance is at most this (-1: the checkpoint's calibrated one)")
+    occlusion: bool = param(True, "also draw the occlusion heatmap of what makes them match")
+    mode: str = param(
+        "a", "a | b (occlude one image, the other whole) | both (the same region of both)")
+    patch: int = param(8, "side of the grey occluding patch (pixels)")
+    stride: int = param(4, "step between patch positions (pixels)")
 
 
 @register_job("verify", VerifyParams, "verify two images; optionally an occlusion heatmap of the "
@@ -413,11 +422,11 @@ def why_match_figure(images: list, heatmaps: list, *, names: list[str], mode: st
 # -- retrieval gallery ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GalleryParams:
-    queries: tuple[str, ...]
-    checkpoint: str = ""
-    index_root: str = ""
-    catalog_url: str = ""
-    k: int = 8
+    queries: tuple[str, ...] = param(help="query image files, one gallery row each")
+    checkpoint: str = param("", "embedding model (default: the worker's --checkpoint)")
+    index_root: str = param("", "index searched (default: the worker's)")
+    catalog_url: str = param("", "catalogue of that index (default: the worker's)")
+    k: int = param(8, "hits shown per query")
 
 
 @register_job("gallery", GalleryParams, "retrieval gallery: each query and its top-k hits with "
@@ -438,9 +447,9 @@ def run_gallery(p: GalleryParams, ctx: JobContext) -> None:
 # -- the digit classifier ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClassifierParams:
-    epochs: int = 4
-    width: int = 8
-    seed: int = 0
+    epochs: int = param(4, "training epochs on the digits")
+    width: int = param(8, "channels of the first convolution")
+    seed: int = param(0, "seed of the split and the initialisation")
 
 
 @register_job("classifier", ClassifierParams,
