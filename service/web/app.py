@@ -26,6 +26,7 @@ CONSOLE_CSP = ("default-src 'self'; img-src 'self' data: blob:; frame-src 'self'
                "script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; "
                "frame-ancestors 'none'")
 
+DRAIN_BYTES = 64 * 1024 * 1024
 CONSOLE_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Content-Type-Options": "nosniff",
                    "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
 
@@ -48,35 +49,52 @@ class ApiMiddleware:
         limit = self._limit(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
         status = [0]
+        # a client still sending its body when the answer comes reads a reset connection, not
+        # the 413: read (and drop) a body up to this size first; a larger one is cut off
+        drain_cap = max(4 * limit, DRAIN_BYTES)
 
-        async def send_413() -> None:
+        async def drain(already: int) -> bool:
+            n = already
+            while n <= drain_cap:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return False
+                n += len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    return True
+            return False
+
+        async def send_413(drained: bool) -> None:
             body = json.dumps(error_body(413, "RESOURCE_EXHAUSTED",
                                          f"request body over the limit of {limit} bytes")).encode()
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()),
-                                    (b"connection", b"close")]})
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]
+            if not drained:
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": 413, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             status[0] = 413
 
         if length is not None and length.isdigit() and int(length) > limit:
-            await send_413()
+            await send_413(int(length) <= drain_cap and await drain(0))
             return self._observe(scope, 413, t0)
         seen, over = [0], [False]
 
         async def counting_receive():
             msg = await receive()
-            if msg["type"] == "http.request":
+            if msg["type"] == "http.request" and not over[0]:
                 seen[0] += len(msg.get("body", b""))
-                if seen[0] > limit:  # a chunked body: stop reading, the app fails to parse it
+                if seen[0] > limit:  # a chunked body: read no more of it, the app fails on it
                     over[0] = True
+                    drained = not msg.get("more_body", False) or await drain(seen[0])
+                    over.append(drained)
                     return {"type": "http.request", "body": b"", "more_body": False}
             return msg
 
         async def guarded_send(msg):
             if over[0]:  # whatever the app answered to a cut-off body, the answer is 413
                 if msg["type"] == "http.response.start":
-                    await send_413()
+                    await send_413(over[1])
                 return
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
