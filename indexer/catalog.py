@@ -8,6 +8,7 @@ transaction (``with Session.begin() as s:``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +21,11 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
+    literal,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -58,9 +61,10 @@ class CollectionRow(Base):
 class ImageRow(Base):
     """A catalogued image. Its ``id`` is also its FAISS id.
 
-    ``path`` locates the bytes: a file path when ``storage == "file"``, a location inside the
-    blob store (:mod:`indexer.blobs`) when ``storage == "blob"``. ``sha256`` is the content hash,
-    used to find duplicates and to embed identical content once."""
+    ``path`` locates the bytes: a file path when ``storage == "file"``, a path relative to the
+    collection's index root when ``storage == "blob"`` (images uploaded to the service, kept
+    under the root: see :func:`image_file`). ``sha256`` is the content hash, used to find
+    duplicates and to embed identical content once."""
 
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("collection", "key", name="uq_images_collection_key"),)
@@ -144,6 +148,20 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def image_file(path: str, storage: str, index_root: str | os.PathLike) -> str:
+    """Where a catalogued image's bytes are: a ``"blob"`` row's path is relative to its
+    collection's index root, so the catalogue stays right whatever directory a process runs
+    in and wherever the root is mounted; a ``"file"`` row's path is the file's own."""
+    return os.path.join(os.path.abspath(index_root), path) if storage == "blob" else path
+
+
+def image_file_column(index_root: str | os.PathLike):
+    """:func:`image_file` as a column expression, for queries that read many rows' files."""
+    root = os.path.join(os.path.abspath(index_root), "")
+    return case((ImageRow.storage == "blob", literal(root) + ImageRow.path),
+                else_=ImageRow.path)
 
 
 # -- collections ----------------------------------------------------------------------------

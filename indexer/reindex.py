@@ -38,7 +38,13 @@ import numpy as np
 from sqlalchemy import select
 
 from indexer.build import manifest_for, model_row, publish_built
-from indexer.catalog import DEFAULT_COLLECTION, ImageRow, open_catalog
+from indexer.catalog import (
+    DEFAULT_COLLECTION,
+    ImageRow,
+    image_file,
+    image_file_column,
+    open_catalog,
+)
 from indexer.construct import (
     AUTO,
     BuiltIndex,
@@ -172,7 +178,7 @@ def _wait_for(path: Path) -> None:
 def _write_plan(cfg: ReindexConfig, work: Path, sha: str) -> None:
     Session = open_catalog(cfg.catalog_url)
     with Session() as s:
-        rows = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
+        rows = s.execute(select(ImageRow.id, image_file_column(cfg.index_root), ImageRow.sha256)
                          .where(ImageRow.collection == cfg.collection)
                          .order_by(ImageRow.id)).all()
     if not rows:
@@ -414,19 +420,20 @@ def merge(cfg: ReindexConfig) -> Path:
 
 
 def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np.ndarray:
-    """(n, d) float32 embeddings of catalogue rows (id, path, sha256)."""
+    """(n, d) float32 embeddings of catalogue rows (id, path, sha256, storage)."""
     if not rows:
         return np.zeros((0, embedder.dim), np.float32)
-    return embed_unique(embedder, [r[1] for r in rows], [r[2] for r in rows],
+    return embed_unique(embedder, [image_file(r[1], r[3], cfg.index_root) for r in rows],
+                        [r[2] for r in rows],
                         batch_size=cfg.batch_size, num_workers=0)
 
 
 def _catalogue_changes(session, known: dict[int, str], collection: str
                        ) -> tuple[list[int], list[tuple], dict[int, str]]:
     """Against ``known`` ({id: sha256} already embedded): (ids since deleted or changed,
-    rows (id, path, sha256) added or changed, each in id order; the catalogue now as
+    rows (id, path, sha256, storage) added or changed, each in id order; the catalogue now as
     {id: sha256}, what is known once the changes are applied)."""
-    now = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256)
+    now = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.sha256, ImageRow.storage)
                           .where(ImageRow.collection == collection)).all()
     current = {r[0]: tuple(r) for r in now}
     gone = sorted(i for i, sha in known.items() if i not in current or current[i][2] != sha)

@@ -27,6 +27,8 @@ from service.errors import (  # noqa: F401  (re-exported: the foundation's impor
 from service.images import DEFAULT_FORMATS, ImagePipeline
 from service.live_index import LiveIndex, SearchJob, index_root_of
 from service.store import (
+    BlobStore,
+    CatalogEntry,
     EntryCache,
     blob_root,
     ensure_service_tables,
@@ -315,14 +317,27 @@ class SimilarityCore:
                 vecs, present = live.reconstruct(np.array([e.id for e in entries], np.int64))
                 out[[idx[j] for j in np.flatnonzero(present)]] = vecs[present]
             for j in np.flatnonzero(~present):  # catalogued, not in the index: embed the file
-                e = entries[j]
-                try:
-                    data = Path(e.path).read_bytes()
-                except OSError as err:
-                    raise NotFound(f"{names[idx[j]]}: the file of {e.key!r} is gone: {err}") from err
+                data = self._image_bytes(live, entries[j], names[idx[j]])
                 out[idx[j]] = self.pipeline.embed([data], deadline=deadline,
                                                   names=[names[idx[j]]])[0]
         return out
+
+    def _image_bytes(self, live: LiveIndex | None, e: CatalogEntry, name: str) -> bytes:
+        """The encoded image of a catalogue row. An upload stored before blob paths were kept
+        relative to the index root holds a path relative to that server's working directory:
+        when it is not found there, its content is looked up in the collection's blob store."""
+        if e.storage == "blob" and live is None:
+            raise NotFound(f"{name}: {e.key!r} is kept in the blob store of a collection this "
+                           "server does not serve")
+        path = e.file(live.root) if live is not None else Path(e.path)
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            if live is not None and e.storage == "file" and not path.is_absolute():
+                blob = BlobStore(self.blob_dir(live)).path_for(e.sha256, path.suffix[1:])
+                if blob.is_file():
+                    return blob.read_bytes()
+            raise NotFound(f"{name}: the file of {e.key!r} is gone: {err}") from err
 
     def _threshold(self, threshold: float | None) -> float:
         thr = self.threshold if threshold is None else float(threshold)

@@ -166,7 +166,8 @@ def _serve_current(s: Session, live: LiveIndex, deadline: float | None) -> None:
              live.collection, name, extra={"collection": live.collection, "index_version": name})
 
 
-def _drop_blobs(core: SimilarityCore, blobs: BlobStore, paths: Iterable[str]) -> None:
+def _drop_blobs(core: SimilarityCore, live: LiveIndex, blobs: BlobStore,
+                paths: Iterable[Path]) -> None:
     """After the commit (still under the locks): remove the blobs no catalogue row references
     any more. A crash before this leaves orphans for `imgsim blobs gc`, never a lost blob."""
     paths = [p for p in paths if p]
@@ -174,7 +175,7 @@ def _drop_blobs(core: SimilarityCore, blobs: BlobStore, paths: Iterable[str]) ->
         return
     try:
         with core.sessions() as s:
-            removed = blobs.remove_unreferenced(s, paths)
+            removed = blobs.remove_unreferenced(s, paths, index_root=live.root)
         if removed:
             log.debug("removed %d unreferenced blob(s) under %s", len(removed), blobs.root)
     except Exception:  # the change is committed; an orphan blob costs only disk
@@ -214,11 +215,13 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                         path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
                         if new:
                             written.append(path)
-                        if e is not None and e.path != str(path):
-                            replaced.append(e.path)
+                        where, storage = blobs.location(path, index_root=live.root)
+                        if e is not None and (e.path, e.storage) != (where, storage):
+                            replaced.append(e.file(live.root))
                         changed.append(n)
-                        rows.append({"key": it.key, "path": str(path), "label": it.label,
-                                     "sha256": sha, "meta": dict(it.metadata)})
+                        rows.append({"key": it.key, "path": where, "storage": storage,
+                                     "label": it.label, "sha256": sha,
+                                     "meta": dict(it.metadata)})
                     inserted = sum(batch[n].key not in existing for n in changed)
                     if not changed:
                         v = live.version
@@ -242,7 +245,7 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
             live.replace(version)
             core.entries.clear()
             written = []  # committed: referenced now
-            _drop_blobs(core, blobs, replaced)
+            _drop_blobs(core, live, blobs, replaced)
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -297,7 +300,8 @@ def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
             raise
         live.replace(version)
         core.entries.clear()
-        _drop_blobs(core, BlobStore(core.blob_dir(live)), [e.path for e in found.values()])
+        _drop_blobs(core, live, BlobStore(core.blob_dir(live)),
+                    [e.file(live.root) for e in found.values()])
     log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
              extra={"collection": live.collection, "index_version": version.manifest.version})
     return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,

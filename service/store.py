@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import and_, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import ImageRow
+from indexer.catalog import ImageRow, image_file
 from indexer.incremental import lock_collection
 from indexer.migrate import SERVICE_TABLES
 from indexer.versions import publish_lock
@@ -42,11 +42,16 @@ class CatalogEntry:
     sha256: str
     path: str
     metadata: dict[str, str]
+    storage: str = "file"  # "blob": ``path`` is relative to the collection's index root
+
+    def file(self, index_root: str | Path) -> Path:
+        """Where the image's bytes are (see :func:`indexer.catalog.image_file`)."""
+        return Path(image_file(self.path, self.storage, index_root))
 
 
 # plain column rows, not ORM objects: this runs for every search and costs several times less
 _ENTRY = select(ImageRow.id, ImageRow.key, ImageRow.label, ImageRow.sha256, ImageRow.path,
-                ImageRow.meta)
+                ImageRow.meta, ImageRow.storage)
 
 
 def entries_by_ids(session: Session, ids: Sequence[int]) -> dict[int, CatalogEntry]:
@@ -65,7 +70,7 @@ def entries_by_keys(session: Session, keys: Sequence[str], *, collection: str) -
 
 def _entry(r) -> CatalogEntry:
     meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (r[5] or {}).items()}
-    return CatalogEntry(r[0], r[1], r[2], r[3], r[4], meta)
+    return CatalogEntry(r[0], r[1], r[2], r[3], r[4], meta, r[6])
 
 
 def ids_by_keys(session: Session, keys: Iterable[str], *, collection: str) -> dict[str, int]:
@@ -171,6 +176,16 @@ class BlobStore:
         os.replace(tmp, path)
         return path, sha, True
 
+    def location(self, path: Path, *, index_root: str | Path) -> tuple[str, str]:
+        """(catalogue path, storage) of a blob of this store: relative to the index root
+        (storage ``"blob"``) when the store lies under it, as by default, so that neither
+        the server's working directory nor where the root is mounted matters; else the
+        absolute path (a ``blob_dir`` elsewhere)."""
+        p, root = Path(path).resolve(), Path(index_root).resolve()
+        if p.is_relative_to(root):
+            return p.relative_to(root).as_posix(), "blob"
+        return str(p), "file"
+
     def sha_of(self, path: str | Path) -> str | None:
         """The content hash of a blob file of this store, None for any other path."""
         p = Path(path).resolve()
@@ -188,9 +203,11 @@ class BlobStore:
             if shard.is_dir() and len(shard.name) == 2:
                 yield from sorted(p for p in shard.iterdir() if p.is_file())
 
-    def unreferenced(self, session: Session, paths: Iterable[str | Path]) -> list[Path]:
+    def unreferenced(self, session: Session, paths: Iterable[str | Path], *,
+                     index_root: str | Path) -> list[Path]:
         """Those of ``paths`` that are blobs of this store no catalogue row (of any collection)
-        references; paths outside the store are never returned."""
+        references; paths outside the store are never returned. Rows' paths relative to an
+        index root (storage ``"blob"``) are read against ``index_root``."""
         by_sha: dict[str, set[Path]] = {}
         for p in paths:
             sha = self.sha_of(p)
@@ -198,16 +215,24 @@ class BlobStore:
                 by_sha.setdefault(sha, set()).add(Path(p).resolve())
         shas = sorted(by_sha)
         referenced: set[Path] = set()
+        # uploads recorded before blob rows were relative to the index root hold a path
+        # relative to that server's working directory: unresolvable, so their name counts
+        legacy: set[str] = set()
         for i in range(0, len(shas), 500):
-            rows = session.scalars(select(ImageRow.path).where(ImageRow.sha256.in_(shas[i:i + 500])))
-            referenced.update(Path(r).resolve() for r in rows)
-        return sorted(p for ps in by_sha.values() for p in ps if p not in referenced)
+            for p, st in session.execute(select(ImageRow.path, ImageRow.storage)
+                                         .where(ImageRow.sha256.in_(shas[i:i + 500]))):
+                referenced.add(Path(image_file(p, st, index_root)).resolve())
+                if st == "file" and not os.path.isabs(p):
+                    legacy.add(Path(p).name)
+        return sorted(p for ps in by_sha.values() for p in ps
+                      if p not in referenced and p.name not in legacy)
 
-    def remove_unreferenced(self, session: Session, paths: Iterable[str | Path]) -> list[Path]:
+    def remove_unreferenced(self, session: Session, paths: Iterable[str | Path], *,
+                            index_root: str | Path) -> list[Path]:
         """Delete those of ``paths`` no row references. Call it only after the transaction
         that dropped their rows committed (a rollback must find its blobs), and under the
         index root's publish lock (an Upsert may be about to reference one again)."""
-        gone = self.unreferenced(session, paths)
+        gone = self.unreferenced(session, paths, index_root=index_root)
         for p in gone:
             p.unlink(missing_ok=True)
         return gone
@@ -230,7 +255,7 @@ def sweep_blobs(sessions: sessionmaker[Session], blobs: BlobStore, *, index_root
         lock_collection(s, collection)
         old = [p for p in blobs.files() if p.stat().st_mtime <= cutoff]
         temporary = [p for p in old if p.name.startswith(TMP_PREFIX)]
-        orphans = sorted(temporary + blobs.unreferenced(s, old))
+        orphans = sorted(temporary + blobs.unreferenced(s, old, index_root=index_root))
         if not dry_run:
             for p in orphans:
                 p.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 import indexer.reindex as rx
 import service.mutations
-from indexer.catalog import ImageRow
+from indexer.catalog import ImageRow, image_file
 from indexer.factory import stored_ids
 from indexer.versions import current_version_name, load_index_version, publish_lock
 from service.core import DeadlineExceeded, FailedPrecondition, Unavailable, UpsertItem
@@ -42,8 +42,8 @@ def item(digits_dir, key, label="9", i=0):
 
 def catalogue(core) -> dict[str, tuple[int, str]]:
     with core.sessions() as s:
-        return {r.key: (r.id, r.path) for r in s.execute(
-            select(ImageRow.key, ImageRow.id, ImageRow.path)
+        return {r.key: (r.id, image_file(r.path, r.storage, core.live().root)) for r in s.execute(
+            select(ImageRow.key, ImageRow.id, ImageRow.path, ImageRow.storage)
             .where(ImageRow.collection == "default"))}
 
 
