@@ -1,0 +1,303 @@
+"""Bad inputs through every RPC of imgsim.v1: the status each gets, and whether the server lives.
+
+Starts `imgsim serve` on 127.0.0.1 over a tiny digits index (benchmarks/reliability_common.py)
+and sends a corpus made here (undecodable bytes, truncated JPEG/PNG, a decompression bomb,
+16-bit, CMYK, transparent, 1-pixel, SVG, text, oversized messages, absurd k, huge filters,
+1 ms deadlines...) to SimilarityService (Verify, Search, BatchSearch, Embed, Upsert, Delete,
+DescribeIndex, Reload) and JobService (Submit, Get, List, Cancel). Prints one row per case:
+the status code per RPC ("." where the case does not apply), whether the server answered a
+health check afterwards, and its RSS. INTERNAL anywhere is a finding: a client's mistake
+should never read as a server fault.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bad_input.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reliability_common import ServerProcess, fresh_copy, prepare  # noqa: E402
+
+from imgsim.v1 import jobs_pb2 as jpb  # noqa: E402
+from imgsim.v1 import jobs_pb2_grpc as jpb_grpc  # noqa: E402
+from imgsim.v1 import similarity_pb2 as pb  # noqa: E402
+from imgsim.v1 import similarity_pb2_grpc as pb_grpc  # noqa: E402
+from service.client import SimilarityClient  # noqa: E402
+
+IMAGE_RPCS = ("Verify", "Search", "BatchSearch", "Embed", "Upsert")
+RPCS = (*IMAGE_RPCS, "Delete", "DescribeIndex", "Reload", "Submit", "Get", "List", "Cancel")
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def bomb_png(side: int = 30_000) -> bytes:
+    """A 1-bit greyscale PNG of side x side pixels, all zero: ~100 kB, 900 Mpx decoded."""
+    raw = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)
+    body = b"".join(raw.compress(row) for _ in range(side)) + raw.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body)
+            + _png_chunk(b"IEND", b""))
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b"")
+
+
+def image_corpus(valid: Path) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    img = Image.open(valid).convert("RGB")
+    big = img.resize((256, 256))
+    jpeg, png = _encode(big, "JPEG"), _encode(big, "PNG")
+    rgba = Image.new("RGBA", (32, 32), (255, 255, 255, 0))
+    frames = [Image.fromarray(rng.integers(0, 255, (32, 32), np.uint8)) for _ in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    return {
+        "valid PNG (control)": valid.read_bytes(),
+        "empty bytes": b"",
+        "undecodable bytes": rng.integers(0, 256, 4096, np.uint8).tobytes(),
+        "truncated JPEG (half)": jpeg[:len(jpeg) // 2],
+        "truncated PNG (half)": png[:len(png) // 2],
+        "decompression bomb PNG (900 Mpx, 113 kB)": bomb_png(),
+        "PNG header claiming 2^31-1 x 2^31-1": header_only_png(2**31 - 1, 2**31 - 1),
+        "16-bit greyscale PNG": _encode(Image.fromarray(
+            rng.integers(0, 65535, (32, 32), np.uint16)), "PNG"),
+        "CMYK JPEG": _encode(big.convert("CMYK"), "JPEG"),
+        "transparent RGBA PNG": _encode(rgba, "PNG"),
+        "1-pixel PNG": _encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"),
+        "1 x 10000 PNG": _encode(Image.new("L", (1, 10_000), 128), "PNG"),
+        "animated GIF (3 frames)": gif.getvalue(),
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32">'
+               b'<rect width="32" height="32" fill="red"/></svg>',
+        "plain text": b"hello, this is not an image\n" * 10,
+        "oversized message (20 MB of JPEG tail)": jpeg + b"\x00" * (20 * 1024 * 1024),
+    }
+
+
+class Runner:
+    def __init__(self, target: str, valid: bytes) -> None:
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+        self.sim = pb_grpc.SimilarityServiceStub(self.channel)
+        self.jobs = jpb_grpc.JobServiceStub(self.channel)
+        self.valid = valid
+        self.n = 0
+
+    def status(self, call: Callable[[], object]) -> str:
+        try:
+            call()
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    def key(self) -> str:
+        self.n += 1
+        return f"bad-input-{self.n}"
+
+    def image_rpcs(self, data: bytes, timeout: float = 30.0) -> dict[str, str]:
+        ref, ok = pb.ImageRef(data=data), pb.ImageRef(data=self.valid)
+        s = self.sim
+        return {
+            "Verify": self.status(lambda: s.Verify(pb.VerifyRequest(a=ref, b=ok),
+                                                   timeout=timeout)),
+            "Search": self.status(lambda: s.Search(pb.SearchRequest(query=ref, k=5),
+                                                   timeout=timeout)),
+            "BatchSearch": self.status(lambda: s.BatchSearch(pb.BatchSearchRequest(
+                queries=[pb.SearchRequest(query=ref, k=5)]), timeout=timeout)),
+            "Embed": self.status(lambda: s.Embed(pb.EmbedRequest(images=[ref]),
+                                                 timeout=timeout)),
+            "Upsert": self.status(lambda: s.Upsert(iter([pb.UpsertRequest(
+                key=self.key(), data=data)]), timeout=timeout)),
+        }
+
+
+def other_cases(r: Runner) -> dict[str, dict[str, str]]:
+    s, j, ok = r.sim, r.jobs, pb.ImageRef(data=r.valid)
+    q = lambda **kw: pb.SearchRequest(query=ok, **kw)  # noqa: E731
+    st = r.status
+    many_keys = [f"k{i}" for i in range(100_000)]
+    cases: dict[str, dict[str, str]] = {
+        "k = -1": {"Search": st(lambda: s.Search(q(k=-1))),
+                   "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
+                       queries=[q(k=-1)])))},
+        "k = 2^31-1": {"Search": st(lambda: s.Search(q(k=2**31 - 1))),
+                       "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
+                           queries=[q(k=2**31 - 1)])))},
+        "max_distance = -1 / NaN": {
+            "Search": st(lambda: s.Search(q(k=5, max_distance=-1.0))) + " / "
+            + st(lambda: s.Search(q(k=5, max_distance=float("nan"))))},
+        "5,000 metadata filter pairs": {"Search": st(lambda: s.Search(q(
+            k=5, metadata={f"m{i}": "v" for i in range(5000)})))},
+        "10,000 label filters": {"Search": st(lambda: s.Search(q(
+            k=5, labels=[f"l{i}" for i in range(10_000)])))},
+        "100,000 excluded keys": {"Search": st(lambda: s.Search(q(k=5, exclude_keys=many_keys)))},
+        "10,000 queries / images in one call": {
+            "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
+                queries=[q(k=5)] * 10_000))),
+            "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[ok] * 10_000)))},
+        "unknown key as image": {
+            "Verify": st(lambda: s.Verify(pb.VerifyRequest(a=pb.ImageRef(key="nope"), b=ok))),
+            "Search": st(lambda: s.Search(pb.SearchRequest(query=pb.ImageRef(key="nope"), k=5))),
+            "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[pb.ImageRef(key="nope")])))},
+        "unknown collection": {
+            "Search": st(lambda: s.Search(q(k=5, collection="nope"))),
+            "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(
+                key=r.key(), data=r.valid, collection="nope")]))),
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["x"], collection="nope"))),
+            "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
+                collection="nope"))),
+            "Reload": st(lambda: s.Reload(pb.ReloadRequest(collection="nope")))},
+        "1 MB collection name": {
+            "Search": st(lambda: s.Search(q(k=5, collection="c" * 2**20))),
+            "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
+                collection="c" * 2**20)))},
+        "empty stream / no keys": {
+            "Upsert": st(lambda: s.Upsert(iter([]))),
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=[])))},
+        "key with a NUL byte": {
+            "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="a\x00b", data=r.valid)]))),
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["a\x00b"])))},
+        "10,000-character key": {
+            "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="k" * 10_000,
+                                                                   data=r.valid)]))),
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["k" * 10_000])))},
+        "same key twice in one stream": {"Upsert": st(lambda: s.Upsert(iter([
+            pb.UpsertRequest(key="twice", data=r.valid)] * 2)))},
+        "2,000 items in one stream": {"Upsert": st(lambda: s.Upsert(iter([
+            pb.UpsertRequest(key=f"many-{i}", data=r.valid) for i in range(2000)])))},
+        "unknown keys / 100,000 keys": {
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["nope"]))) + " / "
+            + st(lambda: s.Delete(pb.DeleteRequest(keys=many_keys)))},
+        "version '../../etc' / unknown": {
+            "Reload": st(lambda: s.Reload(pb.ReloadRequest(version="../../etc"))) + " / "
+            + st(lambda: s.Reload(pb.ReloadRequest(version="v19700101T000000000000Z")))},
+        "unknown kind / params not JSON / params a list": {
+            "Submit": " / ".join([
+                st(lambda: j.Submit(jpb.SubmitJobRequest(kind="nope", params_json="{}"))),
+                st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne", params_json="{"))),
+                st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne", params_json="[]")))])},
+        "10 MB params_json / unknown parameter": {
+            "Submit": st(lambda: j.Submit(jpb.SubmitJobRequest(
+                kind="tsne", params_json=json.dumps({"images": "x" * 10_000_000})))) + " / "
+            + st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne",
+                                                         params_json='{"nope": 1}')))},
+        "id 0 / -1 / 2^63-1": {
+            "Get": " / ".join(st(lambda i=i: j.Get(jpb.GetJobRequest(id=i)))
+                              for i in (0, -1, 2**63 - 1)),
+            "Cancel": " / ".join(st(lambda i=i: j.Cancel(jpb.CancelJobRequest(id=i)))
+                                 for i in (0, -1, 2**63 - 1))},
+        "limit -1 / 2^31-1, state 99": {
+            "List": " / ".join([st(lambda: j.List(jpb.ListJobsRequest(limit=-1))),
+                                st(lambda: j.List(jpb.ListJobsRequest(limit=2**31 - 1))),
+                                st(lambda: j.List(jpb.ListJobsRequest(state=99)))])},
+    }
+    ms = 0.001  # a 1 ms deadline on every RPC
+    cases["1 ms deadline"] = {
+        "Verify": st(lambda: s.Verify(pb.VerifyRequest(a=ok, b=ok), timeout=ms)),
+        "Search": st(lambda: s.Search(q(k=5), timeout=ms)),
+        "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(queries=[q(k=5)] * 8),
+                                                timeout=ms)),
+        "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[ok] * 8), timeout=ms)),
+        "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key=r.key(), data=r.valid)]),
+                                      timeout=ms)),
+        "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["nope"]), timeout=ms)),
+        "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(), timeout=ms)),
+        "Reload": st(lambda: s.Reload(pb.ReloadRequest(), timeout=ms)),
+        "Submit": st(lambda: j.Submit(jpb.SubmitJobRequest(kind="nope"), timeout=ms)),
+        "Get": st(lambda: j.Get(jpb.GetJobRequest(id=1), timeout=ms)),
+        "List": st(lambda: j.List(jpb.ListJobsRequest(), timeout=ms)),
+        "Cancel": st(lambda: j.Cancel(jpb.CancelJobRequest(id=1), timeout=ms)),
+    }
+    return cases
+
+
+def table(res: dict) -> str:
+    head = ["| case | " + " | ".join(RPCS) + " | alive | RSS MiB |",
+            "|---|" + "---|" * len(RPCS) + "---|---:|"]
+    rows = []
+    for c in res["cases"]:
+        cells = [c["status"].get(rpc, ".") for rpc in RPCS]
+        rows.append(f"| {c['case']} | " + " | ".join(cells)
+                    + f" | {'yes' if c['alive'] else 'NO'} | {c['rss_mb']:.0f} |")
+    return "\n".join(head + rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/bad_input")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    golden = prepare(out / "ws", per_class=20)
+    ws = fresh_copy(golden, out / "serve")
+    valid = sorted(ws.queries.rglob("*.png"))[0]
+    corpus = image_corpus(valid)
+    server = ServerProcess(ws, out / "server.log", metrics_port=0).start()
+    res: dict = {"cases": []}
+    try:
+        r = Runner(server.target, valid.read_bytes())
+        res["rss_start_mb"] = server.rss_mb()
+
+        def alive() -> bool:
+            if not server.alive():
+                return False
+            try:
+                with SimilarityClient(server.target, timeout=10) as c:
+                    return c.health() == "SERVING"
+            except Exception:
+                return False
+
+        def record(case: str, status: dict[str, str]) -> None:
+            res["cases"].append({"case": case, "status": status, "alive": alive(),
+                                 "rss_mb": server.rss_mb()})
+            print(json.dumps(res["cases"][-1]), flush=True)
+            if not res["cases"][-1]["alive"]:  # later rows would say nothing: restart
+                server.kill()
+                server.start()
+
+        for case, data in corpus.items():
+            record(case, r.image_rpcs(data))
+        for case, status in other_cases(r).items():
+            record(case, status)
+        time.sleep(2)
+        res["rss_end_mb"] = server.rss_mb()
+        res["alive_at_end"] = alive()
+    finally:
+        res["exit_code_after_sigterm"] = server.stop()
+    res["internal"] = [f"{c['case']}: {rpc}" for c in res["cases"]
+                       for rpc, s in c["status"].items() if "INTERNAL" in s or "UNKNOWN" in s]
+    (out / "bad_input.json").write_text(json.dumps(res, indent=2))
+    print(table(res))
+    print(f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MiB; alive at the end: "
+          f"{res['alive_at_end']}; exit code after SIGTERM: {res['exit_code_after_sigterm']}")
+    print("INTERNAL/UNKNOWN:", "; ".join(res["internal"]) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
