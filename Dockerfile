@@ -29,8 +29,9 @@ EXPOSE 50051
 # `imgsim health` (here as its light module: no torch import) reads the server's settings
 # (IMGSIM_SERVE_* variables, IMGSIM_SERVE_CONFIG): set port and TLS files there, not as flags,
 # and the check follows them, TLS included.
-# Start period: the demo's first start (training included) took 15-16 s to SERVING on a busy
-# 2-core machine; with one training job beside it the old demo ran 10x slower, ~2.5 min now.
+# Start period: the demo's first start (training included) took 16 s to SERVING on a 2-core
+# machine at load 2 and 33-35 s at load 4-5 (benchmarks/demo_start.py); with one training job
+# beside it the old demo trained 10x slower than alone, which would be ~2.5 min now.
 # Failed probes in the start period do not count and the first success ends it, so a long one
 # costs a healthy start nothing (a start that fails exits the container instead).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=240s --retries=3 \
