@@ -138,9 +138,11 @@ def create_app(ctx: WebContext, *, grpc_port: int = 0, title: str = "imgsim") ->
              summary="What the console needs before a key: is it serving, are keys required")
     def info() -> dict:
         core = ctx.core()
-        return {"serving": core is not None, "require_api_key": ctx.authenticator is not None,
+        public = ctx.authenticator is None  # with keys, what is served is for key holders
+        return {"serving": core is not None, "require_api_key": not public,
                 "grpc_port": grpc_port,
-                "model_version": core.embedder.model_version if core is not None else "",
+                "model_version": core.embedder.model_version if core is not None and public
+                else "",
                 "default_collection": core.default_collection if core is not None else "",
                 "jobs": ctx.jobs is not None, "max_body_bytes": ctx.max_body_bytes}
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import typing
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
@@ -17,7 +19,7 @@ from fastapi.responses import FileResponse
 from service.errors import InvalidInput
 from service.jobs.artifacts import artifact_file, job_folder
 from service.jobs.core import JobInfo
-from service.jobs.registry import load_builtin_kinds
+from service.jobs.registry import load_builtin_kinds, param_help
 from service.jobs.servicer import MAX_KIND_CHARS, MAX_PARAMS_JSON_CHARS
 from service.validation import check_count, check_text
 from service.web import schemas as s
@@ -28,6 +30,9 @@ from service.web.context import WebContext
 ARTIFACT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self' "
                                                "data:; style-src 'unsafe-inline'",
                     "X-Content-Type-Options": "nosniff"}
+
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def job_out(j: JobInfo) -> dict:
@@ -57,7 +62,8 @@ def kind_out(kind) -> dict:
         default = None if required else (f.default if f.default is not dataclasses.MISSING
                                          else f.default_factory())
         params.append({"name": f.name, "type": _type_name(hints[f.name]), "required": required,
-                       "default": list(default) if isinstance(default, tuple) else default})
+                       "default": list(default) if isinstance(default, tuple) else default,
+                       "help": param_help(f)})
     return {"name": kind.name, "help": kind.help, "params": params}
 
 
@@ -108,9 +114,12 @@ def router(ctx: WebContext) -> APIRouter:
         img = core.pipeline.decode(data)  # the service's limits: format, pixels
         ext = {"JPEG": "jpg"}.get(img.format or "", (img.format or "img").lower())
         sha = hashlib.sha256(data).hexdigest()
-        folder = ctx.inputs_dir
+        # by content (the same image is stored once), under its own name: a job's pictures
+        # are titled with their inputs' file names
+        folder = ctx.inputs_dir / sha[:16]
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{sha}.{ext}"
+        stem = SAFE_NAME.sub("_", Path(image.filename or "").stem)[:64].strip("._") or "image"
+        path = folder / f"{stem}.{ext}"
         if not path.is_file():
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".input-")
             with os.fdopen(fd, "wb") as f:

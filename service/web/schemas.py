@@ -227,6 +227,7 @@ class JobParamOut(BaseModel):
     type: str
     required: bool
     default: object | None = None
+    help: str = ""
 
 
 class JobKindOut(BaseModel):

@@ -75,3 +75,66 @@ def secured(golden, tmp_path_factory, tiny_checkpoint):
     yield served
     served.server.stop(0)
     mp.undo()
+
+
+# -- the browser ------------------------------------------------------------------------------
+CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (never a browser Playwright downloads)."""
+    import os
+
+    return next((p for p in CHROMIUM if os.access(p, os.X_OK)), None)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless chromium driven by Playwright; skipped with the reason where either is absent,
+    except under IMGSIM_REQUIRE_BROWSER=1 (CI installs both), where that fails the test."""
+    import os
+
+    exe = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    missing = ("playwright is not installed (pip install -e '.[dev]')" if sync_playwright is None
+               else None if exe else "no chromium (apt-get install chromium)")
+    if missing:
+        if os.environ.get("IMGSIM_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"IMGSIM_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, tmp_path):
+    """A fresh tab (its own sessionStorage); scripts' errors fail the test. The console's
+    content security policy is bypassed: the tests evaluate their own expressions, and hostile
+    labels must stay text through the console's own code, not thanks to the policy."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
+    yield pg
+    context.close()
+    assert not errors, f"errors in the page's scripts: {errors}"
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    """A full-page PNG under the test's tmp dir (and, with IMGSIM_CONSOLE_SHOTS=DIR, a copy
+    there, to look at)."""
+    import os
+
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("IMGSIM_CONSOLE_SHOTS"):
+        dest = Path(os.environ["IMGSIM_CONSOLE_SHOTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / path.name)
+    return path

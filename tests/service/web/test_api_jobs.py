@@ -29,7 +29,9 @@ def test_kinds_describe_their_parameters(web):
         kinds = {k["name"]: k for k in c.get("/v1/jobs/kinds").json()["kinds"]}
     assert {"tsne", "verify", "segment-train", "gallery"} <= set(kinds)
     verify = {p["name"]: p for p in kinds["verify"]["params"]}
-    assert verify["a"] == {"name": "a", "type": "str", "required": True, "default": None}
+    assert {k: verify["a"][k] for k in ("type", "required", "default")} == {
+        "type": "str", "required": True, "default": None}
+    assert all(p["help"] for k in kinds.values() for p in k["params"])  # each says what it does
     assert verify["patch"]["type"] == "int" and verify["patch"]["default"] == 8
     assert {p["name"]: p for p in kinds["reconstruct"]["params"]}["methods"]["type"] \
         == "list[str]"
