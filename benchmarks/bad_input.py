@@ -137,35 +137,35 @@ class Runner:
         }
 
 
-def other_cases(r: Runner) -> dict[str, dict[str, str]]:
+def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
     s, j, ok = r.sim, r.jobs, pb.ImageRef(data=r.valid)
     q = lambda **kw: pb.SearchRequest(query=ok, **kw)  # noqa: E731
     st = r.status
     many_keys = [f"k{i}" for i in range(100_000)]
-    cases: dict[str, dict[str, str]] = {
-        "k = -1": {"Search": st(lambda: s.Search(q(k=-1))),
+    cases: dict[str, Callable[[], dict[str, str]]] = {  # run one by one, lazily
+        "k = -1": lambda: {"Search": st(lambda: s.Search(q(k=-1))),
                    "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
                        queries=[q(k=-1)])))},
-        "k = 2^31-1": {"Search": st(lambda: s.Search(q(k=2**31 - 1))),
+        "k = 2^31-1": lambda: {"Search": st(lambda: s.Search(q(k=2**31 - 1))),
                        "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
                            queries=[q(k=2**31 - 1)])))},
-        "max_distance = -1 / NaN": {
+        "max_distance = -1 / NaN": lambda: {
             "Search": st(lambda: s.Search(q(k=5, max_distance=-1.0))) + " / "
             + st(lambda: s.Search(q(k=5, max_distance=float("nan"))))},
-        "5,000 metadata filter pairs": {"Search": st(lambda: s.Search(q(
+        "5,000 metadata filter pairs": lambda: {"Search": st(lambda: s.Search(q(
             k=5, metadata={f"m{i}": "v" for i in range(5000)})))},
-        "10,000 label filters": {"Search": st(lambda: s.Search(q(
+        "10,000 label filters": lambda: {"Search": st(lambda: s.Search(q(
             k=5, labels=[f"l{i}" for i in range(10_000)])))},
-        "100,000 excluded keys": {"Search": st(lambda: s.Search(q(k=5, exclude_keys=many_keys)))},
-        "10,000 queries / images in one call": {
+        "100,000 excluded keys": lambda: {"Search": st(lambda: s.Search(q(k=5, exclude_keys=many_keys)))},
+        "10,000 queries / images in one call": lambda: {
             "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
                 queries=[q(k=5)] * 10_000))),
             "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[ok] * 10_000)))},
-        "unknown key as image": {
+        "unknown key as image": lambda: {
             "Verify": st(lambda: s.Verify(pb.VerifyRequest(a=pb.ImageRef(key="nope"), b=ok))),
             "Search": st(lambda: s.Search(pb.SearchRequest(query=pb.ImageRef(key="nope"), k=5))),
             "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[pb.ImageRef(key="nope")])))},
-        "unknown collection": {
+        "unknown collection": lambda: {
             "Search": st(lambda: s.Search(q(k=5, collection="nope"))),
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(
                 key=r.key(), data=r.valid, collection="nope")]))),
@@ -173,52 +173,52 @@ def other_cases(r: Runner) -> dict[str, dict[str, str]]:
             "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
                 collection="nope"))),
             "Reload": st(lambda: s.Reload(pb.ReloadRequest(collection="nope")))},
-        "1 MB collection name": {
+        "1 MB collection name": lambda: {
             "Search": st(lambda: s.Search(q(k=5, collection="c" * 2**20))),
             "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
                 collection="c" * 2**20)))},
-        "empty stream / no keys": {
+        "empty stream / no keys": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([]))),
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=[])))},
-        "key with a NUL byte": {
+        "key with a NUL byte": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="a\x00b", data=r.valid)]))),
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["a\x00b"])))},
-        "10,000-character key": {
+        "10,000-character key": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="k" * 10_000,
                                                                    data=r.valid)]))),
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["k" * 10_000])))},
-        "same key twice in one stream": {"Upsert": st(lambda: s.Upsert(iter([
+        "same key twice in one stream": lambda: {"Upsert": st(lambda: s.Upsert(iter([
             pb.UpsertRequest(key="twice", data=r.valid)] * 2)))},
-        "2,000 items in one stream": {"Upsert": st(lambda: s.Upsert(iter([
+        "2,000 items in one stream": lambda: {"Upsert": st(lambda: s.Upsert(iter([
             pb.UpsertRequest(key=f"many-{i}", data=r.valid) for i in range(2000)])))},
-        "unknown keys / 100,000 keys": {
+        "unknown keys / 100,000 keys": lambda: {
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["nope"]))) + " / "
             + st(lambda: s.Delete(pb.DeleteRequest(keys=many_keys)))},
-        "version '../../etc' / unknown": {
+        "version '../../etc' / unknown": lambda: {
             "Reload": st(lambda: s.Reload(pb.ReloadRequest(version="../../etc"))) + " / "
             + st(lambda: s.Reload(pb.ReloadRequest(version="v19700101T000000000000Z")))},
-        "unknown kind / params not JSON / params a list": {
+        "unknown kind / params not JSON / params a list": lambda: {
             "Submit": " / ".join([
                 st(lambda: j.Submit(jpb.SubmitJobRequest(kind="nope", params_json="{}"))),
                 st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne", params_json="{"))),
                 st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne", params_json="[]")))])},
-        "10 MB params_json / unknown parameter": {
+        "10 MB params_json / unknown parameter": lambda: {
             "Submit": st(lambda: j.Submit(jpb.SubmitJobRequest(
                 kind="tsne", params_json=json.dumps({"images": "x" * 10_000_000})))) + " / "
             + st(lambda: j.Submit(jpb.SubmitJobRequest(kind="tsne",
                                                          params_json='{"nope": 1}')))},
-        "id 0 / -1 / 2^63-1": {
+        "id 0 / -1 / 2^63-1": lambda: {
             "Get": " / ".join(st(lambda i=i: j.Get(jpb.GetJobRequest(id=i)))
                               for i in (0, -1, 2**63 - 1)),
             "Cancel": " / ".join(st(lambda i=i: j.Cancel(jpb.CancelJobRequest(id=i)))
                                  for i in (0, -1, 2**63 - 1))},
-        "limit -1 / 2^31-1, state 99": {
+        "limit -1 / 2^31-1, state 99": lambda: {
             "List": " / ".join([st(lambda: j.List(jpb.ListJobsRequest(limit=-1))),
                                 st(lambda: j.List(jpb.ListJobsRequest(limit=2**31 - 1))),
                                 st(lambda: j.List(jpb.ListJobsRequest(state=99)))])},
     }
     ms = 0.001  # a 1 ms deadline on every RPC
-    cases["1 ms deadline"] = {
+    cases["1 ms deadline"] = lambda: {
         "Verify": st(lambda: s.Verify(pb.VerifyRequest(a=ok, b=ok), timeout=ms)),
         "Search": st(lambda: s.Search(q(k=5), timeout=ms)),
         "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(queries=[q(k=5)] * 8),
@@ -251,6 +251,9 @@ def table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/bad_input")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="send the whole corpus this many times; the table shows the first, "
+                        "RSS after each tells a leak from a high-water mark")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     golden = prepare(out / "ws", per_class=20)
@@ -280,11 +283,20 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
                 server.start()
 
-        for case, data in corpus.items():
-            record(case, r.image_rpcs(data))
-        for case, status in other_cases(r).items():
-            record(case, status)
-        time.sleep(2)
+        res["rss_after_round_mb"] = []
+        for n in range(args.rounds):
+            if n:  # the same calls again, unrecorded
+                for data in corpus.values():
+                    r.image_rpcs(data)
+                for run in other_cases(r).values():
+                    run()
+            else:
+                for case, data in corpus.items():
+                    record(case, r.image_rpcs(data))
+                for case, run in other_cases(r).items():
+                    record(case, run())
+            time.sleep(2)
+            res["rss_after_round_mb"].append(server.rss_mb())
         res["rss_end_mb"] = server.rss_mb()
         res["alive_at_end"] = alive()
     finally:
@@ -293,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                        for rpc, s in c["status"].items() if "INTERNAL" in s or "UNKNOWN" in s]
     (out / "bad_input.json").write_text(json.dumps(res, indent=2))
     print(table(res))
-    print(f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MiB; alive at the end: "
+    print(f"RSS {res['rss_start_mb']:.0f} -> {res['rss_end_mb']:.0f} MiB (after each round: "
+          f"{', '.join(f'{x:.0f}' for x in res['rss_after_round_mb'])}); alive at the end: "
           f"{res['alive_at_end']}; exit code after SIGTERM: {res['exit_code_after_sigterm']}")
     print("INTERNAL/UNKNOWN:", "; ".join(res["internal"]) or "none")
     return 0
