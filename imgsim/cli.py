@@ -37,6 +37,10 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(["imgsim", args.command, *subs])
 
 
+def _no_alembic_context_lines(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Context impl", "Will assume"))
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
 
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # faiss logs every instruction-set variant it fails to load at INFO: noise for users
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # Alembic says which dialect it uses each time a catalogue is opened; keep its migrations
+    logging.getLogger("alembic.runtime.migration").addFilter(_no_alembic_context_lines)
     name = command_name(args)
     try:
         return int(args.func(args) or 0)
@@ -58,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # gRPC errors from the client commands, an unreachable database
         import grpc
-        from sqlalchemy.exc import DBAPIError
+        from sqlalchemy.exc import ArgumentError, DBAPIError
 
         if isinstance(e, grpc.RpcError):
             print(f"{name}: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
+        if isinstance(e, ArgumentError):  # a --catalog that is not a database URL
+            print(f"{name}: error: {_one_line(e)} (check --catalog, IMGSIM_CATALOG_URL or the "
+                  f"server's catalog_url)", file=sys.stderr)
+            return 2
         if isinstance(e, DBAPIError):  # the driver's words, not SQLAlchemy's traceback
             reason = _one_line(e.orig if e.orig is not None else e)
             print(f"{name}: error: catalogue database: {reason} (check --catalog, "

@@ -22,7 +22,10 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", default=os.environ.get("IMGSIM_TLS_CA"),
                    help="PEM file of the CA that signed the server's certificate: use TLS "
                         "(env IMGSIM_TLS_CA)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
+    from service.health_check import positive_seconds
+
+    p.add_argument("--timeout", type=positive_seconds, default=30.0,
+                   help="seconds (default %(default)s)")
 
 
 def int_in(lo: int, hi: int | None = None):
@@ -75,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve another collection from this index root (repeatable)")
     s.add_argument("--catalog", dest="catalog_url", help=f"default {DEFAULT_CATALOG}")
     s.add_argument("--host", help="bind address (0.0.0.0 for all; default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="default 50051")
+    s.add_argument("--port", type=int_in(0, 65535), help="default 50051 (0: any free port)")
     s.add_argument("--max-workers", type=int, help="gRPC handler threads")
     s.add_argument("--max-batch", type=int, help="images per forward pass (dynamic batching)")
     s.add_argument("--max-wait-ms", type=float, help="longest wait for a fuller batch")
@@ -86,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse calls without a valid API key (see `imgsim keys`)")
     s.add_argument("--tls-cert", help="PEM certificate chain: serve TLS only")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    s.add_argument("--metrics-port", type=int,
+    s.add_argument("--metrics-port", type=int_in(0, 65535),
                    help="serve Prometheus /metrics on this HTTP port (0: any free port)")
     s.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     s.set_defaults(func=_serve)
@@ -99,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", default=os.environ.get("IMGSIM_DEMO_DATA") or None,
                    help="image folder <label>/<image> (default: sklearn digits)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=50051)
+    d.add_argument("--port", type=int_in(0, 65535), default=50051)
     d.add_argument("--prepare-only", action="store_true", help="build model and index, don't serve")
     d.set_defaults(func=_demo)
 

@@ -16,6 +16,7 @@ from service.images import DEFAULT_FORMATS
 from training.transforms import MAX_PIXELS
 
 ENV_PREFIX = "IMGSIM_SERVE_"
+DEFAULT_HTTP_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,18 @@ class ServeConfig:
     # operations
     metrics_port: int = -1  # Prometheus /metrics on this port (-1: off, 0: any free port)
     metrics_host: str = "127.0.0.1"
+    # the HTTP/JSON API and web console on ``host`` (service/web): 0 off, -1 any free port.
+    # `imgsim serve` and the demo default to DEFAULT_HTTP_PORT; a ServeConfig built in code
+    # (tests, embedding) serves no HTTP unless asked
+    http_port: int = 0
     log_format: str = "text"  # text | json
 
     def __post_init__(self) -> None:
+        # gRPC takes a port modulo 65536 (99999 would serve on 34463): refuse it instead
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535 (0: any free port), got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.log_format not in ("text", "json"):

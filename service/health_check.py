@@ -76,6 +76,17 @@ def check(probe: Probe, *, service: str = "", timeout: float = 5.0) -> tuple[boo
             health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a duration in seconds > 0 (0 or less would expire every call)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def add_config_argument(p: argparse.ArgumentParser) -> None:
     """``--config``: the server's settings file, for commands that act beside a server."""
     p.add_argument("--config", default=os.environ.get("IMGSIM_SERVE_CONFIG"),
@@ -92,7 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="host name the server's certificate is for, when it is not the "
                         "address connected to (env IMGSIM_TLS_NAME)")
     p.add_argument("--service", default="", help="a service name (default: the whole server)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default %(default)s)")
+    p.add_argument("--timeout", type=positive_seconds, default=5.0,
+                   help="seconds (default %(default)s)")
 
 
 DESCRIPTION = ("Ask a server's standard gRPC health service whether it is SERVING (model and "

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- imgsim jobs ----------------------------------------------------------------------------
 def _register_jobs(sub: argparse._SubParsersAction) -> None:
+    from service.cli import int_in
+
     j = sub.add_parser("jobs", help="offline jobs: submit, inspect, cancel, run a worker",
                        description="Offline jobs (segmentation, visualization, clustering). "
                                    "Jobs are queued in the catalogue DB and executed by a worker "
@@ -88,7 +90,7 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     _catalog_of_server(w)
     w.add_argument("--artifacts", default=None,
                    help="folder for job outputs (env IMGSIM_JOBS_ROOT; default var/jobs)")
-    w.add_argument("--concurrency", type=int, default=1, help="jobs run at the same time")
+    w.add_argument("--concurrency", type=int_in(1), default=1, help="jobs run at the same time")
     w.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     w.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     w.add_argument("--lease", type=float, default=120.0,

@@ -292,3 +292,32 @@ def test_delete_help_says_what_a_key_is(capsys):
         main(["delete", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "<label>/<name>" in out and "without the extension" in out and "3/0123" in out
+
+
+# -- more of the same class: values the code would misread --------------------------------------
+@pytest.mark.parametrize("argv, words", [
+    (["serve", "--port", "99999"], "argument --port: must be 0..65535"),
+    (["serve", "--port", "-5"], "argument --port: must be 0..65535"),
+    (["search", "q.png", "--timeout", "0"], "argument --timeout: must be > 0"),
+    (["health", "--timeout", "-1"], "argument --timeout: must be > 0"),
+    (["jobs", "worker", "--concurrency", "0"], "argument --concurrency: must be >= 1"),
+])
+def test_out_of_range_flags_are_usage_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_port_from_the_environment_is_checked_too():
+    from service.config import load_serve_config
+
+    # grpc would bind 99999 % 65536 = 34463 and serve there without a word
+    with pytest.raises(ValueError, match="port must be 0..65535"):
+        load_serve_config(env={"IMGSIM_SERVE_PORT": "99999"}, checkpoint="m", index_root="i",
+                          catalog_url="sqlite://")
+
+
+def test_a_catalogue_that_is_not_a_url_is_one_line(tmp_path, capsys):
+    assert main(["index", "migrate", "--catalog", "not a url"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--catalog" in err[0] and "URL" in err[0]
