@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PROTO_SRC := protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto
+PROTO_SRC := protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto protos/imgsim/v1/catalog.proto
 PROTO_OUT := imgsim/v1/similarity_pb2.py
 
 .PHONY: install proto run test lint clean

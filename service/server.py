@@ -18,6 +18,7 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc
 from indexer.catalog import open_catalog
 from indexer.versions import load_index_version
 from service.auth import Authenticator
+from service.catalogue_servicer import register_catalog_service
 from service.config import (  # noqa: F401  (ServeConfig, load_serve_config: public here too)
     ServeConfig,
     load_serve_config,
@@ -49,7 +50,8 @@ def _similarity(grpc_server: grpc.Server, server: Server) -> str:
     return SERVICE_NAME
 
 
-SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_service]
+SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_service,
+                                                 register_catalog_service]
 
 
 def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> SimilarityCore:
@@ -126,6 +128,16 @@ class Server:
             self.stop(0)  # metrics endpoint and registrars' workers were already started
             raise OSError(f"cannot bind {address} (is another server running there?)")
         self.grpc.start()
+        self.http = None  # the HTTP API and console beside gRPC (cfg.http_port; 0: off)
+        try:
+            from service.web.serve import start_http
+
+            self.http = start_http(self)
+        except OSError:
+            self.stop(0)
+            raise
+        if self.http is not None:
+            self.stop_hooks.insert(0, self.http.stop)
         if core is not None:
             self._loaded(core)
         else:

@@ -11,7 +11,9 @@ from service.errors import InvalidInput, NotFound
 from service.jobs.core import JobInfo
 from service.validation import check_text
 
-CHUNK_BYTES = 256 * 1024
+# 32 KiB: well under any message size limit a server is given (16 MiB by default), and
+# large enough that a report's picture takes a few messages
+CHUNK_BYTES = 32 * 1024
 
 
 def job_folder(job: JobInfo) -> Path | None:
@@ -44,3 +46,16 @@ def artifact_file(job: JobInfo, name: str) -> tuple[Path, str]:
 
 def _media(path: str | Path) -> str:
     return mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+
+
+def read_chunks(path: Path, size: int = CHUNK_BYTES):
+    """The file's bytes in pieces of at most ``size``, opened now (so that a file gone
+    between the lookup and the read fails the lookup's call, not the stream midway)."""
+    f = open(path, "rb")  # noqa: SIM115  (closed by the generator)
+
+    def chunks():
+        with f:
+            while piece := f.read(size):
+                yield piece
+
+    return chunks()

@@ -103,3 +103,19 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def Cancel(self, request: pb.CancelJobRequest, context) -> pb.Job:
         return self._call("JobService.Cancel", context, "write",
                           lambda: job_to_pb(self.core.cancel(request.id)))
+
+    def FetchArtifact(self, request: pb.FetchArtifactRequest, context):
+        from service.jobs.artifacts import artifact_file, read_chunks
+
+        def run():
+            path, media = artifact_file(self.core.get(request.job_id), request.name)
+            return path, media, path.stat().st_size, read_chunks(path)
+
+        path, media, size, chunks = self._call("JobService.FetchArtifact", context, "read", run)
+        first = True
+        for piece in chunks:
+            yield pb.ArtifactChunk(data=piece, **(dict(name=path.name, media_type=media,
+                                                       size=size) if first else {}))
+            first = False
+        if first:  # an empty file: one chunk that says what it is
+            yield pb.ArtifactChunk(name=path.name, media_type=media, size=0)

@@ -13,7 +13,6 @@ from indexer.catalog import open_catalog
 from service.auth import create_api_key
 from service.server import ServeConfig, Server
 from service.store import ensure_service_tables
-from service.web.serve import start_http
 
 
 @dataclass
@@ -43,13 +42,11 @@ def serve(root: Path, checkpoint: Path, *, require_api_key: bool = False, **cfg)
                     "other": create_api_key(s, name="o", access="write",
                                             collections=["other"])[0]}
     server = Server(ServeConfig(checkpoint=str(checkpoint), index_root=str(root / "idx"),
-                                catalog_url=url, port=0, require_api_key=require_api_key,
-                                watch_seconds=0, **cfg))
+                                catalog_url=url, port=0, http_port=-1,
+                                require_api_key=require_api_key, watch_seconds=0, **cfg))
     assert server.ready.wait(120) and server.load_error is None
-    http = start_http(server, -1)
-    server.stop_hooks.insert(0, http.stop)
-    return Served(server, f"http://127.0.0.1:{http.port}", f"127.0.0.1:{server.port}", root,
-                  keys)
+    return Served(server, f"http://127.0.0.1:{server.http.port}", f"127.0.0.1:{server.port}",
+                  root, keys)
 
 
 @pytest.fixture(scope="module")
