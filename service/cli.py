@@ -92,6 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--metrics-port", type=int_in(0, 65535),
                    help="serve Prometheus /metrics on this HTTP port (0: any free port)")
     s.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
+    s.add_argument("--http-port", type=int_in(0, 65535),
+                   help="the HTTP/JSON API and web console on this port (default 8080; 0: off)")
     s.set_defaults(func=_serve)
 
     d = sub.add_parser("demo", help="train a demo model on real offline images, index, serve",
@@ -103,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image folder <label>/<image> (default: sklearn digits)")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int_in(0, 65535), default=50051)
+    d.add_argument("--http-port", type=int_in(0, 65535), default=8080,
+                   help="HTTP API and web console (default %(default)s; 0: off)")
     d.add_argument("--prepare-only", action="store_true", help="build model and index, don't serve")
     d.set_defaults(func=_demo)
 
@@ -116,6 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--collection", default="", help="collection of the identity")
     v.add_argument("--threshold", type=float, default=None)
     _client_options(v)
+    v.add_argument("--json", action="store_true", help="print the reply as JSON (scripts)")
     v.set_defaults(func=_verify)
 
     q = sub.add_parser("search", help="top-k most similar catalogued images",
@@ -133,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-distance", type=float, default=None)
     q.add_argument("--exclude", action="append", help="never this key (repeatable)")
     _client_options(q)
+    q.add_argument("--json", action="store_true", help="print the reply as JSON (scripts)")
     q.set_defaults(func=_search)
 
     u = sub.add_parser("upsert", help="add or replace images on a server (idempotent by key)",
@@ -148,6 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--meta", action="append", help="NAME=VALUE metadata for every image")
     u.add_argument("--collection", default="")
     _client_options(u)
+    u.add_argument("--json", action="store_true", help="print the reply as JSON (scripts)")
     u.set_defaults(func=_upsert)
 
     x = sub.add_parser("delete", help="remove images by key from a server's catalogue and index",
@@ -165,6 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "count, measured recall, threshold, face pipeline.")
     i.add_argument("--collection", default="")
     _client_options(i)
+    i.add_argument("--json", action="store_true", help="print the reply as JSON (scripts)")
     i.set_defaults(func=_describe)
 
     r = sub.add_parser("reload", help="make a server swap to another index version now",
@@ -262,18 +270,19 @@ def _serve_until_stopped(cfg) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.config import load_serve_config
+    from service.config import DEFAULT_HTTP_PORT, load_serve_config
     from service.logs import use_json_logs
     from service.writable import require_serving_writable
 
     flags = {k: getattr(args, k) for k in (
         "checkpoint", "index_root", "catalog_url", "host", "port", "max_workers", "max_batch",
         "max_wait_ms", "face", "watch_seconds", "require_api_key", "tls_cert", "tls_key",
-        "metrics_port", "log_format")}
+        "metrics_port", "log_format", "http_port")}
     if args.extra_index_roots:
         flags["extra_index_roots"] = tuple(args.extra_index_roots)
     cfg = load_serve_config(args.config, defaults={"index_root": DEFAULT_INDEX_ROOT,
-                                                   "catalog_url": DEFAULT_CATALOG}, **flags)
+                                                   "catalog_url": DEFAULT_CATALOG,
+                                                   "http_port": DEFAULT_HTTP_PORT}, **flags)
     if cfg.log_format == "json":
         use_json_logs()
     require_serving_writable(cfg)  # a root-owned var/: the folder and the fix, not a traceback
@@ -292,6 +301,11 @@ def _demo(args: argparse.Namespace) -> int:
     same = next((b for b in q[1:] if os.path.basename(b).split("__")[0]
                  == os.path.basename(q[0]).split("__")[0]), q[1])
     server = f"{args.host}:{args.port}"
+    http = f"http://{args.host}:{args.http_port}"
+    console = (f"""
+Web console: {http}/   (HTTP/JSON API: {http}/docs)
+  curl -F image=@{q[0]} -F k=5 {http}/v1/search
+""" if args.http_port else "")
     print(f"""
 imgsim demo ({demo.data}): serving on {server}. In another shell, try:
 
@@ -301,13 +315,28 @@ imgsim demo ({demo.data}): serving on {server}. In another shell, try:
   .venv/bin/imgsim verify {q[0]} --identity {os.path.basename(q[0]).split("__")[0]} --server {server}
   .venv/bin/imgsim describe --server {server}
   grpcurl -plaintext {server} list            # reflection is on
-
+{console}
 Held-out query images (never trained on, never indexed): {demo.root / 'queries'}
 Ctrl-C stops the server.
 """, flush=True)
     return _serve_until_stopped(ServeConfig(
         checkpoint=str(demo.checkpoint), index_root=str(demo.index_root),
-        catalog_url=demo.catalog_url, host=args.host, port=args.port))
+        catalog_url=demo.catalog_url, host=args.host, port=args.port, http_port=args.http_port))
+
+
+def _print_json(message, **extra) -> int:
+    """A reply as one JSON object: protobuf field names, every field, counts as numbers."""
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
+    out = MessageToDict(message, preserving_proto_field_name=True,
+                        always_print_fields_with_no_presence=True)
+    for f in message.DESCRIPTOR.fields:  # proto3 JSON writes 64-bit integers as strings
+        if f.type in (f.TYPE_INT64, f.TYPE_UINT64) and isinstance(out.get(f.name), str):
+            out[f.name] = int(out[f.name])
+    print(json.dumps({**out, **extra}, indent=2, ensure_ascii=False))
+    return 0
 
 
 def _client(args: argparse.Namespace):
@@ -323,6 +352,8 @@ def _verify(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.verify(args.a, args.b, threshold=args.threshold, identity=args.identity,
                      identity_collection=args.collection)
+    if args.json:
+        return _print_json(r)
     verdict = "SAME" if r.same else "DIFFERENT"
     print(f"{verdict}  distance={r.distance:.4f}  similarity={r.similarity:.4f}  "
           f"threshold={r.threshold:.4f}  model={r.model_version}")
@@ -337,6 +368,8 @@ def _search(args: argparse.Namespace) -> int:
         r = c.search(args.query, args.k, collection=args.collection, labels=args.labels or (),
                      metadata=_meta(args.meta), max_distance=args.max_distance,
                      exclude_keys=args.exclude or ())
+    if args.json:
+        return _print_json(r)
     print(f"index {r.index_version}, model {r.model_version}")
     print(f"{'rank':>4}  {'distance':>8}  {'similarity':>10}  {'label':<20} key")
     for h in r.hits:
@@ -377,6 +410,9 @@ def _upsert(args: argparse.Namespace) -> int:
     images = list(_upsert_images(args))  # resolve paths before streaming: fail early
     with _client(args) as c:
         r = c.upsert(images)
+    if args.json:  # the reply, and which file each key was read from
+        return _print_json(r, images=[{"key": im.key, "label": im.label, "file": str(im.image)}
+                                      for im in images])
     # the reply counts new, replaced and unchanged images but does not say which key is which
     print(f"{len(images)} image(s) sent: {r.inserted} inserted, {r.updated} updated, "
           f"{r.unchanged} unchanged; index {r.index_version} now holds {r.count} images")
@@ -398,6 +434,8 @@ def _delete(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.describe(args.collection)
+    if args.json:
+        return _print_json(r)
     recall = f"{r.recall_at_10:.3f}" if r.HasField("recall_at_10") else "n/a"
     params = ", ".join(f"{k}={v}" for k, v in sorted(r.search_params.items())) or "-"
     print(f"""collection     {r.collection}   (served: {', '.join(r.collections)})

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -46,9 +47,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_demo_builds_from_nothing_serves_and_finds_held_out_digits(tmp_path):
-    port, root = _free_port(), tmp_path / "demo"
+    port, http_port, root = _free_port(), _free_port(), tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "imgsim.cli", "demo", "--root", str(root),
-                             "--host", "127.0.0.1", "--port", str(port)],
+                             "--host", "127.0.0.1", "--port", str(port),
+                             "--http-port", str(http_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -73,6 +75,12 @@ def test_demo_builds_from_nothing_serves_and_finds_held_out_digits(tmp_path):
             assert len(held_out) == 30 and all(k.startswith(f"{k[0]}/") for k in held_out)
             keys = {h.key for r in results for h in r}  # catalogue keys are label/name
             assert len(keys) > 30 and all("/" in k for k in keys) and not keys & held_out
+            # the web console and HTTP API the demo prints, beside gRPC in the same process
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=10) as r:
+                assert b"imgsim console" in r.read()
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/index",
+                                        timeout=10) as r:
+                assert json.load(r)["count"] == c.describe().count
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

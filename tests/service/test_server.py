@@ -108,10 +108,10 @@ def _free_port() -> int:
 
 def test_cli_serve_stops_gracefully_on_sigterm(served):
     _, _, cfg = served
-    port = _free_port()
+    port, http_port = _free_port(), _free_port()  # HTTP on too (the default is 8080)
     proc = subprocess.Popen([sys.executable, "-m", "imgsim.cli", "serve", "--checkpoint",
                              cfg.checkpoint, "--index-root", cfg.index_root, "--catalog",
-                             cfg.catalog_url, "--port", str(port)],
+                             cfg.catalog_url, "--port", str(port), "--http-port", str(http_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -125,6 +125,10 @@ def test_cli_serve_stops_gracefully_on_sigterm(served):
                     pass
                 time.sleep(0.3)
             assert c.health() == "SERVING"
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
+            assert r.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
