@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -470,11 +470,12 @@ class SimilarityCore:
         return self.vectors(images, deadline=deadline)
 
     # -- Upsert / Delete ------------------------------------------------------------------
-    def upsert(self, items: Iterable[UpsertItem], *,
-               deadline: float | None = None) -> ChangeResult:
+    def upsert(self, items: Iterable[UpsertItem], *, deadline: float | None = None,
+               abandoned: Callable[[], bool] | None = None) -> ChangeResult:
+        """All of ``items`` or none; not applied once ``abandoned()`` says the caller left."""
         from service.mutations import upsert
 
-        return upsert(self, items, deadline=deadline)
+        return upsert(self, items, deadline=deadline, abandoned=abandoned)
 
     def delete(self, keys: Sequence[str], *, collection: str = "",
                ignore_missing: bool = False) -> ChangeResult:

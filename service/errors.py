@@ -27,6 +27,12 @@ class DeadlineExceeded(ServiceError):
     """The caller's deadline passed before the work was done."""
 
 
+class ClientGone(ServiceError):
+    """The caller ended the call (cancelled it, or gRPC refused one of its messages) before
+    the change was applied; nothing was. Its status is the caller's side's (CANCELLED or
+    DEADLINE_EXCEEDED), which the gRPC adapter reads from the call."""
+
+
 class Unavailable(ServiceError):
     """Shutting down or not loaded yet (UNAVAILABLE)."""
 

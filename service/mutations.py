@@ -17,7 +17,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +45,7 @@ from indexer.versions import (
     read_manifest,
 )
 from service.errors import (
+    ClientGone,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidInput,
@@ -183,8 +184,12 @@ def _drop_blobs(core: SimilarityCore, live: LiveIndex, blobs: BlobStore,
                       blobs.root)
 
 
-def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
-           deadline: float | None = None) -> ChangeResult:
+def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *, deadline: float | None = None,
+           abandoned: Callable[[], bool] | None = None) -> ChangeResult:
+    """``abandoned()`` true: the caller has ended the call, so the change is not applied.
+    gRPC ends a request stream the same way when the client half-closes it and when it refuses
+    an oversized message (which the client reads as RESOURCE_EXHAUSTED); only the second ends
+    the call, moments later, so it is asked again just before the change is published."""
     from service.core import ChangeResult
 
     live, batch = _collect(core, items)
@@ -227,6 +232,8 @@ def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *,
                         v = live.version
                         return ChangeResult(v.manifest.version, int(v.index.ntotal),
                                             unchanged=len(batch))
+                    if abandoned is not None and abandoned():
+                        raise ClientGone("the call ended before the change was applied")
                     version = clone_version(live.version)
                     try:
                         ids = add_to_index(s, version, rows, vectors[changed],

@@ -21,6 +21,7 @@ from service.core import (
     VerifyResult,
 )
 from service.errors import (
+    ClientGone,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidInput,
@@ -139,6 +140,8 @@ class RpcCall:
             self.metrics.in_flight.inc()
         try:
             result = fn()
+        except ClientGone:
+            code, msg = ended_by_client(self.context)
         except ServiceError as e:
             code, msg = STATUS_OF.get(type(e), grpc.StatusCode.INTERNAL), str(e)
         except grpc.RpcError:  # raised by a request stream the client's side ended
@@ -259,7 +262,8 @@ class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
                 if not context.is_active():
                     raise grpc.RpcError("the request stream was cut off")
 
-            r = core.upsert(items(), deadline=c.deadline)
+            r = core.upsert(items(), deadline=c.deadline,
+                            abandoned=lambda: not context.is_active())
             return pb.UpsertResponse(inserted=r.inserted, updated=r.updated, unchanged=r.unchanged,
                                      index_version=r.index_version, count=r.count)
 

@@ -203,13 +203,16 @@ def test_hostile_requests_through_every_rpc_never_answer_internal(served, digits
 
 class CutOffContext:
     """A servicer context whose client's side has ended the call (as when gRPC refuses an
-    oversized message): its request iterator may simply stop, without raising."""
+    oversized message): its request iterator may simply stop, without raising, and the call
+    reads as ended only ``active_for`` questions later (the cancellation arrives after)."""
 
-    def __init__(self) -> None:
+    def __init__(self, active_for: int = 0) -> None:
         self.aborted = None
+        self.active_for = active_for
 
     def is_active(self) -> bool:
-        return False
+        self.active_for -= 1
+        return self.active_for >= 0
 
     def time_remaining(self) -> float:
         return 20.0
@@ -225,8 +228,9 @@ class CutOffContext:
         raise grpc.RpcError(details)
 
 
+@pytest.mark.parametrize("active_for", [0, 1], ids=["ended-at-once", "ended-moments-later"])
 def test_a_stream_that_stops_because_the_call_ended_is_not_applied(workspace, tiny_checkpoint,
-                                                                   digits_dir):
+                                                                   digits_dir, active_for):
     core = make_core(workspace, tiny_checkpoint)
     try:
         metrics = Metrics()
@@ -234,11 +238,13 @@ def test_a_stream_that_stops_because_the_call_ended_is_not_applied(workspace, ti
         count = core.index.index.ntotal
         items = [pb.UpsertRequest(key=f"cut/{i}", data=digit(digits_dir, "2", i).read_bytes())
                  for i in range(3)]
-        context = CutOffContext()
+        context = CutOffContext(active_for)
         with pytest.raises(grpc.RpcError):
             servicer.Upsert(iter(items), context)
         assert context.aborted[0] == grpc.StatusCode.CANCELLED
         assert core.index.index.ntotal == count
+        assert not (workspace / "idx" / "blobs").exists() or not any(
+            p.is_file() for p in (workspace / "idx" / "blobs").rglob("*"))
         with core.sessions() as s:
             assert s.scalars(select(ImageRow.key).where(ImageRow.key.like("cut/%"))).all() == []
         got = {s.labels["code"] for m in metrics.registry.collect() if m.name == "imgsim_requests"
