@@ -214,14 +214,29 @@ def reindex_cmd(ws: Workspace, *, chunk_size: int) -> list[str]:
             "--tuning-queries", "50"]
 
 
+def _planned(ws: Workspace, p: subprocess.Popen, timeout: float = 300.0) -> float:
+    """Wait until the reindex has written its plan (imports and the catalogue snapshot
+    done: what follows is embedding, building and publishing); returns the wait."""
+    t0 = time.monotonic()
+    while not list((ws.index_root / "reindex").glob("*/run.json")):
+        if p.poll() is not None or time.monotonic() - t0 > timeout:
+            break
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
 def reindex_trials(ws: Workspace, out: Path, emb: Embedder, n: int, faults: int,
                    rng: random.Random, *, chunk_size: int) -> list[dict]:
     log = open(out / "reindex.log", "a")
-    t0 = time.monotonic()  # calibration: one uninterrupted run
-    subprocess.run(reindex_cmd(ws, chunk_size=chunk_size), env=CHILD_ENV, check=True,
-                   stdout=log, stderr=subprocess.STDOUT, timeout=600)
-    full = time.monotonic() - t0
-    print(f"uninterrupted reindex: {full:.1f}s", flush=True)
+    # calibration: one uninterrupted run; kills land uniformly in its work after the plan
+    p = subprocess.Popen(reindex_cmd(ws, chunk_size=chunk_size), env=CHILD_ENV, stdout=log,
+                         stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    to_plan = _planned(ws, p)
+    if p.wait(600):
+        raise RuntimeError(f"reindex failed; see {out / 'reindex.log'}")
+    full = time.monotonic() - t0 - to_plan
+    print(f"uninterrupted reindex: {to_plan:.1f}s to the plan, then {full:.1f}s", flush=True)
     rows = []
     for t in range(n + faults):
         injected = t >= n
@@ -229,10 +244,11 @@ def reindex_trials(ws: Workspace, out: Path, emb: Embedder, n: int, faults: int,
         before = current_version_name(ws.index_root)
         p = subprocess.Popen(reindex_cmd(ws, chunk_size=chunk_size), env=env, stdout=log,
                              stderr=subprocess.STDOUT)
-        delay = rng.uniform(0.1, 1.0) * full
+        delay = rng.uniform(0.0, 1.0) * full
         if injected:
             rc = p.wait(600)
         else:
+            _planned(ws, p)
             try:
                 rc = p.wait(delay)  # finished before the kill: counted as not killed
             except subprocess.TimeoutExpired:
@@ -251,7 +267,8 @@ def reindex_trials(ws: Workspace, out: Path, emb: Embedder, n: int, faults: int,
         n_rows = len(catalogue(ws))
         count = load_index_version(ws.index_root).index.ntotal
         rows.append({"trial": t + 1, "mode": "injected" if injected else "random",
-                     "killed_at_s": None if injected else round(delay, 2), "exit_code": rc,
+                     "killed_after_plan_s": None if injected else round(delay, 2),
+                     "exit_code": rc,
                      "agree_after_kill": after_kill.ok,
                      "published_before_kill": published_by_killed,
                      "resumed_images": int(resumed.group(1)) if resumed else 0,
@@ -305,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upsert-trials", type=int, default=20)
     p.add_argument("--reindex-trials", type=int, default=10)
     p.add_argument("--injected", type=int, default=3, help="fault-injected trials of each kind")
-    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--reindex-images", type=int, default=1750,
+                   help="digits catalogued for the reindex trials (embedding must take long "
+                        "enough for kills to land between chunks)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -316,10 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     res["upsert"] = upsert_trials(fresh_copy(golden, out / "upsert"), out, emb,
                                   args.upsert_trials, args.injected, rng) \
-        if args.upsert_trials + args.injected and args.upsert_trials >= 0 else []
-    res["reindex"] = reindex_trials(fresh_copy(golden, out / "reindex"), out, emb,
-                                    args.reindex_trials, args.injected, rng,
-                                    chunk_size=args.chunk_size) if args.reindex_trials else []
+        if args.upsert_trials else []
+    if args.reindex_trials:
+        big = prepare(out / "ws-reindex", per_class=args.reindex_images // 10)
+        res["reindex"] = reindex_trials(fresh_copy(big, out / "reindex"), out,
+                                        Embedder.from_checkpoint(big.checkpoint),
+                                        args.reindex_trials, args.injected, rng,
+                                        chunk_size=args.chunk_size)
+    else:
+        res["reindex"] = []
     res["wall_seconds"] = time.monotonic() - t0
     (out / "crash.json").write_text(json.dumps(res, indent=2))
     print(tables(res))
