@@ -200,3 +200,13 @@ def test_a_server_still_loading_answers_503():
             assert c.get("/v1/info").json()["serving"] is False
     finally:
         http.stop()
+
+
+def test_keep_alive_answers_do_not_wait_for_the_clients_delayed_ack(web):
+    """The HTTP listener is TCP with Nagle off (accepted sockets inherit it): with Nagle on, every
+    keep-alive response's second write waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    sock = web.server.http.sock
+    assert sock.proto == socket.IPPROTO_TCP
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
