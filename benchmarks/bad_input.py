@@ -248,12 +248,38 @@ def table(res: dict) -> str:
     return "\n".join(head + rows)
 
 
+def repeat_each(server: ServerProcess, corpus: dict[str, bytes], valid: bytes, n: int,
+                out: Path) -> int:
+    """RSS after each of ``n`` repetitions of each case, cases in table order."""
+    r = Runner(server.target, valid)
+    cases = {k: (lambda d=d: r.image_rpcs(d)) for k, d in corpus.items()}
+    cases.update(other_cases(r))
+    rows = {"start": [server.rss_mb()]}
+    try:
+        for case, run in cases.items():
+            rows[case] = []
+            for _ in range(n):
+                run()
+                time.sleep(0.5)
+                rows[case].append(server.rss_mb())
+    finally:
+        server.stop()
+    (out / "repeat_each.json").write_text(json.dumps(rows, indent=2))
+    print("| case | RSS MiB after each repetition |\n|---|---|")
+    for case, xs in rows.items():
+        print(f"| {case} | {', '.join(f'{x:.0f}' for x in xs)} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/bad_input")
     p.add_argument("--rounds", type=int, default=3,
                    help="send the whole corpus this many times; the table shows the first, "
                         "RSS after each tells a leak from a high-water mark")
+    p.add_argument("--repeat-each", type=int, default=0,
+                   help="instead: send each case this many times in a row on a fresh server "
+                        "and print the RSS after each repetition (which case grows it)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     golden = prepare(out / "ws", per_class=20)
@@ -261,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     valid = sorted(ws.queries.rglob("*.png"))[0]
     corpus = image_corpus(valid)
     server = ServerProcess(ws, out / "server.log", metrics_port=0).start()
+    if args.repeat_each:
+        return repeat_each(server, corpus, valid.read_bytes(), args.repeat_each, out)
     res: dict = {"cases": []}
     try:
         r = Runner(server.target, valid.read_bytes())
