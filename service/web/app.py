@@ -8,9 +8,10 @@ import logging
 import time
 from importlib.resources import files
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from service.web import catalogue, jobs, similarity
 from service.web import schemas as s
@@ -116,7 +117,9 @@ class ApiMiddleware:
 
 def create_app(ctx: WebContext, *, grpc_port: int = 0, title: str = "imgsim") -> ApiMiddleware:
     """The API and console around ``ctx``; the FastAPI app itself is ``.app`` of the result."""
-    app = FastAPI(title=f"{title} HTTP API", version="1",
+    # interactive docs at /docs (and /redoc) from files in the package: no CDN, so that they
+    # work on a machine without internet access
+    app = FastAPIOffline(title=f"{title} HTTP API", version="1",
                   description="The imgsim.v1 API over HTTP/JSON, beside gRPC in the same "
                               "process. Send API keys as `Authorization: Bearer KEY`. Errors "
                               "are `{\"error\": {\"status\", \"code\", \"message\"}}` with the "

@@ -210,3 +210,31 @@ def test_keep_alive_answers_do_not_wait_for_the_clients_delayed_ack(web):
     sock = web.server.http.sock
     assert sock.proto == socket.IPPROTO_TCP
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_openapi_schema_and_offline_docs_are_served(web, browser, tmp_path):
+    from tests.service.web.conftest import screenshot
+
+    with web.client() as c:
+        spec = c.get("/openapi.json").json()
+        assert {"/v1/search", "/v1/search/batch", "/v1/verify", "/v1/embed", "/v1/upsert",
+                "/v1/delete", "/v1/index", "/v1/reload", "/v1/collections",
+                "/v1/collections/{collection}/images", "/v1/jobs", "/v1/jobs/{job_id}",
+                "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/files/{name}"} <= set(spec["paths"])
+        search = spec["paths"]["/v1/search"]["post"]
+        form = search["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        fields = spec["components"]["schemas"][form.rsplit("/", 1)[1]]["properties"]
+        assert {"image", "key", "k", "label", "meta", "max_distance", "exclude_key"} <= set(fields)
+        docs = c.get("/docs").text
+        assert "cdn" not in docs.lower()  # no network needed
+    page = browser.new_page()
+    try:
+        page.goto(web.url + "/docs")
+        page.wait_for_selector(".opblock")  # Swagger UI rendered the operations
+        paths = {p.replace("\u200b", "") for p in
+                 page.locator(".opblock-summary-path").all_text_contents()}
+        assert {"/v1/search", "/v1/search/batch", "/v1/jobs/{job_id}/files/{name}"} <= paths
+        assert "imgsim HTTP API" in page.text_content("body")
+        screenshot(page, tmp_path, "docs")
+    finally:
+        page.close()
