@@ -18,14 +18,15 @@ COPY imgsim ./imgsim
 COPY protos ./protos
 RUN pip install . grpcio-tools==1.85.1 \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
-      protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto \
+      protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto protos/imgsim/v1/catalog.proto \
  && touch imgsim/v1/__init__.py \
  && pip install --no-deps .
 
 RUN useradd --create-home --uid 10001 imgsim && mkdir -p /app/var && chown imgsim /app/var
 USER imgsim
 
-EXPOSE 50051
+# gRPC; the HTTP/JSON API and web console (--http-port, default 8080)
+EXPOSE 50051 8080
 # `imgsim health` (here as its light module: no torch import) reads the server's settings
 # (IMGSIM_SERVE_* variables, IMGSIM_SERVE_CONFIG): set port and TLS files there, not as flags,
 # and the check follows them, TLS included.

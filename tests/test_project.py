@@ -78,3 +78,14 @@ def test_generated_protos_match_the_proto(tmp_path):
     for name in ["similarity_pb2.py", "similarity_pb2_grpc.py"]:
         fresh = (tmp_path / "imgsim/v1" / name).read_text()
         assert (REPO / "imgsim/v1" / name).read_text() == fresh, f"{name} is stale: run make proto"
+
+
+def test_every_proto_is_compiled_by_make_and_the_dockerfile():
+    """A .proto that `make proto` or the image's build step leaves out is a module missing at
+    import (the image's server would not start)."""
+    protos = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "protos").rglob("*.proto"))
+    assert "protos/imgsim/v1/catalog.proto" in protos
+    for name in ("Makefile", "Dockerfile"):
+        text = (REPO / name).read_text()
+        missing = [p for p in protos if p not in text]
+        assert not missing, f"{name} does not compile {missing}"
