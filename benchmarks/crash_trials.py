@@ -47,7 +47,7 @@ from indexer.faults import AFTER_INDEX_PUBLISH, FAULT_ENV  # noqa: E402
 from indexer.rebuild import stored_vectors  # noqa: E402
 from indexer.versions import current_version_name, load_index_version  # noqa: E402
 from service.client import SimilarityClient, UpsertImage  # noqa: E402
-from training.embedder import Embedder  # noqa: E402
+from training.models.embedder import Embedder  # noqa: E402
 
 
 @dataclass

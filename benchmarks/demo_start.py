@@ -91,10 +91,10 @@ def sweep(overrides: list[str], work: Path) -> None:
 
     from service.demo import _hold_out, export_digits
     from training.checkpoint import load_checkpoint
-    from training.data import list_image_folder
-    from training.embedder import Embedder
+    from training.data.folders import list_image_folder
+    from training.engine.train import TrainConfig, train
     from training.evaluation.retrieval import retrieval_metrics
-    from training.train import TrainConfig, train
+    from training.models.embedder import Embedder
 
     src = work / "digits"
     if not src.is_dir():

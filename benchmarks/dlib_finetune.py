@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.data import ImagePaths
+from training.data.folders import ImagePaths
+from training.data.transforms import eval_transform
 from training.distances import get_distance
 from training.evaluation.lfw import (
     load_view2,
@@ -26,8 +27,7 @@ from training.evaluation.lfw import (
     view2_accuracy,
 )
 from training.losses import get_loss
-from training.miners import MINERS
-from training.transforms import eval_transform
+from training.miners.in_batch import MINERS
 
 TRUNK_BLOCKS = 10  # stem + 3x32 + 4x64 + 3x128 stay frozen; the 256-channel stages and fc train
 

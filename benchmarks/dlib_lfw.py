@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from training.checkpoint import file_sha256, load_checkpoint
-from training.embedder import Embedder
 from training.evaluation.lfw import load_view2, pair_distances_by_path, view2_accuracy
+from training.models.embedder import Embedder
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.backbones import build_model  # noqa: E402
-from training.spec import ModelSpec  # noqa: E402
+from training.models.backbones import build_model  # noqa: E402
+from training.models.spec import ModelSpec  # noqa: E402
 
 DEFAULT_ARCHS = ["smallcnn:64", "resnet18:160", "mobilenet_v3_small:160",
                  "mobilenet_v3_large:160", "resnet50:160"]

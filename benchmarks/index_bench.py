@@ -85,8 +85,8 @@ def real(args) -> tuple[np.ndarray, np.ndarray, str]:
         import torch
 
         from indexer.embedding import embed_files, progress_bar
-        from training.data import list_image_folder
-        from training.embedder import Embedder
+        from training.data.folders import list_image_folder
+        from training.models.embedder import Embedder
 
         torch.set_num_threads(2)
         data = Path(args.data_dir)

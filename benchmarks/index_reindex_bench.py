@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer import reindex as rx  # noqa: E402
 from indexer.catalog import open_catalog, sha256_file, upsert_images  # noqa: E402
-from training.data import list_image_folder  # noqa: E402
-from training.embedder import Embedder  # noqa: E402
+from training.data.folders import list_image_folder  # noqa: E402
+from training.models.embedder import Embedder  # noqa: E402
 
 
 def forward_ips(emb: Embedder, paths: list[str], batch: int, seconds: float) -> float:

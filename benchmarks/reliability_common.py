@@ -40,7 +40,7 @@ def prepare(out: Path, *, per_class: int = 20) -> Workspace:
     """Digits (``per_class`` catalogued, 5 held out per class), a tiny model, an index."""
     from indexer.build import BuildConfig, build_index
     from service.demo import export_digits
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     out = out.resolve()  # the server runs in another directory
     out.mkdir(parents=True, exist_ok=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.jobs.segmentation.data import load_isbi, parse_slices
-from service.jobs.segmentation.infer import predict_probs
-from service.jobs.segmentation.metrics import mean_scores, score_membranes
-from service.jobs.segmentation.outputs import save_overlay
-from service.jobs.segmentation.train import (
+from training.segmentation.data import load_isbi, parse_slices
+from training.segmentation.infer import predict_probs
+from training.segmentation.metrics import mean_scores, score_membranes
+from training.segmentation.outputs import save_overlay
+from training.segmentation.train import (
     SegTrainConfig,
     load_seg_checkpoint,
     train_segmenter,

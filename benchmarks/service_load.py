@@ -37,10 +37,10 @@ sys.path.insert(0, str(REPO))
 from indexer.build import BuildConfig, build_index  # noqa: E402
 from indexer.versions import load_index_version, new_version_name, publish_index_version  # noqa: E402
 from service.client import SimilarityClient  # noqa: E402
-from training.data import Sample  # noqa: E402
-from training.embedder import Embedder  # noqa: E402
-from training.train import TrainConfig, train  # noqa: E402
-from training.transforms import decode_image  # noqa: E402
+from training.data.folders import Sample  # noqa: E402
+from training.data.transforms import decode_image  # noqa: E402
+from training.engine.train import TrainConfig, train  # noqa: E402
+from training.models.embedder import Embedder  # noqa: E402
 
 log = logging.getLogger("service_load")
 

@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.autoencoder import PretrainConfig, pretrain
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import Sample
-from training.datasets import data_root, load_split
-from training.embedder import Embedder
-from training.ensemble import combine_checkpoint_files
+from training.data.datasets import data_root, load_split
+from training.data.folders import Sample
+from training.engine.train import TrainConfig, train
 from training.evaluation.lfw import evaluate_lfw
 from training.evaluation.retrieval import retrieval_metrics
-from training.losses import TripletLoss
-from training.train import TrainConfig, train
+from training.losses.triplet import TripletLoss
+from training.models.embedder import Embedder
+from training.models.ensemble import combine_checkpoint_files
+from training.pretraining.autoencoder import PretrainConfig, pretrain
 
 log = logging.getLogger("train_beyond")
 
@@ -55,7 +55,7 @@ def cache_images(samples: list[Sample], root: Path, shorter: int) -> list[Sample
 
 
 def run(method: str, cfg: TrainConfig, train_s: list[Sample], args) -> dict:
-    """Train one row's model through ``training.train.train``; returns its path and timings."""
+    """Train one row's model through ``training.engine.train.train``; returns its path and timings."""
     cfg = {
         "baseline": replace(cfg, loss="triplet", miner="batch-hard", sampler="pk"),
         "htl": replace(cfg, loss="htl", miner="all-triplets", sampler="hierarchical",

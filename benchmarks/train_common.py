@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.backbones import build_model
-from training.callbacks import NormLog, TensorBoard, TrainState
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.data import LabelledImages
-from training.datasets import DatasetSplit
-from training.optim import build_optimizer, build_scheduler
-from training.train import (
+from training.data.datasets import DatasetSplit
+from training.data.folders import LabelledImages
+from training.data.transforms import get_augmentation
+from training.engine.callbacks import NormLog, TensorBoard, TrainState
+from training.engine.optim import build_optimizer, build_scheduler
+from training.engine.train import (
     TrainConfig,
     build_batch_sampler,
     build_loss_and_miner,
@@ -26,7 +26,7 @@ from training.train import (
     seed_everything,
     train,
 )
-from training.transforms import get_augmentation
+from training.models.backbones import build_model
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from train_common import interleaved_speed, train_ours, train_pml
 
-from training.datasets import data_root, load_split
-from training.embedder import Embedder
+from training.data.datasets import data_root, load_split
+from training.engine.train import TrainConfig
 from training.evaluation.retrieval import evaluate_retrieval
-from training.train import TrainConfig
+from training.models.embedder import Embedder
 
 # name -> (loss, miner); "pml" is the external baseline loop
 METHODS = {

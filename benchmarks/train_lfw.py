@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from training.datasets import data_root
-from training.embedder import Embedder
+from training.data.datasets import data_root
+from training.engine.train import TrainConfig, train
 from training.evaluation.lfw import load_view2, pair_distances_by_path, view2_accuracy
-from training.train import TrainConfig, train
+from training.models.embedder import Embedder
 
 HALVES = {"1-5": (1, 2, 3, 4, 5), "6-10": (6, 7, 8, 9, 10)}
 

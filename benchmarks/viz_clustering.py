@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.jobs.clustering import (
-    cluster_embeddings,
-    cluster_gallery,
-    cluster_samples,
-    nmi,
-    purity,
-)
-from service.jobs.visualization.embeddings import EmbeddingSet
-from training.data import list_image_folder
-from training.embedder import Embedder
+from service.jobs.kinds.clustering import cluster_gallery
+from training.clustering import cluster_embeddings, cluster_samples, nmi, purity
+from training.data.folders import list_image_folder
+from training.models.embedder import Embedder
+from training.visualization.embeddings import EmbeddingSet
 
 
 def main() -> int:

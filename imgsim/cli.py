@@ -11,11 +11,11 @@ import service.cli
 import service.jobs.cli
 import training.cli
 import training.dlib.cli
-import training.pretrain_cli
+import training.pretraining.cli
 
 # Each package adds its own subcommands; later packages may add more registrars here.
 REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
-              training.dlib.cli.register, training.pretrain_cli.register,
+              training.dlib.cli.register, training.pretraining.cli.register,
               service.jobs.cli.register]
 
 

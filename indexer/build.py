@@ -26,8 +26,8 @@ from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import parse_factory
 from indexer.incremental import lock_collection
 from indexer.versions import Manifest, new_version_name, publish_index_version, publish_lock
-from training.data import Sample, list_image_folder
-from training.embedder import Embedder
+from training.data.folders import Sample, list_image_folder
+from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

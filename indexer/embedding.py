@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 from training.progress import ProgressBar, progress
 
 log = logging.getLogger(__name__)

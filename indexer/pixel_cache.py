@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from indexer.files import atomic_write
-from training.spec import ModelSpec
-from training.transforms import eval_pixels_transform
+from training.data.transforms import eval_pixels_transform
+from training.models.spec import ModelSpec
 
 FORMAT = 1  # bump when eval_pixels_transform changes what it computes
 

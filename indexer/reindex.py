@@ -62,7 +62,7 @@ from indexer.pixel_cache import PixelCache
 from indexer.tune import held_out_queries, tune_search_params
 from indexer.versions import publish_lock
 from training.checkpoint import file_sha256
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

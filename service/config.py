@@ -13,7 +13,7 @@ from typing import Any
 
 from service.core import CoreOptions
 from service.images import DEFAULT_FORMATS
-from training.transforms import MAX_PIXELS
+from training.data.transforms import MAX_PIXELS
 
 ENV_PREFIX = "IMGSIM_SERVE_"
 DEFAULT_HTTP_PORT = 8080

@@ -45,8 +45,8 @@ from service.validation import (
     check_metadata,
     check_version_name,
 )
-from training.embedder import Embedder
-from training.transforms import MAX_PIXELS
+from training.data.transforms import MAX_PIXELS
+from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from PIL import Image
 
 from indexer.build import BuildConfig, build_index
 from service.writable import not_writable_message, require_writable
-from training.data import Sample, list_image_folder
-from training.train import TrainConfig, train
+from training.data.folders import Sample, list_image_folder
+from training.engine.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

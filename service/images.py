@@ -13,9 +13,9 @@ from PIL import Image
 from service.batching import BatchObserver, MicroBatcher, wait_result
 from service.errors import InvalidInput
 from service.face import check_face_mode, crop_largest_face, detect_faces
-from training.embedder import Embedder
+from training.data.transforms import ImageDecodeError, decode_image
 from training.face import FaceNotFoundError
-from training.transforms import ImageDecodeError, decode_image
+from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.mutations import recover_interrupted_change
 from service.servicer import SimilarityServicer
 from service.store import ensure_service_tables
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ def digits_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, digits_dir) -> Path:
     """A small CNN trained for a few steps on the digits (seconds on a CPU)."""
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model")
     return train(TrainConfig(data=str(digits_dir), out=str(out), arch="smallcnn", input_size=32,

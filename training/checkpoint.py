@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 import training.dlib.model  # noqa: F401  registers "dlib_resnet" in MODEL_BUILDERS
-from training.backbones import build_model
-from training.spec import ModelSpec
+from training.models.backbones import build_model
+from training.models.spec import ModelSpec
 
 FORMAT = "imgsim.checkpoint/1"
 

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets import FORMATS
+from training.data.datasets import FORMATS
+from training.data.transforms import AUGMENTATIONS
 from training.distances import DISTANCES
+from training.engine.optim import OPTIMIZERS, SCHEDULES
+from training.engine.train import SAMPLERS
 from training.evaluation import cli as evaluation_cli
 from training.losses import LOSSES
-from training.miners import MINERS
-from training.optim import OPTIMIZERS, SCHEDULES
-from training.train import SAMPLERS
-from training.transforms import AUGMENTATIONS
+from training.miners.in_batch import MINERS
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.backbones import BACKBONES
+    from training.models.backbones import BACKBONES
 
     d = _train_defaults()
     p = sub.add_parser(
@@ -149,14 +149,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train_defaults() -> dict:
     from dataclasses import MISSING, fields
 
-    from training.train import TrainConfig
+    from training.engine.train import TrainConfig
 
     return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.config import merge_config, read_toml_config
-    from training.train import train
+    from training.engine.config import merge_config, read_toml_config
+    from training.engine.train import train
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config",
                                                               "verbose")}
@@ -174,11 +174,11 @@ def _train(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     import json
 
-    from training.model_info import model_table
+    from training.models.info import model_table
 
     size, dim = args.input_size, args.embedding_dim
     if args.config:
-        from training.config import read_toml_config
+        from training.engine.config import read_toml_config
 
         values = read_toml_config(args.config)
         size, dim = values.get("input_size", size), values.get("embedding_dim", dim)
@@ -195,7 +195,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from training.embedder import Embedder
+    from training.models.embedder import Embedder
 
     lines = [ln.strip() for ln in Path(args.list_file).read_text().splitlines()]
     paths = [ln for ln in lines if ln]

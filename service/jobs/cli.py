@@ -213,7 +213,8 @@ def _kinds(args: argparse.Namespace) -> int:
     import dataclasses
     import typing
 
-    from service.jobs.registry import load_builtin_kinds, param_help
+    from service.jobs.params import param_help
+    from service.jobs.registry import load_builtin_kinds
 
     for name, kind in sorted(load_builtin_kinds().items()):
         print(f"{name}: {kind.help}")
@@ -319,7 +320,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from service.jobs.context import JobCancelled, JobContext, JobDefaults
-    from service.jobs.registry import get_kind, parse_params
+    from service.jobs.params import parse_params
+    from service.jobs.registry import get_kind
 
     kind = get_kind(args.kind)
     params = parse_params(kind, _parse_params(args))
@@ -338,8 +340,8 @@ def _run(args: argparse.Namespace) -> int:
 
 # -- imgsim segment -------------------------------------------------------------------------
 def _register_segment(sub: argparse._SubParsersAction) -> None:
-    from service.jobs.segmentation.models import ARCHITECTURES, UPSAMPLERS
-    from service.jobs.segmentation.train import DEFAULT_DATA, WEIGHT_MAPS, SegTrainConfig
+    from training.segmentation.models import ARCHITECTURES, UPSAMPLERS
+    from training.segmentation.train import DEFAULT_DATA, WEIGHT_MAPS, SegTrainConfig
 
     d = SegTrainConfig()
     seg = sub.add_parser("segment", help="U-Net / SegNet segmentation (ISBI 2012)",
@@ -403,7 +405,7 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _seg_train(args: argparse.Namespace) -> int:
-    from service.jobs.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
+    from training.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
 
     up = args.upsampling or ("unpool" if args.arch == "segnet" else "transposed")
     cfg = SegTrainConfig(data=args.data, out=args.out, arch=args.arch, upsampling=up,
@@ -423,7 +425,7 @@ def _seg_train(args: argparse.Namespace) -> int:
 
 
 def _seg_predict(args: argparse.Namespace) -> int:
-    from service.jobs.segmentation.predict import predict_files
+    from training.segmentation.predict import predict_files
 
     rows = predict_files(args.checkpoint, args.images, args.out, threshold=args.threshold,
                          tile=args.tile, margin=args.margin, tta=args.tta)
@@ -435,7 +437,7 @@ def _seg_predict(args: argparse.Namespace) -> int:
 def _seg_eval(args: argparse.Namespace) -> int:
     import tempfile
 
-    from service.jobs.segmentation.predict import evaluate_slices
+    from training.segmentation.predict import evaluate_slices
 
     out = args.out or tempfile.mkdtemp(prefix="imgsim-seg-eval-")
     mean, rows = evaluate_slices(args.checkpoint, args.data, args.slices, out,

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core import FailedPrecondition, InvalidInput, NotFound
-from service.jobs.registry import get_kind, params_to_json, parse_params
+from service.jobs.params import params_to_json, parse_params
+from service.jobs.registry import get_kind
 from service.jobs.store import (
     InvalidTransition,
     JobRow,

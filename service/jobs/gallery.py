@@ -7,9 +7,9 @@ from pathlib import Path
 from indexer.catalog import all_images, image_by_key, open_catalog
 from indexer.versions import load_index_version
 from service.core import ImageInput, SimilarityCore
-from service.jobs.visualization.embeddings import thumbnail
-from service.jobs.visualization.plots import gallery
-from training.embedder import Embedder
+from training.models.embedder import Embedder
+from training.visualization.embeddings import thumbnail
+from training.visualization.plots import gallery
 
 
 def _query_label(path: Path, known: set[str]) -> str | None:

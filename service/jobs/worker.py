@@ -19,7 +19,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.context import JobCancelled, JobContext, JobDefaults
-from service.jobs.registry import get_kind, load_builtin_kinds, parse_params
+from service.jobs.params import parse_params
+from service.jobs.registry import get_kind, load_builtin_kinds
 from service.jobs.report import HtmlReport, job_title
 from service.jobs.store import (
     InvalidTransition,

@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse
 from service.errors import InvalidInput
 from service.jobs.artifacts import artifact_file, job_folder
 from service.jobs.core import JobInfo
-from service.jobs.registry import load_builtin_kinds, param_help
+from service.jobs.params import param_help
+from service.jobs.registry import load_builtin_kinds
 from service.jobs.servicer import MAX_KIND_CHARS, MAX_PARAMS_JSON_CHARS
 from service.validation import check_count, check_text
 from service.web import schemas as s

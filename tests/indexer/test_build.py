@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from indexer.build import BuildConfig, build_index
 from indexer.catalog import ImageRow, all_images, open_catalog, upsert_images
 from indexer.versions import current_version_name, load_index_version, publish_lock
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 @pytest.fixture

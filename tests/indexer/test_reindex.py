@@ -18,7 +18,7 @@ from indexer.catalog import all_images, image_by_key, index_versions, open_catal
 from indexer.factory import stored_ids
 from indexer.versions import current_version_name, load_index_version
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_a_pixel_cache_lets_the_next_reindex_decode_nothing(catalogue, new_check
 
 def test_the_pixel_cache_is_shared_only_by_the_same_preprocessing():
     from indexer.pixel_cache import signature
-    from training.spec import ModelSpec
+    from training.models.spec import ModelSpec
 
     base = ModelSpec(arch="smallcnn", embedding_dim=32, input_size=64, resize_size=73)
     assert signature(base) == signature(replace(base, arch="resnet18", embedding_dim=128,

@@ -13,7 +13,7 @@ from indexer.build import BuildConfig, build_index
 from indexer.catalog import open_catalog
 from indexer.versions import load_index_version
 from service.core import CoreOptions, SimilarityCore
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 @pytest.fixture(scope="session")

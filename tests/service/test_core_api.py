@@ -153,7 +153,7 @@ def test_concurrent_requests_share_forward_passes(ws, tiny_checkpoint, digits_di
     from indexer.catalog import open_catalog
     from indexer.versions import load_index_version
     from service.core import CoreOptions, SimilarityCore
-    from training.embedder import Embedder
+    from training.models.embedder import Embedder
 
     c = SimilarityCore(Embedder.from_checkpoint(tiny_checkpoint), load_index_version(ws / "idx"),
                        open_catalog(f"sqlite:///{ws / 'cat.db'}"),
@@ -183,8 +183,8 @@ def test_several_collections_one_server(workspace, tiny_checkpoint, digits_dir, 
     from indexer.catalog import open_catalog
     from indexer.versions import load_index_version
     from service.core import SimilarityCore
-    from training.data import list_image_folder
-    from training.embedder import Embedder
+    from training.data.folders import list_image_folder
+    from training.models.embedder import Embedder
 
     url = f"sqlite:///{workspace / 'cat.db'}"
     small = [s for s in list_image_folder(digits_dir) if s.label in ("0", "1")][::4]

@@ -9,7 +9,7 @@ from service.face import check_face_mode, crop_largest_face, detect_faces
 from service.images import ImagePipeline
 from tests.conftest import shared_data
 from tests.service.conftest import digit
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 @pytest.fixture(scope="module")

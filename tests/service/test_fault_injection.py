@@ -21,7 +21,7 @@ from indexer.reindex import ReindexConfig, reindex
 from indexer.versions import current_version_name, load_index_version
 from service.config import ServeConfig
 from service.server import load_core
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ UPSERT = """
     from indexer.versions import load_index_version
     from service.core import SimilarityCore, UpsertItem
     from service.mutations import upsert
-    from training.embedder import Embedder
+    from training.models.embedder import Embedder
     ws, digits = Path({ws!r}), Path({digits!r})
     core = SimilarityCore(Embedder.from_checkpoint({ckpt!r}), load_index_version(ws / "idx"),
                           open_catalog(f"sqlite:///{{ws / 'cat.db'}}"))
@@ -87,7 +87,7 @@ DELETE = """
     from indexer.versions import load_index_version
     from service.core import SimilarityCore
     from service.mutations import delete
-    from training.embedder import Embedder
+    from training.models.embedder import Embedder
     ws = Path({ws!r})
     core = SimilarityCore(Embedder.from_checkpoint({ckpt!r}), load_index_version(ws / "idx"),
                           open_catalog(f"sqlite:///{{ws / 'cat.db'}}"))

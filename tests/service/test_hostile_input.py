@@ -19,7 +19,7 @@ from service.core import (
 from service.store import matching_ids
 from tests.indexer.conftest import catalog_url, postgres_server  # noqa: F401  (fixtures)
 from tests.service.conftest import digit
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 CAP = CoreOptions().max_metadata_pairs
 

@@ -15,7 +15,7 @@ from indexer.versions import current_version_name, load_index_version, publish_l
 from service.core import DeadlineExceeded, FailedPrecondition, Unavailable, UpsertItem
 from tests.service.conftest import digit, make_core
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from indexer.versions import load_index_version
 from service.core import ImageInput, SimilarityCore, UpsertItem
 from service.store import BlobStore
 from tests.service.conftest import digit, encoded
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 def fresh_image(digits_dir) -> bytes:

@@ -2,7 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.autoencoder import (
+from training.data.transforms import eval_transform
+from training.models.backbones import BACKBONES, build_model
+from training.models.spec import ModelSpec
+from training.pretraining.autoencoder import (
     ConvAutoencoder,
     PretrainConfig,
     images_digest,
@@ -11,9 +14,6 @@ from training.autoencoder import (
     load_autoencoder,
     pretrain,
 )
-from training.backbones import BACKBONES, build_model
-from training.spec import ModelSpec
-from training.transforms import eval_transform
 
 
 # one per feature-map family (SmallCNN, torchvision ResNet, torchvision MobileNetV3)
@@ -113,7 +113,7 @@ def test_cli_reports_bad_input(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_init_from_autoencoder(tmp_path, few_digits, digits_dir):
     from training.checkpoint import load_checkpoint
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     train_list, _, _, _ = few_digits
     ae_path = pretrain(PretrainConfig(out=str(tmp_path / "ae"), list_file=str(train_list),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.calibration import best_accuracy_threshold, sample_pairs, threshold_at_far
+from training.evaluation.calibration import best_accuracy_threshold, sample_pairs, threshold_at_far
 
 
 def test_best_accuracy_separable():

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.backbones import BACKBONES, build_model
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.embedder import Embedder
-from training.spec import ModelSpec
+from training.models.backbones import BACKBONES, build_model
+from training.models.embedder import Embedder
+from training.models.spec import ModelSpec
 
 
 def test_round_trip_is_weights_only_and_reproduces_outputs(tmp_path):

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.backbones import build_model, load_pretrained_backbone
 from training.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
 )
-from training.spec import ModelSpec
+from training.models.backbones import build_model, load_pretrained_backbone
+from training.models.spec import ModelSpec
 
 SPEC = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=32, in_channels=1, mean=(0.5,),
                  std=(0.5,))
@@ -94,7 +94,7 @@ def test_a_good_checkpoint_still_loads(tmp_path):
 
 
 def test_autoencoder_and_backbone_loaders_share_the_checks(tmp_path):
-    from training.autoencoder import init_backbone_from_autoencoder, load_autoencoder
+    from training.pretraining.autoencoder import init_backbone_from_autoencoder, load_autoencoder
 
     text = tmp_path / "ae.pt"
     text.write_text("not an autoencoder")

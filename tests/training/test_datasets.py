@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 
 from tests.conftest import shared_data
-from training.datasets import FORMATS, cub_split, folder_split, lfw_split, load_split
-from training.miners import AdjacentPairsMiner
-from training.samplers import PairSampler
-from training.spec import ModelSpec
-from training.transforms import AUGMENTATIONS, get_augmentation
+from training.data.datasets import FORMATS, cub_split, folder_split, lfw_split, load_split
+from training.data.transforms import AUGMENTATIONS, get_augmentation
+from training.miners.in_batch import AdjacentPairsMiner
+from training.models.spec import ModelSpec
+from training.samplers.pk import PairSampler
 
 
 def _fake_cub(root, n_classes=4, per_class=3):

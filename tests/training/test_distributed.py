@@ -7,14 +7,14 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
-from training.distributed import (
+from training.engine.distributed import (
     DistInfo,
     ShardedBatchSampler,
     embed_dataset,
     init_from_env,
     shard,
 )
-from training.samplers import PKSampler
+from training.samplers.pk import PKSampler
 
 
 def _stream(n_batches=7, seed=3):
@@ -60,8 +60,8 @@ def test_embed_dataset_keeps_order_and_eval_mode():
 
 
 def build_model_state_keys():
-    from training.backbones import build_model
-    from training.spec import ModelSpec
+    from training.models.backbones import build_model
+    from training.models.spec import ModelSpec
 
     spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=16, arch_kwargs={"width": 4})
     return build_model(spec).state_dict().keys()
@@ -74,12 +74,12 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
-    from training.backbones import build_model
     from training.checkpoint import Checkpoint
-    from training.distributed import cleanup, on_main, save_on_main, unwrap, wrap_model
-    from training.losses import TripletLoss
-    from training.miners import BatchHardMiner
-    from training.spec import ModelSpec
+    from training.engine.distributed import cleanup, on_main, save_on_main, unwrap, wrap_model
+    from training.losses.triplet import TripletLoss
+    from training.miners.in_batch import BatchHardMiner
+    from training.models.backbones import build_model
+    from training.models.spec import ModelSpec
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -147,11 +147,11 @@ def test_two_processes_train_one_model(tmp_path):
 
 
 def _train_worker(rank: int, world: int, port: int, data: str, tmp: str) -> None:
-    import training.callbacks
-    import training.htl
-    import training.train
-    from training.distributed import ShardedBatchSampler
-    from training.train import TrainConfig, train
+    import training.class_tree
+    import training.engine.callbacks
+    import training.engine.train
+    from training.engine.distributed import ShardedBatchSampler
+    from training.engine.train import TrainConfig, train
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -166,9 +166,9 @@ def _train_worker(rank: int, world: int, port: int, data: str, tmp: str) -> None
             return real(*a, **kw)
         setattr(module, name, wrapper)
 
-    spy(training.callbacks, "save_checkpoint")
-    spy(training.train, "save_checkpoint")
-    spy(training.htl.ClassTree, "write")
+    spy(training.engine.callbacks, "save_checkpoint")
+    spy(training.engine.train, "save_checkpoint")
+    spy(training.class_tree.ClassTree, "write")
 
     class Record:
         def on_train_end(self, state):

@@ -21,7 +21,7 @@ from training.dlib.network import (
 )
 from training.dlib.paths import models_dir
 from training.dlib.serialize import DlibReader, DlibWriter
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 MEAN = (122.782, 117.001, 104.298)
 
@@ -234,7 +234,7 @@ def test_import_dlib_cli(synthetic_dat, tmp_path, capsys):
 def test_training_can_start_from_an_imported_checkpoint(synthetic_dat, tmp_path):
     from PIL import Image
 
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     start = save_checkpoint(tmp_path / "start.pt",
                             import_face_resnet(synthetic_dat, face_align="lfw-fixed"))

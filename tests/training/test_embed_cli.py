@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from imgsim.cli import main
-from training.embedder import Embedder
+from training.models.embedder import Embedder
 
 
 def test_embed_writes_one_normalised_row_per_line_in_order(tmp_path, digits_dir, tiny_checkpoint):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.backbones import MODEL_BUILDERS, build_model
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.embedder import Embedder
-from training.spec import ModelSpec
+from training.models.backbones import MODEL_BUILDERS, build_model
+from training.models.embedder import Embedder
+from training.models.spec import ModelSpec
 
 
 def _member(seed: int, dim: int = 8, width: int = 4) -> Checkpoint:
@@ -21,22 +21,22 @@ def _member(seed: int, dim: int = 8, width: int = 4) -> Checkpoint:
 
 def test_one_checkpoint_loads_through_load_checkpoint_without_importing_ensemble(tmp_path,
                                                                               monkeypatch):
-    from training.ensemble import combine_checkpoints
+    from training.models.ensemble import combine_checkpoints
 
     path = save_checkpoint(tmp_path / "ens.pt",
                            combine_checkpoints([_member(0), _member(1, dim=4), _member(2)]))
-    # as if nothing had imported training.ensemble: loading must find the builder itself
-    monkeypatch.delitem(sys.modules, "training.ensemble")
+    # as if nothing had imported training.models.ensemble: loading must find the builder itself
+    monkeypatch.delitem(sys.modules, "training.models.ensemble")
     monkeypatch.delitem(MODEL_BUILDERS, "ensemble")
     e = Embedder.from_checkpoint(path)
-    assert "training.ensemble" in sys.modules and "ensemble" in MODEL_BUILDERS
+    assert "training.models.ensemble" in sys.modules and "ensemble" in MODEL_BUILDERS
     assert e.dim == 20 and e.embed_tensors(torch.zeros(2, 3, 16, 16)).shape == (2, 20)
     payload = torch.load(path, weights_only=True)  # primitives and tensors only
     assert payload["spec"]["arch"] == "ensemble" and len(payload["spec"]["arch_kwargs"]["members"]) == 3
 
 
 def test_embedding_is_members_concatenated_and_renormalised():
-    from training.ensemble import combine_checkpoints
+    from training.models.ensemble import combine_checkpoints
 
     members = [_member(0), _member(1, dim=4)]
     ckpt = combine_checkpoints(members)
@@ -51,7 +51,7 @@ def test_embedding_is_members_concatenated_and_renormalised():
 
 
 def test_members_must_share_preprocessing():
-    from training.ensemble import combine_checkpoints
+    from training.models.ensemble import combine_checkpoints
 
     a, b = _member(0), _member(1)
     b = dataclasses.replace(b, spec=dataclasses.replace(b.spec, input_size=32))
@@ -63,7 +63,7 @@ def test_members_must_share_preprocessing():
 
 
 def test_calibrated_threshold_on_images(tmp_path):
-    from training.ensemble import calibrate_ensemble, combine_checkpoints
+    from training.models.ensemble import calibrate_ensemble, combine_checkpoints
 
     rng = np.random.default_rng(0)
     paths, labels = [], []
@@ -84,7 +84,7 @@ def test_calibrated_threshold_on_images(tmp_path):
 
 @pytest.mark.slow
 def test_train_ensemble_of_two_into_one_checkpoint(tmp_path, digits_dir):
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     cfg = TrainConfig(data=str(digits_dir), out=str(tmp_path), ensemble=2, arch="smallcnn",
                       arch_kwargs={"width": 4}, input_size=16, embedding_dim=8, p=4, k=3,

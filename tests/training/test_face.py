@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import shared_data
+from training.data.transforms import eval_transform
 from training.dlib.serialize import DlibWriter
 from training.face import (
     FixedAligner,
@@ -24,8 +25,7 @@ from training.face import (
 from training.face.aligners import LFW_DEEPFUNNELED_LANDMARKS, find_landmarks_file
 from training.face.chips import face_chip_points
 from training.face.landmarks import ShapePredictor
-from training.spec import ModelSpec
-from training.transforms import eval_transform
+from training.models.spec import ModelSpec
 
 
 def _photo(h: int = 250, w: int = 250, seed: int = 0) -> np.ndarray:

@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from training.hard_negatives import HardNegativeCallback, HardNegativeSampler, nearest_other_class
-from training.refresh import DatasetEmbedder
+from training.engine.refresh import DatasetEmbedder
+from training.engine.refresh_callbacks import HardNegativeCallback
+from training.miners.hard_negatives import nearest_other_class
+from training.samplers.hard_negatives import HardNegativeSampler
 
 
 def _line():
@@ -102,7 +104,7 @@ def test_callback_mines_with_the_current_model():
 @pytest.mark.slow
 def test_train_with_hard_negative_batches(tmp_path, digits_dir):
     from training.checkpoint import load_checkpoint
-    from training.train import TrainConfig, train
+    from training.engine.train import TrainConfig, train
 
     cfg = TrainConfig(data=str(digits_dir), out=str(tmp_path), sampler="hard-negatives",
                       neighbours=1, mining_k=3, refresh_every=3, refresh_max_per_class=5,

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.htl import ClassTree, HierarchicalSampler, HierarchicalTripletLoss
+from training.class_tree import ClassTree
+from training.losses.hierarchical_triplet import HierarchicalTripletLoss
+from training.samplers.hierarchical import HierarchicalSampler
 
 
 def _clustered(seed=0):
@@ -112,7 +114,7 @@ class _FixedEmbedder:
 
 
 def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
-    from training.htl import HTLCallback
+    from training.engine.refresh_callbacks import HTLCallback
 
     emb, labels = _clustered()
     # the "model" starts out confusing pairs differently: classes 0 and 2 close together
@@ -138,7 +140,7 @@ def test_callback_rebuilds_each_epoch_and_writes_tree(tmp_path):
 
 
 def test_callback_every_n_steps():
-    from training.htl import HTLCallback
+    from training.engine.refresh_callbacks import HTLCallback
 
     emb, labels = _clustered()
     fake = _FixedEmbedder(emb, labels)
@@ -178,8 +180,8 @@ def test_without_a_tree_sampler_draws_random_neighbours_and_loss_is_plain_triple
                             num_batches=30, seed=0)
     pairs = {tuple(sorted(set(labels[b].tolist()))) for b in s}
     assert all(len(p) == 3 for p in pairs) and len(pairs) > 5  # not tied to any tree
-    from training.losses import TripletLoss
-    from training.miners import all_triplets
+    from training.losses.triplet import TripletLoss
+    from training.miners.in_batch import all_triplets
 
     x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(4).repeat(2)
     plain = TripletLoss(margin=0.3, reduction="nonzero")(x, y, all_triplets(y))
@@ -190,11 +192,11 @@ def test_without_a_tree_sampler_draws_random_neighbours_and_loss_is_plain_triple
 def test_callback_builds_its_embedder_from_the_training_state(tmp_path, digits_dir):
     """on_train_start: eval-transform embeddings of state.dataset's samples by state.model;
     trees land in <run>/htl with the class names."""
-    from training.backbones import build_model
-    from training.data import LabelledImages, list_image_folder
-    from training.htl import HTLCallback
-    from training.spec import ModelSpec
-    from training.transforms import train_transform
+    from training.data.folders import LabelledImages, list_image_folder
+    from training.data.transforms import train_transform
+    from training.engine.refresh_callbacks import HTLCallback
+    from training.models.backbones import build_model
+    from training.models.spec import ModelSpec
 
     samples = [s for s in list_image_folder(digits_dir) if s.label in "0123"][::8]
     spec = ModelSpec(arch="smallcnn", embedding_dim=4, input_size=16, arch_kwargs={"width": 4})
@@ -212,11 +214,15 @@ def test_callback_builds_its_embedder_from_the_training_state(tmp_path, digits_d
 
 
 def test_refresh_parts_are_built_by_name():
-    from training.beyond import build_refresh_sampler, refresh_callbacks
-    from training.distributed import ShardedBatchSampler
-    from training.hard_negatives import HardNegativeCallback, HardNegativeSampler
-    from training.htl import HTLCallback
-    from training.losses import TripletLoss
+    from training.engine.distributed import ShardedBatchSampler
+    from training.engine.refresh_callbacks import (
+        HardNegativeCallback,
+        HTLCallback,
+        build_refresh_sampler,
+        refresh_callbacks,
+    )
+    from training.losses.triplet import TripletLoss
+    from training.samplers.hard_negatives import HardNegativeSampler
 
     _, labels = _clustered()
     hs = build_refresh_sampler("hierarchical", labels, p=4, k=3, num_batches=5, seed=0,

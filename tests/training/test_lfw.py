@@ -7,8 +7,6 @@ from PIL import Image
 
 from imgsim.cli import main
 from tests.conftest import shared_data
-from training.backbones import build_model
-from training.embedder import Embedder
 from training.evaluation.cli import parse_folds
 from training.evaluation.lfw import (
     equal_error_rate,
@@ -17,7 +15,9 @@ from training.evaluation.lfw import (
     read_lfw_pairs,
     view2_accuracy,
 )
-from training.spec import ModelSpec
+from training.models.backbones import build_model
+from training.models.embedder import Embedder
+from training.models.spec import ModelSpec
 
 
 def _ten_folds(errors_per_fold):

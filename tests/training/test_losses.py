@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from training.distances import CosineDistance, LpDistance
-from training.losses import LOSSES, ContrastiveLoss, TripletLoss, get_loss
+from training.losses import LOSSES, get_loss
+from training.losses.contrastive import ContrastiveLoss
+from training.losses.triplet import TripletLoss
 
 
 def _pairs(a1, p, a2, n):
@@ -68,7 +70,7 @@ def test_every_registered_loss_decreases_under_gradient_descent(name):
     torch.manual_seed(0)
     emb = torch.randn(12, 8, requires_grad=True)
     labels = torch.arange(4).repeat_interleave(3)
-    from training.miners import AllPairsMiner, AllTripletsMiner
+    from training.miners.in_batch import AllPairsMiner, AllTripletsMiner
 
     loss_fn = get_loss(name)
     miner = AllPairsMiner() if name == "contrastive" else AllTripletsMiner()

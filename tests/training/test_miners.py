@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.miners import (
+from training.miners.in_batch import (
     MINERS,
     AllPairsMiner,
     AllTripletsMiner,

@@ -91,8 +91,8 @@ def test_training_loop_reports_progress_when_stderr_is_not_a_terminal(caplog, mo
     import torch
 
     from training import progress as progress_mod
-    from training.callbacks import TrainState
-    from training.train import fit
+    from training.engine.callbacks import TrainState
+    from training.engine.train import fit
 
     ticks = iter(range(0, 10_000, 20))  # every clock reading is 20 s later than the last
     monkeypatch.setattr(progress_mod, "CLOCK", lambda: float(next(ticks)))

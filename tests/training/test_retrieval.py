@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from imgsim.cli import main
-from training.embedder import Embedder
 from training.evaluation.retrieval import (
     average_precision_at_r,
     exact_neighbours,
     retrieval_metrics,
 )
+from training.models.embedder import Embedder
 
 
 def test_map_at_r_musgrave_example():

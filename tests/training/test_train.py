@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from imgsim.cli import main
-from training.callbacks import Callback
 from training.checkpoint import load_checkpoint
-from training.config import merge_config, read_toml_config
-from training.miners import BatchHardMiner
-from training.model_info import count_flops, model_table
-from training.optim import build_optimizer, build_scheduler
-from training.train import TrainConfig, train
+from training.engine.callbacks import Callback
+from training.engine.config import merge_config, read_toml_config
+from training.engine.optim import build_optimizer, build_scheduler
+from training.engine.train import TrainConfig, train
+from training.miners.in_batch import BatchHardMiner
+from training.models.info import count_flops, model_table
 
 TINY = dict(arch="smallcnn", arch_kwargs={"width": 8}, input_size=16, embedding_dim=16, p=4,
             k=4, steps_per_epoch=3, num_workers=0, val_fraction=0.2, lr=1e-3, norms_every=2)

@@ -3,13 +3,13 @@ import pytest
 import torch
 from PIL import Image
 
-from training.spec import ModelSpec
-from training.transforms import (
+from training.data.transforms import (
     ReducedDecode,
     eval_pixels_transform,
     eval_transform,
     normalize_pixels,
 )
+from training.models.spec import ModelSpec
 
 
 def _photo(size=(300, 240)) -> Image.Image:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data import Sample, list_image_folder, split_by_class
+from training.data.folders import Sample, list_image_folder, split_by_class
 
 log = logging.getLogger(__name__)
 

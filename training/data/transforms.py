@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from training.spec import ModelSpec
+from training.models.spec import ModelSpec
 
 # Decompression-bomb guard: refuse images above this many pixels before decoding them.
 MAX_PIXELS = 40_000_000

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.backbones import MODEL_BUILDERS
 from training.dlib.network import DlibFormatError, DlibNet, check_face_resnet
-from training.spec import ModelSpec
+from training.models.backbones import MODEL_BUILDERS
+from training.models.spec import ModelSpec
 
 ARCH = "dlib_resnet"
 # (out channels, downsample) of each residual block, input to output (dlib's alevel4..alevel0).

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from training.checkpoint import Checkpoint, save_checkpoint
-from training.data import Sample
-from training.spec import ModelSpec
+from training.data.folders import Sample
+from training.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class Validation(Callback):
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        from training.embedder import Embedder
         from training.evaluation.retrieval import retrieval_metrics
+        from training.models.embedder import Embedder
 
         emb = Embedder(state.model, state.spec).embed_paths(
             [s.path for s in self.samples], batch_size=self.batch_size,

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from training.train import TrainConfig
+from training.engine.train import TrainConfig
 
 
 def read_toml_config(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from training.distributed import SINGLE_PROCESS, DistInfo, embed_dataset
+from training.engine.distributed import SINGLE_PROCESS, DistInfo, embed_dataset
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Refresh:
     epoch (``every_steps=0``) or every ``every_steps`` optimiser steps and calls
     ``refresh(tag)``; subclasses (tree rebuilds, hard-negative mining) say what to do with it.
 
-    Hooks take the loop's ``TrainState`` (``training.callbacks``): ``on_train_start`` builds a
+    Hooks take the loop's ``TrainState`` (``training.engine.callbacks``): ``on_train_start`` builds a
     ``DatasetEmbedder`` over ``state.dataset``'s samples with the eval transform of
     ``state.spec`` unless one was given; ``seconds`` adds up the time spent refreshing, so that
     its share of training time can be reported.
@@ -109,8 +109,8 @@ class Refresh:
 
     def on_train_start(self, state) -> None:
         if self.embedder is None:
-            from training.data import LabelledImages
-            from training.transforms import eval_transform
+            from training.data.folders import LabelledImages
+            from training.data.transforms import eval_transform
 
             ds = LabelledImages(state.dataset.samples, eval_transform(state.spec))
             self.embedder = DatasetEmbedder(state.model, ds, labels=ds.targets,

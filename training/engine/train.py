@@ -11,7 +11,7 @@ Two layers:
   builds those parts from a ``TrainConfig`` (data split, backbone, augmentation, sampler,
   optimiser, LR schedule), adds the standard callbacks and writes ``<out>/model.pt``.
 
-Callbacks (``training.callbacks.Callback``) get the shared ``TrainState`` (model, spec,
+Callbacks (``training.engine.callbacks.Callback``) get the shared ``TrainState`` (model, spec,
 optimizer, scheduler, dataset, loader, epoch, step, loss, active_fraction, grad_norm,
 history, metrics, best, stop) at ``on_train_start``, ``on_epoch_start``, ``on_step_end``,
 ``on_epoch_end`` and ``on_train_end``. They run in the order given; callbacks passed to
@@ -24,6 +24,7 @@ under ``tb/`` and ``loss.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -37,16 +38,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.autoencoder import init_backbone_from_autoencoder
-from training.backbones import build_model, load_pretrained_backbone
-from training.beyond import REFRESH_SAMPLERS, build_refresh_sampler, refresh_callbacks
-from training.calibration import (
-    best_accuracy_threshold,
-    pair_distances,
-    sample_pairs,
-    threshold_at_far,
-)
-from training.callbacks import (
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.data.datasets import FORMATS, DatasetSplit, load_split
+from training.data.folders import LabelledImages, Sample, split_by_class
+from training.data.transforms import AUGMENTATIONS, eval_transform, get_augmentation
+from training.distances import DISTANCES, get_distance
+from training.engine.callbacks import (
     Callback,
     CallbackList,
     EpochCheckpoint,
@@ -57,19 +54,35 @@ from training.callbacks import (
     TrainState,
     Validation,
 )
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.data import LabelledImages, Sample, split_by_class
-from training.datasets import FORMATS, DatasetSplit, load_split
-from training.distances import DISTANCES, get_distance
-from training.distributed import DistributedSync, barrier, init_from_env, shard, unwrap, wrap_model
-from training.embedder import Embedder
+from training.engine.distributed import (
+    DistributedSync,
+    barrier,
+    init_from_env,
+    shard,
+    unwrap,
+    wrap_model,
+)
+from training.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from training.engine.refresh_callbacks import (
+    REFRESH_SAMPLERS,
+    build_refresh_sampler,
+    refresh_callbacks,
+)
+from training.evaluation.calibration import (
+    best_accuracy_threshold,
+    pair_distances,
+    sample_pairs,
+    threshold_at_far,
+)
 from training.losses import DEFAULT_MINER, LOSSES, get_loss
-from training.miners import MINERS
-from training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from training.miners.in_batch import MINERS
+from training.models.backbones import build_model, load_pretrained_backbone
+from training.models.embedder import Embedder
+from training.models.ensemble import calibrate_ensemble, combine_checkpoint_files
+from training.models.spec import METRICS, ModelSpec
+from training.pretraining.autoencoder import init_backbone_from_autoencoder
 from training.progress import progress
-from training.samplers import PairSampler, PKSampler
-from training.spec import METRICS, ModelSpec
-from training.transforms import AUGMENTATIONS, eval_transform, get_augmentation
+from training.samplers.pk import PairSampler, PKSampler
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +136,7 @@ class TrainConfig:
     norms_every: int = 50
     resume: bool = False
     device: str = "cpu"
-    # tree / mining samplers and the htl loss (training.beyond); under torchrun: DDP
+    # tree / mining samplers and the htl loss (training.engine.refresh_callbacks); under torchrun: DDP
     neighbours: int = 3  # hierarchical / hard-negatives: near classes per anchor class
     tree_levels: int = 8  # class tree levels (htl loss, hierarchical sampler)
     refresh_every: int = 0  # rebuild the tree / re-mine every N steps (0: every epoch)
@@ -312,10 +325,10 @@ def train(cfg: TrainConfig, samples: list[Sample] | None = None, *,
     ``spec.threshold``, the best-accuracy one; ``metrics["calibration_far"]`` is the one at
     ``cfg.target_far``). ``samples`` replaces the dataset named by ``cfg.format``/``cfg.data``
     as the training pool; ``loss_fn``, ``miner`` and ``batch_sampler`` replace the parts the
-    config names. ``cfg.ensemble`` > 1 trains an ensemble (``training.ensemble``). Under
+    config names. ``cfg.ensemble`` > 1 trains an ensemble (``training.models.ensemble``). Under
     torchrun the model is DDP-wrapped, batches are sharded by rank and only rank 0 writes."""
     if cfg.ensemble > 1:
-        from training.ensemble import train_ensemble
+        from training.engine.train import train_ensemble
 
         return train_ensemble(cfg, cfg.ensemble, samples=samples)
     info = init_from_env()
@@ -414,3 +427,45 @@ def _finish(cfg: TrainConfig, state: TrainState, train_s: list[Sample], val_s: l
     final = Checkpoint(spec.with_threshold(best.threshold), model.state_dict(), config=state.config,
                        metrics=metrics)
     return save_checkpoint(out / "model.pt", final)
+
+
+def train_ensemble(cfg, members: int = 3, *, samples=None) -> Path:
+    """Train ``members`` networks that differ in seed (initial weights, augmentation and the
+    P x K / triplet draws) on the same training classes and write ``<out>/model.pt``: one
+    ensemble checkpoint, its threshold calibrated on classes no member trained on.
+
+    ``cfg`` is a ``training.engine.train.TrainConfig``; member i is trained with seed cfg.seed + i
+    into ``<out>/member<i>`` on the training classes of the split seeded by cfg.seed (each
+    member without a validation split of its own, so all see the same classes).
+    """
+    from training.checkpoint import save_checkpoint
+    from training.data.datasets import load_split
+    from training.data.folders import split_by_class
+    from training.engine.distributed import init_from_env
+
+    if members < 2:
+        raise ValueError("an ensemble needs at least two members")
+    if samples is None:
+        split = load_split(cfg.format, cfg.data)
+        pool, ratio, augment = split.train, split.resize_ratio, split.augment
+    else:
+        pool, ratio, augment = list(samples), 1.0, "crop"
+    resize = cfg.resize_size or int(round(cfg.input_size * ratio))
+    train_s, val_s = split_by_class(pool, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    paths = []
+    for i in range(members):
+        mcfg = dataclasses.replace(cfg, seed=cfg.seed + i, out=str(Path(cfg.out) / f"member{i}"),
+                                   val_fraction=0.0, resize_size=resize,
+                                   augmentation=cfg.augmentation or augment,
+                                   name=f"{cfg.name}-member{i}", ensemble=1)
+        log.info("ensemble member %d/%d (seed %d)", i + 1, members, mcfg.seed)
+        paths.append(train(mcfg, train_s))
+    out = Path(cfg.out) / "model.pt"
+    if not init_from_env().is_main:  # under torchrun only rank 0 writes
+        return out
+    ckpt = combine_checkpoint_files(paths, name=cfg.name)
+    cal = val_s or train_s
+    ckpt = calibrate_ensemble(ckpt, [s.path for s in cal], [s.label for s in cal],
+                              n_pairs=getattr(cfg, "calibration_pairs", 2000), seed=cfg.seed)
+    ckpt.metrics["calibrated_on"] = "validation classes" if val_s else "training classes"
+    return save_checkpoint(out, ckpt)

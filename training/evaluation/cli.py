@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--num-workers", type=int, default=2)
     lf.set_defaults(func=_eval_lfw)
 
-    from training.datasets import FORMATS
+    from training.data.datasets import FORMATS
 
     rt = esub.add_parser(
         "retrieval", help="Recall@K, MAP@R and NMI on classes never trained on",
@@ -75,8 +75,8 @@ def _fmt_row(name: str, r: dict) -> str:
 
 
 def _eval_lfw(args: argparse.Namespace) -> int:
-    from training.embedder import Embedder
     from training.evaluation.lfw import load_view2, pair_distances_by_path, view2_accuracy
+    from training.models.embedder import Embedder
 
     folds = parse_folds(args.folds) if args.folds else None
     pairs = load_view2(args.data)
@@ -109,10 +109,10 @@ def _eval_lfw(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    from training.data import list_image_folder
-    from training.datasets import load_split
-    from training.embedder import Embedder
+    from training.data.datasets import load_split
+    from training.data.folders import list_image_folder
     from training.evaluation.retrieval import evaluate_retrieval
+    from training.models.embedder import Embedder
 
     if args.format == "folder":
         samples = list_image_folder(args.data)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from training.calibration import best_accuracy_threshold, threshold_at_far
+from training.evaluation.calibration import best_accuracy_threshold, threshold_at_far
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def pair_distances_by_path(pairs: LfwPairs, paths: Sequence[str], emb: np.ndarra
 def evaluate_lfw(embedder, data_root: str | Path, *, folds: Sequence[int] | None = None,
                  flip_tta: bool = False, batch_size: int = 64, num_workers: int = 2) -> dict:
     """Embed each image of pairs.txt (restricted to ``folds``) once with ``embedder``
-    (a training.embedder.Embedder) and run ``view2_accuracy`` on Euclidean distances."""
+    (a training.models.embedder.Embedder) and run ``view2_accuracy`` on Euclidean distances."""
     pairs = load_view2(data_root)
     if folds is not None:
         pairs = pairs.select(folds)

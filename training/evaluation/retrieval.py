@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from training.data import Sample
+from training.data.folders import Sample
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def retrieval_metrics(emb: np.ndarray, labels: Sequence, *, ks: Sequence[int] = 
 
 def evaluate_retrieval(embedder, samples: Sequence[Sample], *, batch_size: int = 64,
                        num_workers: int = 2, nmi: bool = True) -> dict[str, float]:
-    """Embed ``samples`` with a training.embedder.Embedder and compute ``retrieval_metrics``."""
+    """Embed ``samples`` with a training.models.embedder.Embedder and compute ``retrieval_metrics``."""
     emb = embedder.embed_paths([s.path for s in samples], batch_size=batch_size,
                                num_workers=num_workers, progress=True)
     return retrieval_metrics(emb, [s.label for s in samples], nmi=nmi)

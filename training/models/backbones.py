@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from training.spec import ModelSpec
+from training.models.spec import ModelSpec
 
 
 class SmallCNN(nn.Module):
@@ -114,7 +114,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
 MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {}
 # Modules that fill MODEL_BUILDERS for an architecture, imported by build_model the first
 # time it meets that architecture: loading a checkpoint needs no import from the caller.
-LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.ensemble"}
+LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.models.ensemble"}
 
 
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:

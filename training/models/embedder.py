@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from training.data import ImagePaths
+from training.data.folders import ImagePaths
+from training.data.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
+from training.models.spec import ModelSpec
 from training.progress import ProgressBar
 from training.progress import progress as progress_bar
-from training.spec import ModelSpec
-from training.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.backbones import MODEL_BUILDERS, build_model
-from training.calibration import best_accuracy_threshold, pair_distances, sample_pairs
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.spec import ModelSpec
+from training.evaluation.calibration import best_accuracy_threshold, pair_distances, sample_pairs
+from training.models.backbones import MODEL_BUILDERS, build_model
+from training.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def calibrate_ensemble(ckpt: Checkpoint, paths: Sequence[str], labels: Sequence,
                        n_pairs: int = 2000, seed: int = 0) -> Checkpoint:
     """The ensemble's own distance threshold (its distances are not its members'), chosen for
     best accuracy on pairs sampled from held-out labelled images."""
-    from training.embedder import Embedder
+    from training.models.embedder import Embedder
 
     emb = Embedder(ckpt.build(), ckpt.spec).embed_paths(list(paths))
     y = np.asarray(labels)
@@ -116,44 +116,3 @@ def calibrate_ensemble(ckpt: Checkpoint, paths: Sequence[str], labels: Sequence,
                                metrics={**ckpt.metrics, "calibration": cal.to_dict()})
 
 
-def train_ensemble(cfg, members: int = 3, *, samples=None) -> Path:
-    """Train ``members`` networks that differ in seed (initial weights, augmentation and the
-    P x K / triplet draws) on the same training classes and write ``<out>/model.pt``: one
-    ensemble checkpoint, its threshold calibrated on classes no member trained on.
-
-    ``cfg`` is a ``training.train.TrainConfig``; member i is trained with seed cfg.seed + i
-    into ``<out>/member<i>`` on the training classes of the split seeded by cfg.seed (each
-    member without a validation split of its own, so all see the same classes).
-    """
-    from training.checkpoint import save_checkpoint
-    from training.data import split_by_class
-    from training.datasets import load_split
-    from training.distributed import init_from_env
-    from training.train import train
-
-    if members < 2:
-        raise ValueError("an ensemble needs at least two members")
-    if samples is None:
-        split = load_split(cfg.format, cfg.data)
-        pool, ratio, augment = split.train, split.resize_ratio, split.augment
-    else:
-        pool, ratio, augment = list(samples), 1.0, "crop"
-    resize = cfg.resize_size or int(round(cfg.input_size * ratio))
-    train_s, val_s = split_by_class(pool, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    paths = []
-    for i in range(members):
-        mcfg = dataclasses.replace(cfg, seed=cfg.seed + i, out=str(Path(cfg.out) / f"member{i}"),
-                                   val_fraction=0.0, resize_size=resize,
-                                   augmentation=cfg.augmentation or augment,
-                                   name=f"{cfg.name}-member{i}", ensemble=1)
-        log.info("ensemble member %d/%d (seed %d)", i + 1, members, mcfg.seed)
-        paths.append(train(mcfg, train_s))
-    out = Path(cfg.out) / "model.pt"
-    if not init_from_env().is_main:  # under torchrun only rank 0 writes
-        return out
-    ckpt = combine_checkpoint_files(paths, name=cfg.name)
-    cal = val_s or train_s
-    ckpt = calibrate_ensemble(ckpt, [s.path for s in cal], [s.label for s in cal],
-                              n_pairs=getattr(cfg, "calibration_pairs", 2000), seed=cfg.seed)
-    ckpt.metrics["calibrated_on"] = "validation classes" if val_s else "training classes"
-    return save_checkpoint(out, ckpt)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from training.backbones import BACKBONES, build_model
-from training.spec import ModelSpec
+from training.models.backbones import BACKBONES, build_model
+from training.models.spec import ModelSpec
 
 
 def count_flops(model: torch.nn.Module, input_size: int, in_channels: int = 3) -> int:

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.backbones import BACKBONES, SmallCNN
-from training.data import IMAGE_EXTENSIONS, ImagePaths
+from training.data.folders import IMAGE_EXTENSIONS, ImagePaths
+from training.data.transforms import eval_transform, train_transform
+from training.models.backbones import BACKBONES, SmallCNN
+from training.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from training.progress import progress
-from training.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from training.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 

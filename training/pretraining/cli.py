@@ -9,7 +9,7 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.backbones import BACKBONES
+    from training.models.backbones import BACKBONES
 
     p = sub.add_parser(
         "pretrain", help="pre-train an embedding backbone as a (variational) autoencoder",
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from training.autoencoder import PretrainConfig, pretrain
+    from training.pretraining.autoencoder import PretrainConfig, pretrain
 
     for name in ("epochs", "batch_size", "input_size", "latent_channels"):
         if getattr(args, name) < 1:
@@ -73,8 +73,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _ensemble(args: argparse.Namespace) -> int:
     from training.checkpoint import save_checkpoint
-    from training.data import list_image_folder
-    from training.ensemble import calibrate_ensemble, combine_checkpoint_files
+    from training.data.folders import list_image_folder
+    from training.models.ensemble import calibrate_ensemble, combine_checkpoint_files
 
     ckpt = combine_checkpoint_files(args.members, name=args.name)
     if args.calibrate_data:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from service.jobs.segmentation.data import load_image, load_isbi, parse_slices
-from service.jobs.segmentation.infer import predict_probs
-from service.jobs.segmentation.metrics import mean_scores, score_membranes
-from service.jobs.segmentation.outputs import save_mask, save_overlay, save_probability
-from service.jobs.segmentation.train import load_seg_checkpoint
+from training.segmentation.data import load_image, load_isbi, parse_slices
+from training.segmentation.infer import predict_probs
+from training.segmentation.metrics import mean_scores, score_membranes
+from training.segmentation.outputs import save_mask, save_overlay, save_probability
+from training.segmentation.train import load_seg_checkpoint
 
 Progress = Callable[[float, str], None]
 
@@ -52,7 +52,7 @@ def evaluate_slices(checkpoint: str | Path, data: str | Path, slices: str, out_d
                     progress: Progress | None = None) -> tuple[dict, list[dict]]:
     """Score labelled ISBI slices; writes an overlay per slice. -> (mean scores, per-slice rows)
     ``grow_cells``: the Rand error of the predicted cells grown over the predicted membrane
-    (:func:`service.jobs.segmentation.metrics.grow_cells`)."""
+    (:func:`training.segmentation.metrics.grow_cells`)."""
     ckpt = load_seg_checkpoint(checkpoint)
     model = ckpt.build()
     out = Path(out_dir)

@@ -16,20 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.jobs.registry import param
-from service.jobs.segmentation.data import (
+from training.checkpoint import atomic_torch_save, checkpoint_fields, read_checkpoint_file
+from training.progress import progress as progress_bar
+from training.segmentation.data import (
     AugmentConfig,
     Slice,
     TileSampler,
     load_isbi,
     parse_slices,
 )
-from service.jobs.segmentation.infer import predict_probs
-from service.jobs.segmentation.metrics import SegScores, mean_scores, score_membranes
-from service.jobs.segmentation.models import SegModelSpec, build_segmenter
-from service.jobs.segmentation.weights import border_weights
-from training.checkpoint import atomic_torch_save, checkpoint_fields, read_checkpoint_file
-from training.progress import progress as progress_bar
+from training.segmentation.infer import predict_probs
+from training.segmentation.metrics import SegScores, mean_scores, score_membranes
+from training.segmentation.models import SegModelSpec, build_segmenter
+from training.segmentation.weights import border_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +37,39 @@ DEFAULT_DATA = os.path.join(os.environ.get("IMGSIM_DATA", "/work/shared/data"), 
 Progress = Callable[[float, str], None]
 
 
+def _option(default: Any = None, help: str = "") -> Any:
+    """A config field with its one-line description (the segment-train job lists it)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class SegTrainConfig:
-    data: str = param(DEFAULT_DATA, "ISBI 2012 folder (train-volume.tif, train-labels.tif)")
-    out: str = param("runs/seg", "folder of model.pt")
-    arch: str = param("unet", "unet | segnet")
-    upsampling: str = param(
+    data: str = _option(DEFAULT_DATA, "ISBI 2012 folder (train-volume.tif, train-labels.tif)")
+    out: str = _option("runs/seg", "folder of model.pt")
+    arch: str = _option("unet", "unet | segnet")
+    upsampling: str = _option(
         "transposed", "decoder upsampling: transposed | nearest | unpool (segnet)")
-    width: int = param(16, "channels of the first level (doubled at each level)")
-    depth: int = param(4, "number of poolings")
-    train_slices: str = param("0-19", "slices trained on, e.g. 0-19")
-    val_slices: str = param("20-23", "held-out slices scored after training ('' for none)")
-    tile: int = param(128, "training tile size (pixels)")
-    batch_size: int = param(8, "tiles per step")
-    steps: int = param(600, "optimiser steps")
-    max_seconds: float | None = param(
+    width: int = _option(16, "channels of the first level (doubled at each level)")
+    depth: int = _option(4, "number of poolings")
+    train_slices: str = _option("0-19", "slices trained on, e.g. 0-19")
+    val_slices: str = _option("20-23", "held-out slices scored after training ('' for none)")
+    tile: int = _option(128, "training tile size (pixels)")
+    batch_size: int = _option(8, "tiles per step")
+    steps: int = _option(600, "optimiser steps")
+    max_seconds: float | None = _option(
         None, "stop early when this wall time is spent (null: no limit)")
-    lr: float = param(2e-3, "AdamW learning rate")
-    weight_decay: float = param(1e-4, "AdamW weight decay")
-    weight_map: str = param(
+    lr: float = _option(2e-3, "AdamW learning rate")
+    weight_decay: float = _option(1e-4, "AdamW weight decay")
+    weight_map: str = _option(
         "unet", "pixel weights: none | balance (of the classes) | unet (balance + cell borders)")
-    border_w0: float = param(10.0, "unet weight map: weight w0 of the border term")
-    border_sigma: float = param(5.0, "unet weight map: width sigma of the border term (pixels)")
-    augment: bool = param(True, "elastic deformation, flips and rotations of the tiles")
-    elastic_sigma: float = param(10.0, "smoothness of the elastic deformation (pixels)")
-    seed: int = param(0, "seed of tiles, augmentation and initialisation")
-    eval_tile: int = param(256, "tile size when scoring the held-out slices")
-    eval_margin: int = param(32, "context margin when scoring the held-out slices")
-    threads: int | None = param(
+    border_w0: float = _option(10.0, "unet weight map: weight w0 of the border term")
+    border_sigma: float = _option(5.0, "unet weight map: width sigma of the border term (pixels)")
+    augment: bool = _option(True, "elastic deformation, flips and rotations of the tiles")
+    elastic_sigma: float = _option(10.0, "smoothness of the elastic deformation (pixels)")
+    seed: int = _option(0, "seed of tiles, augmentation and initialisation")
+    eval_tile: int = _option(256, "tile size when scoring the held-out slices")
+    eval_margin: int = _option(32, "context margin when scoring the held-out slices")
+    threads: int | None = _option(
         None, "torch threads (null: torch's default; 1 is fastest on a busy CPU)")
 
 

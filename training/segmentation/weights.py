@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from service.jobs.segmentation.metrics import cell_labels
+from training.segmentation.metrics import cell_labels
 
 
 def border_weights(membrane: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from service.jobs.visualization.models import LayerCapture, named_layer
+from training.visualization.models import LayerCapture, named_layer
 
 METHODS = ("gradient", "deconvnet", "guided")
 

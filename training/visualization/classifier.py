@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.backbones import build_model
 from training.checkpoint import Checkpoint, save_checkpoint
-from training.spec import ModelSpec
-from training.transforms import eval_transform
+from training.data.transforms import eval_transform
+from training.models.backbones import build_model
+from training.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

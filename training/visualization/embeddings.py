@@ -1,5 +1,5 @@
-"""Collections of embeddings (from an index version or an image folder), t-SNE maps of them,
-and retrieval galleries."""
+"""Collections of embeddings (from an image folder; an index version's are read by the job kinds),
+t-SNE maps of them, and image thumbnails for the figures."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import all_images, open_catalog
-from indexer.versions import load_index_version
-from training.data import list_image_folder
-from training.embedder import Embedder
+from training.data.folders import list_image_folder
+from training.models.embedder import Embedder
 
 
 @dataclass(frozen=True)
@@ -53,26 +51,6 @@ def from_folder(checkpoint: str, images: str, *, max_images: int = 0, seed: int 
     # the key the indexer would catalogue the image under, so rows match `imgsim search` hits
     keys = [Path(s.path).relative_to(images).with_suffix("").as_posix() for s in samples]
     return EmbeddingSet(vectors, [s.label for s in samples], [s.path for s in samples], keys)
-
-
-def from_index(index_root: str, catalog_url: str, *, collection: str = "") -> EmbeddingSet:
-    """The vectors of the current index version with their catalogue labels and paths."""
-    version = load_index_version(index_root)
-    sessions = open_catalog(catalog_url)
-    with sessions() as s:
-        rows = all_images(s, collection=collection or version.manifest.collection)
-    vectors, labels, paths, keys = [], [], [], []
-    for r in rows:
-        try:
-            vectors.append(version.index.reconstruct(r.id))
-        except RuntimeError:  # catalogued, but not in this version
-            continue
-        labels.append(r.label)
-        paths.append(r.path)
-        keys.append(r.key)
-    if not vectors:
-        raise ValueError(f"index {version.path} holds none of the catalogue's images")
-    return EmbeddingSet(np.stack(vectors).astype(np.float32), labels, paths, keys)
 
 
 def write_points_csv(path: str | Path, data: EmbeddingSet, points: np.ndarray) -> Path:

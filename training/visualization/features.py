@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from service.jobs.visualization.models import LayerCapture, first_conv, named_layer
+from training.visualization.models import LayerCapture, first_conv, named_layer
 
 
 def first_layer_filters(model: nn.Module) -> tuple[str, torch.Tensor]:

@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 from training.checkpoint import load_checkpoint
-from training.spec import ModelSpec
-from training.transforms import eval_transform
+from training.data.transforms import eval_transform
+from training.models.spec import ModelSpec
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.jobs.visualization.models import LayerCapture, layer_output, named_layer
+from training.visualization.models import LayerCapture, layer_output, named_layer
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (1, C, H, W) -> scalar to maximise
 

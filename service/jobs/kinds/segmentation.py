@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.jobs.context import JobContext
-from service.jobs.registry import param, register_job
-from service.jobs.segmentation.train import DEFAULT_DATA, SegTrainConfig
+from service.jobs.params import JobKind, param
+from training.segmentation.train import DEFAULT_DATA, SegTrainConfig
 
 
 @dataclass(frozen=True)
@@ -19,10 +19,8 @@ class SegTrainParams(SegTrainConfig):
     out: str = param("", "folder of the checkpoint (default: the job's own folder)")
 
 
-@register_job("segment-train", SegTrainParams,
-              "train a U-Net or SegNet on ISBI 2012 slices and score held-out slices")
 def run_train(p: SegTrainParams, ctx: JobContext) -> None:
-    from service.jobs.segmentation.train import load_seg_checkpoint, train_segmenter
+    from training.segmentation.train import load_seg_checkpoint, train_segmenter
 
     cfg = replace(p, out=p.out or str(ctx.out_dir), data=_data(p.data, ctx))
     path = train_segmenter(SegTrainConfig(**cfg.__dict__), progress=ctx.progress)
@@ -46,10 +44,8 @@ class SegPredictParams:
     tta: bool = param(False, "average the 8 flips/rotations (8x slower)")
 
 
-@register_job("segment-predict", SegPredictParams,
-              "segment images with a trained segmenter: masks, probability maps, overlays")
 def run_predict(p: SegPredictParams, ctx: JobContext) -> None:
-    from service.jobs.segmentation.predict import predict_files
+    from training.segmentation.predict import predict_files
 
     images = list(p.images) or sorted(
         (Path(_data(p.data, ctx)) / "test").glob("*.png"), key=lambda f: int(f.stem))
@@ -74,10 +70,8 @@ class SegEvalParams:
         False, "also the Rand error once predicted cells grow over predicted membrane")
 
 
-@register_job("segment-eval", SegEvalParams,
-              "score a segmenter on labelled ISBI slices: pixel error, foreground IoU, Rand error")
 def run_eval(p: SegEvalParams, ctx: JobContext) -> None:
-    from service.jobs.segmentation.predict import evaluate_slices
+    from training.segmentation.predict import evaluate_slices
 
     summary, rows = evaluate_slices(p.checkpoint, _data(p.data, ctx), p.slices, ctx.out_dir,
                                     threshold=p.threshold, tile=p.tile, margin=p.margin,
@@ -109,3 +103,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
+
+
+# The kinds of this module; service.jobs.registry.load_builtin_kinds registers them.
+KINDS = [
+    JobKind("segment-train", SegTrainParams, run_train,
+            "train a U-Net or SegNet on ISBI 2012 slices and score held-out slices"),
+    JobKind("segment-predict", SegPredictParams, run_predict,
+            "segment images with a trained segmenter: masks, probability maps, overlays"),
+    JobKind("segment-eval", SegEvalParams, run_eval,
+            "score a segmenter on labelled ISBI slices: pixel error, foreground IoU, Rand error"),
+]

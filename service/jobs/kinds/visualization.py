@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from service.jobs.context import JobContext
-from service.jobs.registry import param, register_job
+from service.jobs.params import JobKind, param
 
 
 def _checkpoint(checkpoint: str, ctx: JobContext) -> str:
@@ -25,7 +25,7 @@ def _checkpoint(checkpoint: str, ctx: JobContext) -> str:
 def embedding_source(ctx: JobContext, *, checkpoint: str, images: str, index_root: str,
                      catalog_url: str, max_images: int, seed: int):
     """Embeddings of an image folder (embedded with the checkpoint) or of an index version."""
-    from service.jobs.visualization.embeddings import from_folder, from_index
+    from training.visualization.embeddings import from_folder
 
     if images:
         ctx.progress(0.05, f"embedding {images}")
@@ -53,16 +53,14 @@ class TsneParams:
     seed: int = param(0, "seed of the sample, t-SNE and the thumbnail picks")
 
 
-@register_job("tsne", TsneParams, "t-SNE map of a collection's embeddings, coloured by label, "
-                                  "with thumbnails")
 def run_tsne(p: TsneParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.embeddings import (
+    from training.visualization.embeddings import (
         knn_label_agreement,
         thumbnail,
         tsne_2d,
         write_points_csv,
     )
-    from service.jobs.visualization.plots import scatter_with_thumbnails
+    from training.visualization.plots import scatter_with_thumbnails
 
     data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
                             index_root=p.index_root, catalog_url=p.catalog_url,
@@ -97,12 +95,10 @@ class FiltersParams:
     max_channels: int = param(16, "feature maps drawn per layer")
 
 
-@register_job("filters", FiltersParams, "first-layer filters, and feature maps of chosen layers "
-                                        "for an image")
 def run_filters(p: FiltersParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.features import feature_maps, first_layer_filters
-    from service.jobs.visualization.models import load_model, relu_layers
-    from service.jobs.visualization.plots import feature_maps_figure, filters_figure
+    from training.visualization.features import feature_maps, first_layer_filters
+    from training.visualization.models import load_model, relu_layers
+    from training.visualization.plots import feature_maps_figure, filters_figure
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     name, w = first_layer_filters(m.model)
@@ -133,12 +129,10 @@ class ReconstructParams:
         ("deconvnet", "guided", "gradient"), "any of deconvnet, guided (guided backprop), gradient")
 
 
-@register_job("reconstruct", ReconstructParams,
-              "DeconvNet and guided-backprop reconstructions of a unit's activation")
 def run_reconstruct(p: ReconstructParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.attribution import reconstruct
-    from service.jobs.visualization.models import load_model
-    from service.jobs.visualization.plots import image_grid, normalise
+    from training.visualization.attribution import reconstruct
+    from training.visualization.models import load_model
+    from training.visualization.plots import image_grid, normalise
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     x = m.tensor(p.image)
@@ -174,20 +168,18 @@ class AscentParams:
     seed: int = param(0, "seed of the starting noise and the jitter")
 
 
-@register_job("ascent", AscentParams, "synthetic image maximising a channel, class score or "
-                                      "embedding direction (jitter, blur, decay)")
 def run_ascent(p: AscentParams, ctx: JobContext) -> None:
     import torch
 
-    from service.jobs.visualization.models import load_model
-    from service.jobs.visualization.optimize import (
+    from training.visualization.models import load_model
+    from training.visualization.optimize import (
         AscentConfig,
         channel_objective,
         direction_objective,
         gradient_ascent,
         output_objective,
     )
-    from service.jobs.visualization.plots import curve, image_grid
+    from training.visualization.plots import curve, image_grid
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     if p.target == "channel":
@@ -230,13 +222,12 @@ class DreamParams:
     size: int = param(0, "working size in pixels (0: the model's input size)")
 
 
-@register_job("deepdream", DreamParams, "Deep Dream: amplify a layer's activations, with octaves")
 def run_dream(p: DreamParams, ctx: JobContext) -> None:
     import torch.nn.functional as F
 
-    from service.jobs.visualization.models import load_model, relu_layers
-    from service.jobs.visualization.optimize import DreamConfig, activation_energy, deep_dream
-    from service.jobs.visualization.plots import image_grid
+    from training.visualization.models import load_model, relu_layers
+    from training.visualization.optimize import DreamConfig, activation_energy, deep_dream
+    from training.visualization.plots import image_grid
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     layer = p.layer or relu_layers(m.model)[len(relu_layers(m.model)) // 2]
@@ -272,14 +263,12 @@ class StyleParams:
     size: int = param(0, "working size in pixels (0: the model's input size)")
 
 
-@register_job("style-transfer", StyleParams, "Gatys style transfer: content of one image, "
-                                             "Gram-matrix style statistics of another")
 def run_style(p: StyleParams, ctx: JobContext) -> None:
     import torch.nn.functional as F
 
-    from service.jobs.visualization.models import load_model, relu_layers
-    from service.jobs.visualization.optimize import StyleConfig, style_transfer
-    from service.jobs.visualization.plots import curve, image_grid
+    from training.visualization.models import load_model, relu_layers
+    from training.visualization.optimize import StyleConfig, style_transfer
+    from training.visualization.plots import curve, image_grid
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     relus = relu_layers(m.model)
@@ -310,14 +299,12 @@ class OcclusionParams:
     stride: int = param(2, "step between patch positions (pixels)")
 
 
-@register_job("occlusion", OcclusionParams,
-              "occlusion map of a classifier's class probability")
 def run_occlusion(p: OcclusionParams, ctx: JobContext) -> None:
     import torch
 
-    from service.jobs.visualization.models import load_model
-    from service.jobs.visualization.occlusion import class_score, occlusion_map
-    from service.jobs.visualization.plots import save_figure, shared_scale_overlays
+    from training.visualization.models import load_model
+    from training.visualization.occlusion import class_score, occlusion_map
+    from training.visualization.plots import save_figure, shared_scale_overlays
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     if not m.is_classifier:
@@ -358,14 +345,12 @@ class VerifyParams:
     stride: int = param(4, "step between patch positions (pixels)")
 
 
-@register_job("verify", VerifyParams, "verify two images; optionally an occlusion heatmap of the "
-                                      "regions that make them match")
 def run_verify(p: VerifyParams, ctx: JobContext) -> None:
     import torch
 
-    from service.jobs.visualization.models import load_model
-    from service.jobs.visualization.occlusion import verification_occlusion
-    from service.jobs.visualization.plots import save_figure
+    from training.visualization.models import load_model
+    from training.visualization.occlusion import verification_occlusion
+    from training.visualization.plots import save_figure
 
     m = load_model(_checkpoint(p.checkpoint, ctx))
     xa, xb = m.tensor(p.a), m.tensor(p.b)
@@ -403,7 +388,7 @@ def why_match_figure(images: list, heatmaps: list, *, names: list[str], mode: st
                      distance: float, threshold: float | None, patch: int):
     """The verify job's picture: each image with its occlusion heatmap blended over it, both on
     one colour scale, titled with the verdict."""
-    from service.jobs.visualization.plots import shared_scale_overlays
+    from training.visualization.plots import shared_scale_overlays
 
     if mode == "both":
         titles = [f"a: {names[0]}", f"b: {names[1]}"]
@@ -429,10 +414,8 @@ class GalleryParams:
     k: int = param(8, "hits shown per query")
 
 
-@register_job("gallery", GalleryParams, "retrieval gallery: each query and its top-k hits with "
-                                        "distances")
 def run_gallery(p: GalleryParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.gallery import retrieval_gallery
+    from service.jobs.gallery import retrieval_gallery
 
     root = p.index_root or ctx.defaults.index_root
     url = p.catalog_url or ctx.defaults.catalog_url
@@ -452,14 +435,63 @@ class ClassifierParams:
     seed: int = param(0, "seed of the split and the initialisation")
 
 
-@register_job("classifier", ClassifierParams,
-              "train the small digit classifier used by the classifier demos")
 def run_classifier(p: ClassifierParams, ctx: JobContext) -> None:
-    from service.jobs.visualization.classifier import ClassifierConfig, train_digit_classifier
     from training.checkpoint import load_checkpoint
+    from training.visualization.classifier import ClassifierConfig, train_digit_classifier
 
     path = train_digit_classifier(ClassifierConfig(out=str(ctx.out_dir), epochs=p.epochs,
                                                    width=p.width, seed=p.seed),
                                   progress=ctx.progress)
     ctx.add_artifact(path, "classifier checkpoint")
     ctx.report.table([load_checkpoint(path).metrics], "held-out accuracy")
+
+
+def from_index(index_root: str, catalog_url: str, *, collection: str = ""):
+    """The vectors of the current index version with their catalogue labels and paths."""
+    from indexer.catalog import all_images, open_catalog
+    from indexer.versions import load_index_version
+    from training.visualization.embeddings import EmbeddingSet
+
+    version = load_index_version(index_root)
+    sessions = open_catalog(catalog_url)
+    with sessions() as s:
+        rows = all_images(s, collection=collection or version.manifest.collection)
+    vectors, labels, paths, keys = [], [], [], []
+    for r in rows:
+        try:
+            vectors.append(version.index.reconstruct(r.id))
+        except RuntimeError:  # catalogued, but not in this version
+            continue
+        labels.append(r.label)
+        paths.append(r.path)
+        keys.append(r.key)
+    if not vectors:
+        raise ValueError(f"index {version.path} holds none of the catalogue's images")
+    return EmbeddingSet(np.stack(vectors).astype(np.float32), labels, paths, keys)
+
+
+# The kinds of this module; service.jobs.registry.load_builtin_kinds registers them.
+KINDS = [
+    JobKind("tsne", TsneParams, run_tsne,
+            "t-SNE map of a collection's embeddings, coloured by label, with thumbnails"),
+    JobKind("filters", FiltersParams, run_filters,
+            "first-layer filters, and feature maps of chosen layers for an image"),
+    JobKind("reconstruct", ReconstructParams, run_reconstruct,
+            "DeconvNet and guided-backprop reconstructions of a unit's activation"),
+    JobKind("ascent", AscentParams, run_ascent,
+            "synthetic image maximising a channel, class score or embedding direction (jitter, "
+            "blur, decay)"),
+    JobKind("deepdream", DreamParams, run_dream,
+            "Deep Dream: amplify a layer's activations, with octaves"),
+    JobKind("style-transfer", StyleParams, run_style,
+            "Gatys style transfer: content of one image, Gram-matrix style statistics of another"),
+    JobKind("occlusion", OcclusionParams, run_occlusion,
+            "occlusion map of a classifier's class probability"),
+    JobKind("verify", VerifyParams, run_verify,
+            "verify two images; optionally an occlusion heatmap of the regions that make them "
+            "match"),
+    JobKind("gallery", GalleryParams, run_gallery,
+            "retrieval gallery: each query and its top-k hits with distances"),
+    JobKind("classifier", ClassifierParams, run_classifier,
+            "train the small digit classifier used by the classifier demos"),
+]

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from imgsim.cli import main
-from service.jobs.registry import load_builtin_kinds, param_help
+from service.jobs.params import param_help
+from service.jobs.registry import load_builtin_kinds
 
 KINDS = load_builtin_kinds()
 

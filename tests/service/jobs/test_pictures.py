@@ -10,10 +10,10 @@ import pytest
 from matplotlib.text import Text
 
 from imgsim.cli import main
-from service.jobs.clustering import central_members, cluster_samples
-from service.jobs.visualization.embeddings import EmbeddingSet, write_points_csv
-from service.jobs.visualization.jobs import verdict, why_match_figure
-from service.jobs.visualization.plots import cluster_gallery_figure, gallery_figure
+from service.jobs.kinds.visualization import verdict, why_match_figure
+from training.clustering import central_members, cluster_samples
+from training.visualization.embeddings import EmbeddingSet, write_points_csv
+from training.visualization.plots import cluster_gallery_figure, gallery_figure
 
 
 def _texts(fig) -> list[Text]:
@@ -164,7 +164,7 @@ def test_report_of_a_queued_job_names_its_id(tmp_path, store):
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures the plotting functions would have saved, kept open for inspection."""
-    from service.jobs.visualization import plots
+    from training.visualization import plots
 
     figs = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path: figs.append(fig) or path)
@@ -172,7 +172,7 @@ def drawn(monkeypatch):
 
 
 def test_curves_label_their_axes(drawn):
-    from service.jobs.visualization.plots import curve
+    from training.visualization.plots import curve
 
     curve([3.0, 2.0, 1.0], "x.png", title="objective: output[0]", ylabel="objective")
     curve([3.0, 2.0], "y.png", title="losses", ylabel="style", more={"content": [1.0, 0.5]},
@@ -184,7 +184,7 @@ def test_curves_label_their_axes(drawn):
 
 
 def test_feature_maps_say_how_they_are_scaled_in_readable_type(drawn):
-    from service.jobs.visualization.plots import feature_maps_figure
+    from training.visualization.plots import feature_maps_figure
 
     feature_maps_figure({"conv1": np.random.default_rng(0).random((4, 6, 6))}, "f.png",
                         max_channels=4)
@@ -197,7 +197,7 @@ def test_feature_maps_say_how_they_are_scaled_in_readable_type(drawn):
 def test_tsne_map_has_a_titled_legend_and_thumbnails_framed_by_label(drawn):
     from matplotlib.offsetbox import AnnotationBbox
 
-    from service.jobs.visualization.plots import scatter_with_thumbnails
+    from training.visualization.plots import scatter_with_thumbnails
 
     pts = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
     scatter_with_thumbnails(pts, ["a", "b", "a"], "t.png", thumbs={1: np.zeros((4, 4))})

@@ -7,15 +7,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.jobs.segmentation.data import (
+from tests.conftest import shared_data
+from training.segmentation.data import (
     AugmentConfig,
     Slice,
     augment_batch,
     load_isbi,
     parse_slices,
 )
-from service.jobs.segmentation.infer import predict_probs, tile_origins
-from service.jobs.segmentation.metrics import (
+from training.segmentation.infer import predict_probs, tile_origins
+from training.segmentation.metrics import (
     adapted_rand,
     cell_labels,
     foreground_iou,
@@ -23,7 +24,7 @@ from service.jobs.segmentation.metrics import (
     pixel_error,
     score_membranes,
 )
-from service.jobs.segmentation.models import (
+from training.segmentation.models import (
     ARCHITECTURES,
     UPSAMPLERS,
     SegModelSpec,
@@ -32,8 +33,7 @@ from service.jobs.segmentation.models import (
     UnpoolUp,
     build_segmenter,
 )
-from service.jobs.segmentation.weights import border_weights
-from tests.conftest import shared_data
+from training.segmentation.weights import border_weights
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -231,7 +231,7 @@ def _synthetic_slices(n: int, size: int = 64, seed: int = 0) -> list[Slice]:
 
 @pytest.mark.slow
 def test_tiny_training_beats_the_trivial_prediction(tmp_path):
-    from service.jobs.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
+    from training.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
 
     slices = _synthetic_slices(5)
     path = train_segmenter(SegTrainConfig(out=str(tmp_path), width=4, depth=2, tile=32,
@@ -289,7 +289,7 @@ def test_evaluation_scores_grown_cells_when_asked(tmp_path, monkeypatch):
 
     from scipy import ndimage
 
-    import service.jobs.segmentation.predict as predict
+    import training.segmentation.predict as predict
 
     data = tmp_path / "isbi"
     slices = _synthetic_slices(2)
@@ -307,7 +307,7 @@ def test_evaluation_scores_grown_cells_when_asked(tmp_path, monkeypatch):
 
 @pytest.mark.data
 def test_isbi_labels_are_read_as_membrane_masks():
-    from service.jobs.segmentation.data import load_isbi
+    from training.segmentation.data import load_isbi
 
     s = load_isbi(shared_data("isbi2012"), [0])[0]
     assert s.image.shape == s.mask.shape == (512, 512)

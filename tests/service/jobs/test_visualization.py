@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.jobs.clustering import CLUSTERERS, cluster_embeddings, nmi, purity
 from service.jobs.report import HtmlReport
-from service.jobs.visualization.attribution import METHODS, ModedReLU, reconstruct, relu_backward
-from service.jobs.visualization.embeddings import knn_label_agreement, tsne_2d
-from service.jobs.visualization.features import feature_maps, first_layer_filters
-from service.jobs.visualization.models import layer_output
-from service.jobs.visualization.occlusion import (
+from training.clustering import CLUSTERERS, cluster_embeddings, nmi, purity
+from training.visualization.attribution import METHODS, ModedReLU, reconstruct, relu_backward
+from training.visualization.embeddings import knn_label_agreement, tsne_2d
+from training.visualization.features import feature_maps, first_layer_filters
+from training.visualization.models import layer_output
+from training.visualization.occlusion import (
     class_score,
     occlusion_map,
     verification_occlusion,
 )
-from service.jobs.visualization.optimize import (
+from training.visualization.optimize import (
     AscentConfig,
     DreamConfig,
     StyleConfig,

@@ -1,0 +1,1 @@
+"""Job kinds: typed parameters turned into calls of training/ and indexer/ code."""

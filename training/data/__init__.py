@@ -1,0 +1,1 @@
+"""Labelled images: folders, dataset formats with their splits, transforms."""

@@ -1,0 +1,1 @@
+"""Miners: in-batch tuple miners and dataset-wide hard-negative mining."""

@@ -1,0 +1,1 @@
+"""Embedding networks: backbones, the ModelSpec they are built from, ensembles, the Embedder."""

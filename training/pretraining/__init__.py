@@ -1,0 +1,1 @@
+"""Pre-training without labels: the convolutional autoencoder / VAE whose encoder initialises a backbone."""
