@@ -42,7 +42,6 @@ def int_in(lo: int, hi: int | None = None):
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
-    parse.__name__ = f"integer {bounds}"  # argparse names the type by it in messages
     return parse
 
 
@@ -383,7 +382,7 @@ def _upsert_images(args: argparse.Namespace):
     from pathlib import Path
 
     from service.client import UpsertImage
-    from training.data import list_image_folder
+    from training.data.folders import list_image_folder
 
     meta = _meta(args.meta)
     seen: dict[str, Path] = {}
