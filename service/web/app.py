@@ -8,6 +8,7 @@ import logging
 import time
 from importlib.resources import files
 
+import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -38,6 +39,7 @@ class ApiMiddleware:
 
     def __init__(self, app, ctx: WebContext) -> None:
         self.app, self.ctx = app, ctx
+        self._threads_set = False
 
     def _limit(self, path: str) -> int:
         return self.ctx.max_upsert_bytes if path.startswith("/v1/upsert") \
@@ -46,6 +48,9 @@ class ApiMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if not self._threads_set:  # routes block on batches in threads: as many as gRPC's
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.ctx.max_threads
+            self._threads_set = True
         t0 = time.perf_counter()
         limit = self._limit(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")

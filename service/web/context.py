@@ -33,6 +33,7 @@ class WebContext:
     max_body_bytes: int = 16 * 1024 * 1024      # a request's body (the gRPC message limit)
     max_upsert_bytes: int = 256 * 1024 * 1024   # an upsert's body (the Upsert stream limit)
     metrics: object | None = None
+    max_threads: int = 64  # routes running at once (they block on batches), as gRPC's workers
     _catalogues: dict[int, Catalogue] = field(default_factory=dict)
 
     def require_core(self) -> SimilarityCore:

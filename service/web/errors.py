@@ -5,6 +5,8 @@ HTTP code people expect (Google's API design guide mapping), so HTTP and gRPC al
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
 from service.servicer import INTERNAL_MESSAGE, STATUS_OF
+
+log = logging.getLogger(__name__)
 
 HTTP_OF_GRPC: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -65,8 +69,13 @@ def install_handlers(app) -> None:
     """JSON bodies for every error: domain errors, FastAPI's own (404 route, 422 validation)."""
 
     @app.exception_handler(ServiceError)
-    async def _service(_request: Request, e: ServiceError) -> JSONResponse:
-        return service_error_response(e)
+    async def _service(request: Request, e: ServiceError) -> JSONResponse:
+        resp = service_error_response(e)
+        # as the gRPC adapter does: a client's error is a warning under its own code
+        log.warning("HTTP %s %s %d %s", request.method, request.url.path, resp.status_code, e,
+                    extra={"method": f"HTTP {request.method} {request.url.path}",
+                           "code": grpc_status(e).name})
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, e: RequestValidationError) -> JSONResponse:

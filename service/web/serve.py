@@ -80,7 +80,7 @@ def web_context(server: Server) -> WebContext:
     return WebContext(lambda: server.core, authenticator=server.authenticator,
                       jobs=runtime.core if runtime is not None else None, artifacts_root=root,
                       max_body_bytes=cfg.max_message_bytes, max_upsert_bytes=cfg.max_upsert_bytes,
-                      metrics=server.metrics)
+                      metrics=server.metrics, max_threads=cfg.max_workers)
 
 
 def start_http(server: Server, port: int | None = None) -> HttpServer | None:

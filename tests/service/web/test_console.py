@@ -48,6 +48,13 @@ def test_upload_a_held_out_image_and_its_class_tops_the_gallery(web, page, held_
     page.wait_for_function(f"document.querySelector('#search-results .card .key')?.textContent"
                            f" === {second!r}")
     assert page.input_value("#search-key") == second
+    # the API's filters: only label 1, excluding the query itself
+    page.fill("#search-labels", "1")
+    page.fill("#search-exclude", second)
+    page.click("#search-go")
+    page.wait_for_function("[...document.querySelectorAll('#search-results .card .label')]"
+                           ".every(e => e.textContent === '1')")
+    assert second not in page.locator("#search-results .card .key").all_text_contents()
 
 
 def test_verify_two_images_shows_the_verdict_and_the_heatmap(web, page, digits_dir, tmp_path):
