@@ -228,10 +228,12 @@ async function runVerify() {
   const status = $("verify-explain-status");
   $("verify-heatmap").hidden = true; status.textContent = "";
   const fd = new FormData();
-  for (const side of ["a", "b"]) {
+  const identity = $("verify-identity").value.trim();
+  for (const side of identity ? ["a"] : ["a", "b"]) {
     if (state.verifyFiles[side]) fd.append(side, state.verifyFiles[side]);
     else if ($("verify-key-" + side).value.trim()) fd.append(side + "_key", $("verify-key-" + side).value.trim());
   }
+  if (identity) fd.append("identity", identity);
   let r;
   try { r = await api("/v1/verify", { method: "POST", body: fd }); } catch (e) {
     $("verify-result").hidden = false; showError($("verify-verdict"), e); $("verify-verdict").className = "verdict"; return;
@@ -243,7 +245,9 @@ async function runVerify() {
   const top = Math.max(2 * r.threshold, r.distance * 1.1, 1e-6);
   $("verify-bar").style.left = `${Math.min(100, 100 * r.distance / top)}%`;
   $("verify-thr").style.left = `${100 * r.threshold / top}%`;
-  $("verify-numbers").textContent = `distance ${r.distance.toFixed(4)} ${r.same ? "≤" : ">"} calibrated threshold ${r.threshold.toFixed(4)} · cosine similarity ${r.similarity.toFixed(4)} · model ${r.model_version}`;
+  $("verify-numbers").textContent = `distance ${r.distance.toFixed(4)} ${r.same ? "≤" : ">"} calibrated threshold ${r.threshold.toFixed(4)} · cosine similarity ${r.similarity.toFixed(4)} · model ${r.model_version}`
+    + (identity ? ` · identity ${identity}: ${r.enrolled_images} enrolled images, nearest ${r.nearest_key}, mean distance ${r.mean_distance.toFixed(4)}` : "");
+  if (identity) return;  // the heatmap explains a pair
   if ($("verify-explain").checked) explainPair(status).catch((e) => showError(status, e));
 }
 

@@ -75,6 +75,13 @@ def test_verify_two_images_shows_the_verdict_and_the_heatmap(web, page, digits_d
     page.wait_for_function("document.querySelector('#verify-heatmap-img').naturalWidth > 200")
     assert "regions" in page.text_content("#verify-heatmap-caption")
     screenshot(page, tmp_path, "verify")
+    # one image against an enrolled identity: the nearest of its images decides
+    page.fill("#verify-identity", "4")
+    page.click("#verify-go")
+    page.wait_for_function("document.querySelector('#verify-numbers').textContent"
+                           ".includes('40 enrolled images')")
+    assert page.text_content("#verify-verdict") == "SAME"
+    assert page.is_hidden("#verify-heatmap")
 
 
 def test_page_through_a_collection(web, page, tmp_path):
