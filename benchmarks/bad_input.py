@@ -4,7 +4,9 @@ Starts `imgsim serve` on 127.0.0.1 over a tiny digits index (benchmarks/reliabil
 and sends a corpus made here (undecodable bytes, truncated JPEG/PNG, a decompression bomb,
 16-bit, CMYK, transparent, 1-pixel, SVG, text, oversized messages, absurd k, huge filters,
 1 ms deadlines...) to SimilarityService (Verify, Search, BatchSearch, Embed, Upsert, Delete,
-DescribeIndex, Reload) and JobService (Submit, Get, List, Cancel). Prints one row per case:
+DescribeIndex, Reload), JobService (Submit, Get, List, Cancel, FetchArtifact) and
+CatalogService (ListCollections, ListImages, GetImage, GetThumbnail, GetImageBytes). Prints
+one row per case:
 the status code per RPC ("." where the case does not apply), whether the server answered a
 health check afterwards, and its RSS. INTERNAL anywhere is a finding: a client's mistake
 should never read as a server fault.
@@ -31,6 +33,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reliability_common import ServerProcess, fresh_copy, prepare  # noqa: E402
 
+from imgsim.v1 import catalog_pb2 as cpb  # noqa: E402
+from imgsim.v1 import catalog_pb2_grpc as cpb_grpc  # noqa: E402
 from imgsim.v1 import jobs_pb2 as jpb  # noqa: E402
 from imgsim.v1 import jobs_pb2_grpc as jpb_grpc  # noqa: E402
 from imgsim.v1 import similarity_pb2 as pb  # noqa: E402
@@ -38,7 +42,9 @@ from imgsim.v1 import similarity_pb2_grpc as pb_grpc  # noqa: E402
 from service.client import SimilarityClient  # noqa: E402
 
 IMAGE_RPCS = ("Verify", "Search", "BatchSearch", "Embed", "Upsert")
-RPCS = (*IMAGE_RPCS, "Delete", "DescribeIndex", "Reload", "Submit", "Get", "List", "Cancel")
+RPCS = (*IMAGE_RPCS, "Delete", "DescribeIndex", "Reload",
+        "Submit", "Get", "List", "Cancel", "FetchArtifact",
+        "ListCollections", "ListImages", "GetImage", "GetThumbnail", "GetImageBytes")
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -106,6 +112,7 @@ class Runner:
             ("grpc.max_receive_message_length", 256 * 1024 * 1024)])
         self.sim = pb_grpc.SimilarityServiceStub(self.channel)
         self.jobs = jpb_grpc.JobServiceStub(self.channel)
+        self.cat = cpb_grpc.CatalogServiceStub(self.channel)
         self.valid = valid
         self.n = 0
 
@@ -138,11 +145,33 @@ class Runner:
 
 
 def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
-    s, j, ok = r.sim, r.jobs, pb.ImageRef(data=r.valid)
+    s, j, c, ok = r.sim, r.jobs, r.cat, pb.ImageRef(data=r.valid)
+    key = c.ListImages(cpb.ListImagesRequest(limit=1)).images[0].key  # a catalogued image
+
+    def fetch(name: str, job: int | None = None) -> Callable[[], object]:
+        def run():
+            jobs = j.List(jpb.ListJobsRequest()).jobs
+            return list(j.FetchArtifact(jpb.FetchArtifactRequest(
+                job_id=job if job is not None else (jobs[-1].id if jobs else 1), name=name)))
+        return run
+
+    def image_calls(k: str, coll: str = "") -> dict[str, str]:
+        return {"GetImage": st(lambda: c.GetImage(cpb.GetImageRequest(collection=coll, key=k))),
+                "GetThumbnail": st(lambda: c.GetThumbnail(cpb.GetThumbnailRequest(
+                    collection=coll, key=k))),
+                "GetImageBytes": st(lambda: c.GetImageBytes(cpb.GetImageRequest(
+                    collection=coll, key=k)))}
+
     q = lambda **kw: pb.SearchRequest(query=ok, **kw)  # noqa: E731
     st = r.status
     many_keys = [f"k{i}" for i in range(100_000)]
     cases: dict[str, Callable[[], dict[str, str]]] = {  # run one by one, lazily
+        "valid calls (control)": lambda: {
+            "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest())),
+            "List": st(lambda: j.List(jpb.ListJobsRequest())),
+            "ListCollections": st(lambda: c.ListCollections(cpb.ListCollectionsRequest())),
+            "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest())),
+            **image_calls(key)},
         "k = -1": lambda: {"Search": st(lambda: s.Search(q(k=-1))),
                    "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
                        queries=[q(k=-1)])))},
@@ -153,9 +182,23 @@ def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
             "Search": st(lambda: s.Search(q(k=5, max_distance=-1.0))) + " / "
             + st(lambda: s.Search(q(k=5, max_distance=float("nan"))))},
         "5,000 metadata filter pairs": lambda: {"Search": st(lambda: s.Search(q(
-            k=5, metadata={f"m{i}": "v" for i in range(5000)})))},
+            k=5, metadata={f"m{i}": "v" for i in range(5000)}))),
+            "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest(
+                metadata={f"m{i}": "v" for i in range(5000)})))},
         "10,000 label filters": lambda: {"Search": st(lambda: s.Search(q(
-            k=5, labels=[f"l{i}" for i in range(10_000)])))},
+            k=5, labels=[f"l{i}" for i in range(10_000)]))),
+            "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest(
+                labels=[f"l{i}" for i in range(10_000)])))},
+        "offset -1 / limit -1 / limit 2^31-1 / offset 2^31-1": lambda: {
+            "ListImages": " / ".join(st(lambda kw=kw: c.ListImages(cpb.ListImagesRequest(**kw)))
+                                     for kw in ({"offset": -1}, {"limit": -1},
+                                                {"limit": 2**31 - 1}, {"offset": 2**31 - 1}))},
+        "key_prefix '%' / '_' / NUL": lambda: {
+            "ListImages": " / ".join(st(lambda p=p: c.ListImages(cpb.ListImagesRequest(
+                key_prefix=p))) for p in ("%", "_", "\x00"))},
+        "thumbnail size -1 / 2^31-1": lambda: {
+            "GetThumbnail": " / ".join(st(lambda n=n: c.GetThumbnail(cpb.GetThumbnailRequest(
+                key=key, size=n))) for n in (-1, 2**31 - 1))},
         "100,000 excluded keys": lambda: {"Search": st(lambda: s.Search(q(k=5, exclude_keys=many_keys)))},
         "10,000 queries / images in one call": lambda: {
             "BatchSearch": st(lambda: s.BatchSearch(pb.BatchSearchRequest(
@@ -164,7 +207,8 @@ def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
         "unknown key as image": lambda: {
             "Verify": st(lambda: s.Verify(pb.VerifyRequest(a=pb.ImageRef(key="nope"), b=ok))),
             "Search": st(lambda: s.Search(pb.SearchRequest(query=pb.ImageRef(key="nope"), k=5))),
-            "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[pb.ImageRef(key="nope")])))},
+            "Embed": st(lambda: s.Embed(pb.EmbedRequest(images=[pb.ImageRef(key="nope")]))),
+            **image_calls("nope")},
         "unknown collection": lambda: {
             "Search": st(lambda: s.Search(q(k=5, collection="nope"))),
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(
@@ -172,21 +216,27 @@ def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["x"], collection="nope"))),
             "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
                 collection="nope"))),
-            "Reload": st(lambda: s.Reload(pb.ReloadRequest(collection="nope")))},
+            "Reload": st(lambda: s.Reload(pb.ReloadRequest(collection="nope"))),
+            "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest(collection="nope"))),
+            **image_calls(key, "nope")},
         "1 MB collection name": lambda: {
             "Search": st(lambda: s.Search(q(k=5, collection="c" * 2**20))),
             "DescribeIndex": st(lambda: s.DescribeIndex(pb.DescribeIndexRequest(
+                collection="c" * 2**20))),
+            "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest(
                 collection="c" * 2**20)))},
         "empty stream / no keys": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([]))),
             "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=[])))},
         "key with a NUL byte": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="a\x00b", data=r.valid)]))),
-            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["a\x00b"])))},
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["a\x00b"]))),
+            **image_calls("a\x00b")},
         "10,000-character key": lambda: {
             "Upsert": st(lambda: s.Upsert(iter([pb.UpsertRequest(key="k" * 10_000,
                                                                    data=r.valid)]))),
-            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["k" * 10_000])))},
+            "Delete": st(lambda: s.Delete(pb.DeleteRequest(keys=["k" * 10_000]))),
+            **image_calls("k" * 10_000)},
         "same key twice in one stream": lambda: {"Upsert": st(lambda: s.Upsert(iter([
             pb.UpsertRequest(key="twice", data=r.valid)] * 2)))},
         "2,000 items in one stream": lambda: {"Upsert": st(lambda: s.Upsert(iter([
@@ -212,6 +262,10 @@ def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
                               for i in (0, -1, 2**63 - 1)),
             "Cancel": " / ".join(st(lambda i=i: j.Cancel(jpb.CancelJobRequest(id=i)))
                                  for i in (0, -1, 2**63 - 1))},
+        "artifact '../../../../etc/passwd' / '/etc/passwd' / unknown job": lambda: {
+            "FetchArtifact": " / ".join(st(f) for f in (
+                fetch("../../../../etc/passwd"), fetch("/etc/passwd"),
+                fetch("report.html", job=2**62)))},
         "limit -1 / 2^31-1, state 99": lambda: {
             "List": " / ".join([st(lambda: j.List(jpb.ListJobsRequest(limit=-1))),
                                 st(lambda: j.List(jpb.ListJobsRequest(limit=2**31 - 1))),
@@ -233,6 +287,16 @@ def other_cases(r: Runner) -> dict[str, Callable[[], dict[str, str]]]:
         "Get": st(lambda: j.Get(jpb.GetJobRequest(id=1), timeout=ms)),
         "List": st(lambda: j.List(jpb.ListJobsRequest(), timeout=ms)),
         "Cancel": st(lambda: j.Cancel(jpb.CancelJobRequest(id=1), timeout=ms)),
+        "FetchArtifact": st(lambda: list(j.FetchArtifact(jpb.FetchArtifactRequest(
+            job_id=1, name="report.html"), timeout=ms))),
+        "ListCollections": st(lambda: c.ListCollections(cpb.ListCollectionsRequest(),
+                                                        timeout=ms)),
+        "ListImages": st(lambda: c.ListImages(cpb.ListImagesRequest(), timeout=ms)),
+        "GetImage": st(lambda: c.GetImage(cpb.GetImageRequest(key=key), timeout=ms)),
+        "GetThumbnail": st(lambda: c.GetThumbnail(cpb.GetThumbnailRequest(key=key),
+                                                  timeout=ms)),
+        "GetImageBytes": st(lambda: c.GetImageBytes(cpb.GetImageRequest(key=key),
+                                                    timeout=ms)),
     }
     return cases
 
@@ -249,11 +313,12 @@ def table(res: dict) -> str:
 
 
 def repeat_each(server: ServerProcess, corpus: dict[str, bytes], valid: bytes, n: int,
-                out: Path) -> int:
+                out: Path, *, only: str = "") -> int:
     """RSS after each of ``n`` repetitions of each case, cases in table order."""
     r = Runner(server.target, valid)
     cases = {k: (lambda d=d: r.image_rpcs(d)) for k, d in corpus.items()}
     cases.update(other_cases(r))
+    cases = {k: v for k, v in cases.items() if only in k}
     rows = {"start": [server.rss_mb()]}
     try:
         for case, run in cases.items():
@@ -280,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat-each", type=int, default=0,
                    help="instead: send each case this many times in a row on a fresh server "
                         "and print the RSS after each repetition (which case grows it)")
+    p.add_argument("--only", default="", help="with --repeat-each: cases whose name has this")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     golden = prepare(out / "ws", per_class=20)
@@ -288,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = image_corpus(valid)
     server = ServerProcess(ws, out / "server.log", metrics_port=0).start()
     if args.repeat_each:
-        return repeat_each(server, corpus, valid.read_bytes(), args.repeat_each, out)
+        return repeat_each(server, corpus, valid.read_bytes(), args.repeat_each, out,
+                           only=args.only)
     res: dict = {"cases": []}
     try:
         r = Runner(server.target, valid.read_bytes())
