@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import training.dlib.model  # noqa: F401  registers "dlib_resnet" in MODEL_BUILDERS
 from training.models.backbones import build_model
 from training.models.spec import ModelSpec
 
@@ -168,6 +167,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise TypeError(f"spec is a {type(spec).__name__}, not a mapping")
         return Checkpoint(spec=ModelSpec.from_dict(spec), state_dict=state, **extras,
                           source=str(path))
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load local weights into ``model.backbone`` (no downloads). Keys may be a plain
+    torchvision state dict or prefixed with ``backbone.``; the classifier is ignored.
+    Returns (missing, unexpected) keys."""
+    state = torch_load_file(path, what="backbone weights file")  # bad file: CheckpointError
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a backbone weights file: it holds a "
+                              f"{type(state).__name__}, not a state dict")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    wanted = set(model.backbone.state_dict())
+    if not wanted & set(state):  # nothing would load: training would silently start from scratch
+        raise CheckpointError(f"{path} holds no weights of this backbone (none of its "
+                              f"{len(state)} tensor names match; e.g. {sorted(wanted)[:1]})")
+    with checkpoint_fields(path, "backbone weights file"):  # shapes of another architecture
+        result = model.backbone.load_state_dict(state, strict=False)
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,9 +13,10 @@ from training.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    load_pretrained_backbone,
     save_checkpoint,
 )
-from training.models.backbones import build_model, load_pretrained_backbone
+from training.models.backbones import build_model
 from training.models.spec import ModelSpec
 
 SPEC = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=32, in_channels=1, mean=(0.5,),

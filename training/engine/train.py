@@ -38,7 +38,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_pretrained_backbone,
+    save_checkpoint,
+)
 from training.data.datasets import FORMATS, DatasetSplit, load_split
 from training.data.folders import LabelledImages, Sample, split_by_class
 from training.data.transforms import AUGMENTATIONS, eval_transform, get_augmentation
@@ -76,7 +81,7 @@ from training.evaluation.calibration import (
 )
 from training.losses import DEFAULT_MINER, LOSSES, get_loss
 from training.miners.in_batch import MINERS
-from training.models.backbones import build_model, load_pretrained_backbone
+from training.models.backbones import build_model
 from training.models.embedder import Embedder
 from training.models.ensemble import calibrate_ensemble, combine_checkpoint_files
 from training.models.spec import METRICS, ModelSpec

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -114,27 +113,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
 MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {}
 # Modules that fill MODEL_BUILDERS for an architecture, imported by build_model the first
 # time it meets that architecture: loading a checkpoint needs no import from the caller.
-LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.models.ensemble"}
-
-
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
-    """Load local weights into ``model.backbone`` (no downloads). Keys may be a plain
-    torchvision state dict or prefixed with ``backbone.``; the classifier is ignored.
-    Returns (missing, unexpected) keys."""
-    from training.checkpoint import CheckpointError, checkpoint_fields, torch_load_file
-
-    state = torch_load_file(path, what="backbone weights file")  # bad file: CheckpointError
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a backbone weights file: it holds a "
-                              f"{type(state).__name__}, not a state dict")
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-    wanted = set(model.backbone.state_dict())
-    if not wanted & set(state):  # nothing would load: training would silently start from scratch
-        raise CheckpointError(f"{path} holds no weights of this backbone (none of its "
-                              f"{len(state)} tensor names match; e.g. {sorted(wanted)[:1]})")
-    with checkpoint_fields(path, "backbone weights file"):  # shapes of another architecture
-        result = model.backbone.load_state_dict(state, strict=False)
-    return list(result.missing_keys), list(result.unexpected_keys)
+LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.models.ensemble",
+                                 "dlib_resnet": "training.dlib.model"}
