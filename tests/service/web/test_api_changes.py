@@ -118,3 +118,17 @@ def test_upsert_keys_and_labels_must_pair_with_the_images(web, digits_dir):
         error(c.post("/v1/upsert", files=[("images", ("a.png", buf)), ("images", ("b.png", img)),
                                           ("images", ("c.png", img))],
                      data={"label": ["x", "y"]}), 400, "INVALID_ARGUMENT")
+
+
+def test_an_image_over_the_pixel_limit_is_400_on_search_and_upsert_and_not_stored(web):
+    """49 megapixels in 6 KB of PNG: the decoder's pixel limit, not the body limit, refuses it."""
+    huge = encoded(Image.new("1", (7000, 7000)), "PNG")
+    assert len(huge) < 64 * 1024
+    with web.client() as c:
+        before = c.get("/v1/index").json()
+        assert "pixels" in error(c.post("/v1/search", files={"image": huge}), 400,
+                                 "INVALID_ARGUMENT")
+        error(c.post("/v1/upsert", files=[("images", ("huge.png", huge))]), 400,
+              "INVALID_ARGUMENT")
+        assert c.get("/v1/index").json()["index_version"] == before["index_version"]
+        error(c.get("/v1/collections/default/image", params={"key": "huge"}), 404, "NOT_FOUND")
