@@ -99,8 +99,9 @@ class ServerProcess:
                  env: dict[str, str] | None = None, **settings) -> None:
         self.ws, self.log, self.port = ws, log.resolve(), port or free_port()
         self.env = {**CHILD_ENV, **(env or {})}
+        # no HTTP console: `imgsim serve` would take port 8080, which two servers cannot share
         self.settings = {"torch_threads": 1, "decode_workers": 1, "watch_seconds": 1.0,
-                         **settings}
+                         "http_port": 0, **settings}
         self.proc: subprocess.Popen | None = None
 
     @property
