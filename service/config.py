@@ -74,6 +74,9 @@ class ServeConfig:
             raise ValueError(f"port must be 0..65535 (0: any free port), got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
+        if not -1 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be 0 (off), -1 (any free port) or 1..65535, got "
+                             f"{self.http_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.log_format not in ("text", "json"):

@@ -43,6 +43,8 @@ def test_serve_takes_http_port_from_flag_env_or_file_and_defaults_to_8080(monkey
     base = dict(checkpoint="c.pt", index_root="idx", catalog_url="sqlite:///x.db")
     assert load_serve_config(env={}, **base).http_port == 0  # built in code: off unless asked
     assert load_serve_config(env={"IMGSIM_SERVE_HTTP_PORT": "9090"}, **base).http_port == 9090
+    with pytest.raises(ValueError, match="http_port"):
+        load_serve_config(env={"IMGSIM_SERVE_HTTP_PORT": "70000"}, **base)
     seen = []
     monkeypatch.setattr(service.cli, "_serve_until_stopped", lambda cfg: seen.append(cfg) or 0)
     monkeypatch.setattr("service.writable.require_serving_writable", lambda cfg: None)
