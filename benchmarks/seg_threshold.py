@@ -19,10 +19,10 @@ import os
 import numpy as np
 import torch
 
+from training.checkpoint import load_seg_checkpoint
 from training.segmentation.data import load_isbi, parse_slices
 from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import mean_scores, score_membranes
-from training.segmentation.train import load_seg_checkpoint
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.86, 0.05), 2))
 

@@ -20,15 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.checkpoint import load_seg_checkpoint
 from training.segmentation.data import load_isbi, parse_slices
 from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import mean_scores, score_membranes
 from training.segmentation.outputs import save_overlay
-from training.segmentation.train import (
-    SegTrainConfig,
-    load_seg_checkpoint,
-    train_segmenter,
-)
+from training.segmentation.train import SegTrainConfig, train_segmenter
 
 MODELS = ["unet:transposed", "unet:nearest", "unet:unpool",
           "segnet:unpool", "segnet:nearest", "segnet:transposed"]

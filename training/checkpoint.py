@@ -1,4 +1,6 @@
-"""Self-describing checkpoints: primitives and tensors only, so weights_only loading works."""
+"""Self-describing checkpoints of every network the project trains (embedders, segmenters,
+autoencoders): primitives and tensors only, so weights_only loading works; written atomically;
+any bad file is one CheckpointError line."""
 
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.models.autoencoder import ConvAutoencoder
 from training.models.backbones import build_model
 from training.models.spec import ModelSpec
+from training.segmentation.models import SegModelSpec, build_segmenter
 
-FORMAT = "imgsim.checkpoint/1"
+FORMAT = "imgsim.checkpoint/1"  # embedders (and ensembles of them)
+SEGMENTER_FORMAT = "imgsim.segmenter/1"
+AUTOENCODER_FORMAT = "imgsim.autoencoder/1"
 
 
 class CheckpointError(ValueError):
@@ -188,6 +194,80 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[s
     with checkpoint_fields(path, "backbone weights file"):  # shapes of another architecture
         result = model.backbone.load_state_dict(state, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)
+
+
+# Segmenters (U-Net / SegNet): their spec, weights and the input normalisation they were
+# trained with.
+
+
+@dataclass
+class SegCheckpoint:
+    spec: SegModelSpec
+    state_dict: dict[str, torch.Tensor]
+    mean: float
+    std: float
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        model = build_segmenter(self.spec)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_seg_checkpoint(path: str | Path, ckpt: SegCheckpoint) -> Path:
+    """Primitives and tensors only (``torch.load(weights_only=True)`` works); atomic write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": SEGMENTER_FORMAT, "spec": ckpt.spec.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+               "mean": ckpt.mean, "std": ckpt.std, "config": ckpt.config, "metrics": ckpt.metrics}
+    return atomic_torch_save(payload, path)
+
+
+def load_seg_checkpoint(path: str | Path) -> SegCheckpoint:
+    what = "imgsim segmentation checkpoint"  # any bad file: CheckpointError, one line
+    payload = read_checkpoint_file(path, format=SEGMENTER_FORMAT, what=what)
+    with checkpoint_fields(path, what):
+        return SegCheckpoint(SegModelSpec.from_dict(payload["spec"]), payload["state_dict"],
+                             float(payload["mean"]), float(payload["std"]),
+                             payload.get("config", {}), payload.get("metrics", {}))
+
+
+# Autoencoders: the whole network (encoder = a backbone, decoder) and what it was trained on.
+
+
+def save_autoencoder(path: str | Path, model: nn.Module, *, encoder: dict[str, Any],
+                     config: dict[str, Any], images: dict[str, Any],
+                     metrics: dict[str, Any]) -> Path:
+    """``encoder``: arch, in_channels, arch_kwargs, input_size, mean, std; atomic write."""
+    payload = {
+        "format": AUTOENCODER_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "encoder": encoder,
+        "config": config,
+        "images": images,
+        "metrics": metrics,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def read_autoencoder(path: str | Path) -> dict[str, Any]:
+    """The payload of an autoencoder file (CheckpointError for any other file)."""
+    return read_checkpoint_file(path, format=AUTOENCODER_FORMAT, what="imgsim autoencoder")
+
+
+def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, dict]:
+    """The trained autoencoder (eval mode) and its payload (config, images, metrics)."""
+    payload = read_autoencoder(path)
+    with checkpoint_fields(path, "imgsim autoencoder"):
+        cfg, enc = payload["config"], payload["encoder"]
+        model = ConvAutoencoder(enc["arch"], in_channels=enc["in_channels"],
+                                input_size=enc["input_size"],
+                                latent_channels=cfg["latent_channels"],
+                                variational=cfg["variational"], arch_kwargs=enc["arch_kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
 
 
 def file_sha256(path: str | Path) -> str:

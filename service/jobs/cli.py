@@ -405,7 +405,8 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _seg_train(args: argparse.Namespace) -> int:
-    from training.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
+    from training.checkpoint import load_seg_checkpoint
+    from training.segmentation.train import SegTrainConfig, train_segmenter
 
     up = args.upsampling or ("unpool" if args.arch == "segnet" else "transposed")
     cfg = SegTrainConfig(data=args.data, out=args.out, arch=args.arch, upsampling=up,

@@ -2,16 +2,16 @@ import pytest
 import torch
 from PIL import Image
 
+from training.checkpoint import load_autoencoder
 from training.data.transforms import eval_transform
+from training.models.autoencoder import ConvAutoencoder
 from training.models.backbones import BACKBONES, build_model
 from training.models.spec import ModelSpec
 from training.pretraining.autoencoder import (
-    ConvAutoencoder,
     PretrainConfig,
     images_digest,
     init_backbone_from_autoencoder,
     list_unlabelled,
-    load_autoencoder,
     pretrain,
 )
 

@@ -95,7 +95,8 @@ def test_a_good_checkpoint_still_loads(tmp_path):
 
 
 def test_autoencoder_and_backbone_loaders_share_the_checks(tmp_path):
-    from training.pretraining.autoencoder import init_backbone_from_autoencoder, load_autoencoder
+    from training.checkpoint import load_autoencoder
+    from training.pretraining.autoencoder import init_backbone_from_autoencoder
 
     text = tmp_path / "ae.pt"
     text.write_text("not an autoencoder")

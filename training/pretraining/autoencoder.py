@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,100 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.checkpoint import read_autoencoder, save_autoencoder
 from training.data.folders import IMAGE_EXTENSIONS, ImagePaths
 from training.data.transforms import eval_transform, train_transform
-from training.models.backbones import BACKBONES, SmallCNN
+from training.models.autoencoder import ConvAutoencoder
 from training.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from training.progress import progress
 
 log = logging.getLogger(__name__)
-
-FORMAT = "imgsim.autoencoder/1"
-
-
-def spatial_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's last feature map before global pooling: (n, C, H, W) -> (n, c, h, w)."""
-    if isinstance(backbone, SmallCNN):
-        return backbone.features(x)
-    if hasattr(backbone, "layer4"):  # torchvision ResNet
-        b = backbone
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
-    if hasattr(backbone, "features"):  # torchvision MobileNetV3
-        return backbone.features(x)
-    raise ValueError(f"no spatial feature map known for {type(backbone).__name__}")
-
-
-def _up_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class ConvAutoencoder(nn.Module):
-    """Encoder = an embedding backbone (``BACKBONES[arch]``, up to its last feature map) plus a
-    1x1 convolution to ``latent_channels``; decoder = nearest upsampling + conv stages back to
-    the input size. With ``variational=True`` the 1x1 convolution gives a mean and a
-    log-variance per latent cell and training samples z = mu + sigma * eps (Kingma & Welling).
-
-    forward: (n, C, S, S) normalised images -> (reconstruction (n, C, S, S), mu, logvar or None).
-    """
-
-    def __init__(self, arch: str = "smallcnn", *, in_channels: int = 3, input_size: int = 64,
-                 latent_channels: int = 64, variational: bool = False,
-                 arch_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        if arch not in BACKBONES:
-            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(BACKBONES))}")
-        self.arch, self.arch_kwargs = arch, dict(arch_kwargs or {})
-        self.in_channels, self.input_size = in_channels, input_size
-        self.variational = variational
-        self.backbone, _ = BACKBONES[arch](in_channels, **self.arch_kwargs)
-        with torch.no_grad():
-            self.backbone.eval()
-            feat = spatial_features(self.backbone, torch.zeros(1, in_channels, input_size, input_size))
-            self.backbone.train()
-        c, h = feat.shape[1], feat.shape[2]
-        self.to_latent = nn.Conv2d(c, latent_channels * (2 if variational else 1), 1)
-        ups = max(0, math.ceil(math.log2(input_size / h)))
-        chans = [max(16, min(256, latent_channels * 2) >> i) for i in range(ups + 1)]
-        layers: list[nn.Module] = [nn.Conv2d(latent_channels, chans[0], 3, padding=1),
-                                   nn.ReLU(inplace=True)]
-        layers += [_up_block(chans[i], chans[i + 1]) for i in range(ups)]
-        layers.append(nn.Conv2d(chans[-1], in_channels, 3, padding=1))
-        self.decoder = nn.Sequential(*layers)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = self.to_latent(spatial_features(self.backbone, x))
-        if self.variational:
-            mu, logvar = z.chunk(2, dim=1)
-            return mu, logvar.clamp(-10, 10)
-        return z, None
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z)
-        if out.shape[-1] != self.input_size:
-            out = F.interpolate(out, size=(self.input_size, self.input_size), mode="bilinear",
-                                align_corners=False)
-        return out
-
-    def forward(self, x: torch.Tensor):
-        mu, logvar = self.encode(x)
-        z = mu
-        if self.variational and self.training:
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return self.decode(z), mu, logvar
-
-    def loss(self, x: torch.Tensor, *, beta: float = 1.0) -> tuple[torch.Tensor, float, float]:
-        """(total, reconstruction, KL): mean squared error per pixel; for the VAE the KL
-        divergence to N(0, I) per latent element, weighted by ``beta`` (both per element, so
-        beta=1 balances them whatever the image and latent sizes)."""
-        recon, mu, logvar = self(x)
-        rec = F.mse_loss(recon, x)
-        if not self.variational:
-            return rec, rec.item(), 0.0
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean()
-        return rec + beta * kl, rec.item(), kl.item()
 
 
 @dataclass(frozen=True)
@@ -234,20 +147,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model.eval()
     grid_paths = paths[:: max(1, len(paths) // cfg.grid_images)][:cfg.grid_images]
     eval_mse = save_reconstruction_grid(model, spec, grid_paths, out / "reconstructions.png")
-    payload = {
-        "format": FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "encoder": {"arch": cfg.arch, "in_channels": spec.in_channels,
-                    "arch_kwargs": dict(cfg.arch_kwargs),
-                    "input_size": cfg.input_size, "mean": list(spec.mean), "std": list(spec.std)},
-        "config": asdict(cfg),
-        "images": {"count": len(paths), "sha256": images_digest(paths)},
-        "metrics": {"final_loss": rows[-1][1], "final_mse": rows[-1][2],
-                    "grid_mse": eval_mse},
-    }
-    path = out / "autoencoder.pt"
-    torch.save(payload, path)
-    return path
+    return save_autoencoder(
+        out / "autoencoder.pt", model,
+        encoder={"arch": cfg.arch, "in_channels": spec.in_channels,
+                 "arch_kwargs": dict(cfg.arch_kwargs),
+                 "input_size": cfg.input_size, "mean": list(spec.mean), "std": list(spec.std)},
+        config=asdict(cfg), images={"count": len(paths), "sha256": images_digest(paths)},
+        metrics={"final_loss": rows[-1][1], "final_mse": rows[-1][2], "grid_mse": eval_mse})
 
 
 @torch.no_grad()
@@ -294,29 +200,12 @@ def save_reconstruction_grid(model: ConvAutoencoder, spec: ModelSpec, paths: Seq
     return float(F.mse_loss(recon, x))
 
 
-def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, dict]:
-    """The trained autoencoder (eval mode) and its payload (config, images, metrics)."""
-    from training.checkpoint import checkpoint_fields, read_checkpoint_file
-
-    payload = read_checkpoint_file(path, format=FORMAT, what="imgsim autoencoder")
-    with checkpoint_fields(path, "imgsim autoencoder"):
-        cfg, enc = payload["config"], payload["encoder"]
-        model = ConvAutoencoder(enc["arch"], in_channels=enc["in_channels"],
-                                input_size=enc["input_size"],
-                                latent_channels=cfg["latent_channels"],
-                                variational=cfg["variational"], arch_kwargs=enc["arch_kwargs"])
-        model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload
-
-
 def init_backbone_from_autoencoder(model: nn.Module, spec: ModelSpec, path: str | Path) -> dict:
     """Copy a pre-trained encoder into ``model.backbone`` (an ``EmbeddingNet``); the head
     stays random. Refuses an encoder of another architecture, channel count or arch_kwargs,
     and loads strictly (every backbone tensor must come from the encoder). Returns the
     autoencoder's payload minus weights (for provenance: images count and digest)."""
-    from training.checkpoint import read_checkpoint_file
-
-    payload = read_checkpoint_file(path, format=FORMAT, what="imgsim autoencoder")
+    payload = read_autoencoder(path)
     enc = payload["encoder"]
     mine = {"arch": spec.arch, "in_channels": spec.in_channels, "arch_kwargs": dict(spec.arch_kwargs)}
     theirs = {k: enc[k] for k in mine}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from training.checkpoint import load_seg_checkpoint
 from training.segmentation.data import load_image, load_isbi, parse_slices
 from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import mean_scores, score_membranes
 from training.segmentation.outputs import save_mask, save_overlay, save_probability
-from training.segmentation.train import load_seg_checkpoint
 
 Progress = Callable[[float, str], None]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.checkpoint import atomic_torch_save, checkpoint_fields, read_checkpoint_file
+from training.checkpoint import SegCheckpoint, save_seg_checkpoint
 from training.progress import progress as progress_bar
 from training.segmentation.data import (
     AugmentConfig,
@@ -32,7 +32,6 @@ from training.segmentation.weights import border_weights
 
 log = logging.getLogger(__name__)
 
-FORMAT = "imgsim.segmenter/1"
 DEFAULT_DATA = os.path.join(os.environ.get("IMGSIM_DATA", "/work/shared/data"), "isbi2012")
 Progress = Callable[[float, str], None]
 
@@ -71,40 +70,6 @@ class SegTrainConfig:
     eval_margin: int = _option(32, "context margin when scoring the held-out slices")
     threads: int | None = _option(
         None, "torch threads (null: torch's default; 1 is fastest on a busy CPU)")
-
-
-@dataclass
-class SegCheckpoint:
-    spec: SegModelSpec
-    state_dict: dict[str, torch.Tensor]
-    mean: float
-    std: float
-    config: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        model = build_segmenter(self.spec)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
-
-
-def save_seg_checkpoint(path: str | Path, ckpt: SegCheckpoint) -> Path:
-    """Primitives and tensors only (``torch.load(weights_only=True)`` works); atomic write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "spec": ckpt.spec.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
-               "mean": ckpt.mean, "std": ckpt.std, "config": ckpt.config, "metrics": ckpt.metrics}
-    return atomic_torch_save(payload, path)
-
-
-def load_seg_checkpoint(path: str | Path) -> SegCheckpoint:
-    what = "imgsim segmentation checkpoint"  # any bad file: CheckpointError, one line
-    payload = read_checkpoint_file(path, format=FORMAT, what=what)
-    with checkpoint_fields(path, what):
-        return SegCheckpoint(SegModelSpec.from_dict(payload["spec"]), payload["state_dict"],
-                             float(payload["mean"]), float(payload["std"]),
-                             payload.get("config", {}), payload.get("metrics", {}))
 
 
 def evaluate(model: nn.Module, slices: list[Slice], *, mean: float, std: float, tile: int = 256,

@@ -20,7 +20,8 @@ class SegTrainParams(SegTrainConfig):
 
 
 def run_train(p: SegTrainParams, ctx: JobContext) -> None:
-    from training.segmentation.train import load_seg_checkpoint, train_segmenter
+    from training.checkpoint import load_seg_checkpoint
+    from training.segmentation.train import train_segmenter
 
     cfg = replace(p, out=p.out or str(ctx.out_dir), data=_data(p.data, ctx))
     path = train_segmenter(SegTrainConfig(**cfg.__dict__), progress=ctx.progress)

@@ -231,7 +231,8 @@ def _synthetic_slices(n: int, size: int = 64, seed: int = 0) -> list[Slice]:
 
 @pytest.mark.slow
 def test_tiny_training_beats_the_trivial_prediction(tmp_path):
-    from training.segmentation.train import SegTrainConfig, load_seg_checkpoint, train_segmenter
+    from training.checkpoint import load_seg_checkpoint
+    from training.segmentation.train import SegTrainConfig, train_segmenter
 
     slices = _synthetic_slices(5)
     path = train_segmenter(SegTrainConfig(out=str(tmp_path), width=4, depth=2, tile=32,
