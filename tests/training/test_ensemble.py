@@ -58,7 +58,8 @@ def test_members_must_share_preprocessing():
     with pytest.raises(ValueError, match="input_size"):
         combine_checkpoints([a, b])
     bad = dataclasses.replace(a, spec=dataclasses.replace(a.spec, embedding_dim=9))
-    with pytest.raises(RuntimeError):  # weights that do not fit fail at combine time
+    # weights that do not fit fail at combine time, as a one-line CheckpointError (a ValueError)
+    with pytest.raises(ValueError, match="not a usable imgsim checkpoint.*size mismatch"):
         combine_checkpoints([a, bad])
 
 
