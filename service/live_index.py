@@ -1,5 +1,8 @@
 """One collection's served index version: batched searches, atomic hot swaps, a CURRENT watcher.
 
+How a batch is searched is :mod:`indexer.search`'s (the one search path); this file owns which
+version serves it.
+
 Readers never lock: a search takes the current ``IndexVersion`` reference and finishes on it,
 even if a swap or an Upsert replaces it meanwhile (changes are made on a copy and swapped in,
 so no search ever sees half of one). Writers (swaps, Upsert, Delete) hold ``write_lock``.
@@ -10,15 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from indexer.catalog import DEFAULT_COLLECTION
-from indexer.factory import hnsw_of, ivf_of
-from indexer.search import search_index
+from indexer.search import SearchAnswer, SearchJob, reconstruct, search_batch
 from indexer.versions import IndexVersion, current_version_name, load_index_version
 from service.batching import BatchObserver, MicroBatcher
 from service.errors import FailedPrecondition, NotFound
@@ -27,35 +27,6 @@ log = logging.getLogger(__name__)
 
 # (collection, outcome "swapped" | "refused" | "failed", version)
 SwapObserver = Callable[[str, str, str], None]
-
-
-# A filter allowing at most this many ids is answered exactly from the stored vectors
-# (a selective filter makes HNSW's graph walk miss hits; brute force over few vectors is cheap).
-EXACT_FILTER_MAX = 4096
-
-
-@dataclass(frozen=True)
-class SearchJob:
-    """One query: (d,) float32 vector, k, and optional filters on catalogue ids: only
-    ``allowed`` ids (None: any), never ``excluded`` ones."""
-
-    vector: np.ndarray
-    k: int
-    allowed: np.ndarray | None = None
-    excluded: np.ndarray | None = None
-
-    @property
-    def filtered(self) -> bool:
-        return self.allowed is not None or self.excluded is not None
-
-
-@dataclass(frozen=True)
-class SearchAnswer:
-    """(k,) squared L2 distances and ids (-1: no hit), from ``version``."""
-
-    distances: np.ndarray
-    ids: np.ndarray
-    version: str
 
 
 def check_version(version: IndexVersion, *, checkpoint_sha256: str, dim: int) -> IndexVersion:
@@ -68,26 +39,6 @@ def check_version(version: IndexVersion, *, checkpoint_sha256: str, dim: int) ->
     if m.dimension != dim:
         raise FailedPrecondition(f"index dimension {m.dimension} != model's {dim}")
     return version
-
-
-def _stores_vectors(index: faiss.Index) -> bool:
-    """Whether ``reconstruct`` returns exact vectors (not compressed codes)."""
-    ivf = ivf_of(index)
-    return ivf is None or ivf.code_size >= 4 * ivf.d
-
-
-def _filter_params(v: IndexVersion, sel: faiss.IDSelector) -> faiss.SearchParameters:
-    """Search parameters with ``sel``, keeping the index's tuned nprobe/efSearch and skipping
-    tombstoned entries (id -1) of indexes that cannot remove."""
-    if v.manifest.tombstones:
-        sel = faiss.IDSelectorAnd(sel, faiss.IDSelectorRange(0, np.iinfo(np.int64).max))
-    hnsw = hnsw_of(v.index)
-    if hnsw is not None:
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=hnsw.hnsw.efSearch)
-    ivf = ivf_of(v.index)
-    if ivf is not None:
-        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)
-    return faiss.SearchParameters(sel=sel)
 
 
 def index_root_of(version: IndexVersion) -> Path:
@@ -117,62 +68,16 @@ class LiveIndex:
     def version(self) -> IndexVersion:
         return self._version
 
-    # -- searching ------------------------------------------------------------------------
+    # -- searching (indexer.search: the one search path) ----------------------------------
     def _search_batch(self, jobs: list[SearchJob]) -> list[SearchAnswer]:
-        v = self._version  # the whole batch runs on one version
-        name = v.manifest.version
-        out: list[SearchAnswer | None] = [None] * len(jobs)
-        plain = [i for i, j in enumerate(jobs) if not j.filtered]
-        if plain:  # one BLAS call for all unfiltered queries
-            q = np.stack([jobs[i].vector for i in plain])
-            d, ids = search_index(v, q, max(jobs[i].k for i in plain))
-            for row, i in enumerate(plain):
-                out[i] = SearchAnswer(d[row, :jobs[i].k], ids[row, :jobs[i].k], name)
-        for i, j in enumerate(jobs):
-            if j.filtered:  # filters differ per query: one call each
-                d, ids = self._search_filtered(v, j)
-                out[i] = SearchAnswer(d, ids, name)
-        return out  # type: ignore[return-value]
-
-    def _search_filtered(self, v: IndexVersion, job: SearchJob) -> tuple[np.ndarray, np.ndarray]:
-        allowed = job.allowed
-        if allowed is not None and job.excluded is not None:
-            allowed = np.setdiff1d(allowed, job.excluded)
-        if allowed is not None and len(allowed) == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX and _stores_vectors(v.index):
-            vecs, present = self._reconstruct(v.index, allowed)
-            if present.any():  # (none: the index cannot reconstruct; use the selector)
-                ids = allowed[present]
-                d = ((vecs[present] - job.vector[None]) ** 2).sum(1).astype(np.float32)
-                order = np.argsort(d, kind="stable")[:job.k]
-                return d[order], ids[order]
-        sel = (faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
-               if allowed is not None else
-               faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(job.excluded, np.int64))))
-        k = max(1, min(job.k, v.index.ntotal or 1))
-        d, ids = v.index.search(job.vector[None].astype(np.float32), k,
-                                params=_filter_params(v, sel))
-        return d[0], ids[0]
+        return search_batch(self._version, jobs)  # the whole batch runs on one version
 
     def search(self, job: SearchJob, *, deadline: float | None = None) -> SearchAnswer:
         return self.batcher.run(job, deadline=deadline)
 
     def reconstruct(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors of ``ids`` -> ((m, d) float32, (m,) bool present) in the live version."""
-        return self._reconstruct(self._version.index, ids)
-
-    def _reconstruct(self, index: faiss.Index, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, np.int64)
-        present = np.zeros(len(ids), bool)
-        out = np.zeros((len(ids), self.dim), np.float32)
-        for n, i in enumerate(ids):
-            try:
-                out[n] = index.reconstruct(int(i))
-                present[n] = True
-            except RuntimeError:  # catalogued but not in this version
-                pass
-        return out, present
+        return reconstruct(self._version.index, ids)
 
     # -- swapping -------------------------------------------------------------------------
     def replace(self, version: IndexVersion) -> None:
