@@ -16,7 +16,6 @@ from indexer.catalog import (
     DEFAULT_COLLECTION,
     ModelRow,
     open_catalog,
-    record_index_version,
     register_model,
     sha256_file,
     upsert_images,
@@ -25,7 +24,8 @@ from indexer.construct import AUTO, BuiltIndex, IndexingConfig, index_vectors
 from indexer.embedding import embed_unique, progress_bar
 from indexer.factory import parse_factory
 from indexer.incremental import lock_collection
-from indexer.versions import Manifest, new_version_name, publish_index_version, publish_lock
+from indexer.publish import ModelIdentity, built_manifest, publish_version
+from indexer.versions import Manifest, publish_lock
 from training.data.folders import Sample, list_image_folder
 from training.models.embedder import Embedder
 
@@ -86,32 +86,9 @@ def _jsonable(d: dict) -> dict:
 
 def manifest_for(built: BuiltIndex, embedder: Embedder, *, collection: str, requested: str,
                  cfg: IndexingConfig, seconds: float, version: str | None = None) -> Manifest:
-    """The manifest of a freshly built index."""
-    return Manifest(
-        version=version or new_version_name(), factory=built.factory, metric=cfg.metric,
-        dimension=embedder.dim, count=int(built.index.ntotal),
-        checkpoint_sha256=embedder.checkpoint_sha256, model_version=embedder.model_version,
-        threshold=embedder.spec.threshold, collection=collection,
-        recall_at_10=round(float(built.recall), 4), search_params=dict(built.search_params),
-        build_seconds=round(seconds, 3), count_at_build=int(built.index.ntotal),
-        requested_factory=requested, target_recall=cfg.target_recall,
-        tuning_queries=min(cfg.tuning_queries, int(built.index.ntotal)),
-        build_params={"train_size": built.train_size, "memory_budget_mb": cfg.memory_budget_mb,
-                      "met_target": built.met_target, "candidates": built.candidates})
-
-
-def publish_built(session: Session, index_root: str, built: BuiltIndex, manifest: Manifest, *,
-                  model_id: int | None, keep: int) -> Path:
-    """Publish the version and record it in the catalogue (in the caller's transaction: if
-    publishing fails the rows roll back; if the commit fails the version is already current,
-    and the next build or reindex records its successor)."""
-    path = publish_index_version(index_root, built.index, manifest, keep=keep)
-    record_index_version(session, name=manifest.version, collection=manifest.collection,
-                         factory=manifest.factory, model_id=model_id,
-                         params={"search": manifest.search_params, **manifest.build_params},
-                         count=manifest.count, recall_at_10=manifest.recall_at_10,
-                         path=str(path.resolve()), build_seconds=manifest.build_seconds)
-    return path
+    """The manifest of a freshly built index (see :func:`indexer.publish.built_manifest`)."""
+    return built_manifest(built, ModelIdentity.of_embedder(embedder), collection=collection,
+                          requested=requested, cfg=cfg, seconds=seconds, version=version)
 
 
 def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Path:
@@ -140,8 +117,8 @@ def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Pat
     with publish_lock(cfg.index_root), Session.begin() as session:
         lock_collection(session, cfg.collection)
         model = model_row(session, embedder, cfg.checkpoint)
-        path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
-                             keep=cfg.keep_versions)
+        path = publish_version(cfg.index_root, built.index, manifest, session=session,
+                               model_id=model.id, keep=cfg.keep_versions).path
     log.info("published %s: %d images, %s %s, recall@10 %.3f, %.1fs", path, manifest.count,
              manifest.factory, manifest.search_params, manifest.recall_at_10 or 0,
              manifest.build_seconds)

@@ -44,15 +44,8 @@ from sqlalchemy.orm import Session
 
 from indexer.catalog import DEFAULT_COLLECTION, ImageRow, upsert_images
 from indexer.factory import hnsw_of, ivf_of
-from indexer.versions import (
-    IndexVersion,
-    Manifest,
-    apply_search_params,
-    new_version_name,
-    publish_index_version,
-    read_manifest,
-    retry_until,
-)
+from indexer.publish import derived_manifest, publish_version
+from indexer.versions import IndexVersion, Manifest, apply_search_params, retry_until
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +80,9 @@ def _remove_ids(index: faiss.Index, ids: np.ndarray) -> tuple[int, int]:
     return 0, int(hit.sum())
 
 
-def _changed(m: Manifest, *, added: int = 0, removed: int = 0, tombstoned: int = 0,
-             count: int) -> Manifest:
-    return replace(m, count=count, added_since_build=m.added_since_build + added,
+def _changed(m: Manifest, *, added: int = 0, removed: int = 0, tombstoned: int = 0) -> Manifest:
+    """Drift counters after a change (``count`` is the index's own, set when it is published)."""
+    return replace(m, added_since_build=m.added_since_build + added,
                    removed_since_build=m.removed_since_build + removed + tombstoned,
                    tombstones=m.tombstones + tombstoned,
                    count_at_build=m.count_at_build or m.count)
@@ -162,7 +155,7 @@ def add_to_index(session: Session, version: IndexVersion, rows: Sequence[dict],
     removed, tombstoned = _remove_ids(index, ids)
     index.add_with_ids(vectors, ids)
     version.manifest = _changed(version.manifest, added=len(ids), removed=removed,
-                                tombstoned=tombstoned, count=int(index.ntotal))
+                                tombstoned=tombstoned)
     log.debug("added %d vectors to %s (%d replaced)", len(ids), version.manifest.version,
               removed + tombstoned)
     return [int(i) for i in ids]
@@ -183,8 +176,7 @@ def remove_from_index(session: Session, version: IndexVersion, keys: Sequence[st
         return 0
     removed, tombstoned = _remove_ids(index, ids)
     session.execute(delete(ImageRow).where(ImageRow.id.in_([int(i) for i in ids])))
-    version.manifest = _changed(version.manifest, removed=removed, tombstoned=tombstoned,
-                                count=int(index.ntotal))
+    version.manifest = _changed(version.manifest, removed=removed, tombstoned=tombstoned)
     return len(ids)
 
 
@@ -197,14 +189,14 @@ def clone_version(version: IndexVersion) -> IndexVersion:
     return IndexVersion(version.path, version.manifest, index)
 
 
-def publish_changes(root: str | Path, version: IndexVersion, *, keep: int = 5) -> Path:
-    """Publish the (changed) index as a new version; ``version`` then refers to it."""
-    manifest = replace(version.manifest, version=new_version_name(), created_at="",
-                       parent_version=version.manifest.version, count=int(version.index.ntotal))
-    path = publish_index_version(root, version.index, manifest, keep=keep)
-    version.path = path
-    version.manifest = read_manifest(root, path.name)
-    return path
+def publish_changes(root: str | Path, version: IndexVersion, *, keep: int = 5,
+                    session: Session | None = None) -> Path:
+    """Publish the (changed) index as a new version derived from the one it was cloned from
+    (recorded in ``session``'s transaction, if given); ``version`` then refers to it."""
+    published = publish_version(root, version.index, derived_manifest(version.manifest),
+                                session=session, keep=keep)
+    version.path, version.manifest = published.path, published.manifest
+    return published.path
 
 
 def drift(manifest: Manifest) -> float:

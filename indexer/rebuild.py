@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from contextlib import ExitStack
 from pathlib import Path
 
 import faiss
 import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.catalog import DEFAULT_COLLECTION
 from indexer.construct import IndexingConfig, index_vectors
-from indexer.versions import (
-    IndexVersion,
-    Manifest,
-    current_version_name,
-    new_version_name,
-    publish_index_version,
-    publish_lock,
-)
+from indexer.incremental import lock_collection
+from indexer.publish import ModelIdentity, built_manifest, publish_version
+from indexer.versions import IndexVersion, current_version_name, publish_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +59,29 @@ def stored_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rebuild_version(root: str | Path, version: IndexVersion, *, cfg: IndexingConfig | None = None,
-                    keep: int = 5) -> Path:
+                    keep: int = 5, sessions: sessionmaker[Session] | None = None) -> Path:
     """Rebuild ``version`` from its stored vectors (``auto`` re-chooses the factory unless
-    ``cfg`` names one), re-tune, publish as a new version with the drift counters reset."""
+    ``cfg`` names one), re-tune, publish as a new version with the drift counters reset, and
+    record it in the catalogue ``sessions`` opens (none: the root has no catalogue to tell)."""
     t0 = time.perf_counter()
     m = version.manifest
     cfg = cfg or IndexingConfig(target_recall=m.target_recall or 0.95, metric=m.metric)
     vectors, ids = stored_vectors(version.index)
     built = index_vectors(vectors, ids, cfg)
-    manifest = replace(
-        m, version=new_version_name(), created_at="", factory=built.factory,
-        count=int(built.index.ntotal), recall_at_10=round(float(built.recall), 4),
-        search_params=dict(built.search_params), build_seconds=round(time.perf_counter() - t0, 3),
-        parent_version=m.version, count_at_build=int(built.index.ntotal), added_since_build=0,
-        removed_since_build=0, tombstones=0, requested_factory=cfg.factory,
-        target_recall=cfg.target_recall,
-        build_params={**m.build_params, "rebuilt_from": m.version, "train_size": built.train_size,
-                      "candidates": built.candidates, "met_target": built.met_target})
-    with publish_lock(root):  # Upsert/Delete may have published meanwhile: never undo them
+    manifest = built_manifest(built, ModelIdentity.of_manifest(m), collection=m.collection,
+                              requested=cfg.factory, cfg=cfg,
+                              seconds=time.perf_counter() - t0, parent_version=m.version,
+                              build_params={**m.build_params, "rebuilt_from": m.version})
+    collection = m.collection or DEFAULT_COLLECTION
+    with publish_lock(root), ExitStack() as stack:  # Upsert/Delete may have published meanwhile
+        session = stack.enter_context(sessions.begin()) if sessions is not None else None
+        if session is not None:
+            lock_collection(session, collection)
         now = current_version_name(root)
-        if now != m.version:
+        if now != m.version:  # never undo them
             raise IndexChanged(f"the index changed while it was rebuilt ({m.version} -> {now}); "
                                "nothing was published: run the rebuild again")
-        path = publish_index_version(root, built.index, Manifest.from_dict(manifest.__dict__),
-                                     keep=keep)
+        path = publish_version(root, built.index, manifest, session=session, keep=keep).path
     log.info("rebuilt %s as %s: %d vectors, %s %s, recall@10 %.3f", m.version, path.name,
              manifest.count, manifest.factory, manifest.search_params, manifest.recall_at_10)
     return path

@@ -37,7 +37,7 @@ import faiss
 import numpy as np
 from sqlalchemy import select
 
-from indexer.build import manifest_for, model_row, publish_built
+from indexer.build import manifest_for, model_row
 from indexer.catalog import (
     DEFAULT_COLLECTION,
     ImageRow,
@@ -59,6 +59,7 @@ from indexer.faults import AFTER_INDEX_PUBLISH, fault_point
 from indexer.files import atomic_write
 from indexer.incremental import change_vectors, lock_collection
 from indexer.pixel_cache import PixelCache
+from indexer.publish import publish_version
 from indexer.tune import held_out_queries, tune_search_params
 from indexer.versions import publish_lock
 from training.checkpoint import file_sha256
@@ -410,8 +411,8 @@ def merge(cfg: ReindexConfig) -> Path:
             "chunk_size": plan.chunk_size, "shards": merged[2] if merged else 1,
             "caught_up_at_publish": len(gone) + len(new)})
         model = model_row(session, embedder, cfg.checkpoint)
-        path = publish_built(session, cfg.index_root, built, manifest, model_id=model.id,
-                             keep=cfg.keep_versions)
+        path = publish_version(cfg.index_root, built.index, manifest, session=session,
+                               model_id=model.id, keep=cfg.keep_versions).path
         fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
     if not cfg.keep_work:
         shutil.rmtree(plan.work, ignore_errors=True)

@@ -84,7 +84,10 @@ def new_version_name() -> str:
 
 def publish_index_version(root: str | Path, index: faiss.Index, manifest: Manifest, *,
                           keep: int = 5) -> Path:
-    """Write a version directory atomically, point CURRENT at it, prune old versions."""
+    """Write a version directory atomically, point CURRENT at it, prune old versions.
+
+    The file-system step of :func:`indexer.publish.publish_version`, which writers call (it also
+    sets ``count`` and records the catalogue's row)."""
     root = Path(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ def test_build_publishes_only_while_holding_the_roots_publish_lock(built, digits
     import indexer.build
 
     tmp, url, _ = built
-    real, free = indexer.build.publish_built, []
+    real, free = indexer.build.publish_version, []
 
     def others_can_lock(root) -> bool:
         try:
@@ -89,12 +89,12 @@ def test_build_publishes_only_while_holding_the_roots_publish_lock(built, digits
         except TimeoutError:
             return False
 
-    def publish_built(session, index_root, *a, **kw):
+    def publish_version(index_root, *a, **kw):
         with concurrent.futures.ThreadPoolExecutor(1) as other:  # another writer's thread
             free.append(other.submit(others_can_lock, index_root).result())
-        return real(session, index_root, *a, **kw)
+        return real(index_root, *a, **kw)
 
-    monkeypatch.setattr(indexer.build, "publish_built", publish_built)
+    monkeypatch.setattr(indexer.build, "publish_version", publish_version)
     build_index(BuildConfig(checkpoint=str(tiny_checkpoint), images=str(digits_dir),
                             index_root=str(tmp / "idx"), catalog_url=url, num_workers=0,
                             progress=False))
