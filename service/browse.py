@@ -169,7 +169,7 @@ class Catalogue:
             entry = entries_by_keys(s, [key], collection=name).get(key)
         if entry is None:
             raise NotFound(f"no image with key {key!r} in collection {name!r}")
-        data = self.core._image_bytes(self.core.lives.get(name), entry, f"image {key!r}")
+        data = self.core.image_bytes(self.core.lives.get(name), entry, f"image {key!r}")
         return data, mimetypes.guess_type(entry.path)[0] or "application/octet-stream"
 
     def thumbnail(self, collection: str, key: str, size: int = DEFAULT_THUMBNAIL) -> bytes:

@@ -1,7 +1,8 @@
 """Upsert and Delete: catalogue and live index change together, or not at all.
 
-Every change is made on a copy of the served index inside one catalogue transaction, published
-as a new index version (so a restart serves it), committed, and only then swapped in. A failure
+:class:`Changes` is the part of the core that applies them. Every change is made on a copy of the served index inside one catalogue transaction, published
+as a new index version (:func:`indexer.publish.publish_version`, with its catalogue row, so a
+restart serves it), committed, and only then swapped in. A failure
 anywhere leaves the catalogue, the served index and CURRENT as they were.
 
 Other processes publish into the same index root (``imgsim reindex``, other replicas), so a
@@ -21,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -44,6 +44,9 @@ from indexer.versions import (
     publish_lock,
     read_manifest,
 )
+from service.collection_registry import CollectionRegistry
+from service.domain import ChangeResult, CoreOptions, UpsertItem
+from service.embedding_front import EmbeddingFront
 from service.errors import (
     ClientGone,
     DeadlineExceeded,
@@ -53,12 +56,10 @@ from service.errors import (
     ServiceError,
     Unavailable,
 )
+from service.image_files import ImageFiles
 from service.live_index import LiveIndex
-from service.store import BlobStore, entries_by_keys
+from service.store import BlobStore, EntryCache, entries_by_keys
 from service.validation import check_count, check_key, check_keys, check_label, check_metadata
-
-if TYPE_CHECKING:
-    from service.core import ChangeResult, SimilarityCore, UpsertItem
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +78,27 @@ def _check_item(it: UpsertItem, name: str, *, max_metadata_pairs: int) -> None:
         raise InvalidInput(f"{name}: empty image data")
 
 
-def _collect(core: SimilarityCore, items: Iterable[UpsertItem]) -> tuple[LiveIndex, list]:
+def _collect(collections: CollectionRegistry, o: CoreOptions,
+             items: Iterable[UpsertItem]) -> tuple[LiveIndex, list]:
     batch: list[UpsertItem] = []
     seen: set[str] = set()
     live: LiveIndex | None = None
     total = 0
     for n, it in enumerate(items):
-        if n >= core.options.max_upsert_items:
-            raise InvalidInput(f"more than {core.options.max_upsert_items} images in one Upsert "
+        if n >= o.max_upsert_items:
+            raise InvalidInput(f"more than {o.max_upsert_items} images in one Upsert "
                                "stream; split it into several")
         name = f"item {n} (key {it.key[:80]!r})"
-        _check_item(it, name, max_metadata_pairs=core.options.max_metadata_pairs)
+        _check_item(it, name, max_metadata_pairs=o.max_metadata_pairs)
         total += len(it.data)
-        if total > core.options.max_upsert_bytes:  # the stream is held in memory until applied
-            raise InvalidInput(f"more than {core.options.max_upsert_bytes} bytes of images in one "
+        if total > o.max_upsert_bytes:  # the stream is held in memory until applied
+            raise InvalidInput(f"more than {o.max_upsert_bytes} bytes of images in one "
                                "Upsert stream; split it into several")
         if live is None:
-            live = core.live(it.collection)
-        elif core.collection_name(it.collection) != live.collection:
+            live = collections.live(it.collection)
+        elif collections.name(it.collection) != live.collection:
             raise InvalidInput(f"{name}: one Upsert stream writes one collection; this item is "
-                               f"for {core.collection_name(it.collection)!r}, earlier ones for "
+                               f"for {collections.name(it.collection)!r}, earlier ones for "
                                f"{live.collection!r}")
         if it.key in seen:
             raise InvalidInput(f"{name}: key {it.key!r} appears twice in one Upsert stream")
@@ -109,7 +111,9 @@ def _collect(core: SimilarityCore, items: Iterable[UpsertItem]) -> tuple[LiveInd
 
 def _restore(live: LiveIndex, keep: int) -> None:
     """The catalogue rolled back after a new version was published: publish the served one
-    again so CURRENT (and a restart) matches the catalogue."""
+    again so CURRENT (and a restart) matches the catalogue. Without a catalogue row: the
+    catalogue may be what failed, and CURRENT must be put right regardless (the copy serves
+    what the collection's recorded version serves)."""
     try:
         publish_changes(live.root, clone_version(live.version), keep=keep)
     except Exception:
@@ -167,7 +171,7 @@ def _serve_current(s: Session, live: LiveIndex, deadline: float | None) -> None:
              live.collection, name, extra={"collection": live.collection, "index_version": name})
 
 
-def _drop_blobs(core: SimilarityCore, live: LiveIndex, blobs: BlobStore,
+def _drop_blobs(sessions: sessionmaker[Session], live: LiveIndex, blobs: BlobStore,
                 paths: Iterable[Path]) -> None:
     """After the commit (still under the locks): remove the blobs no catalogue row references
     any more. A crash before this leaves orphans for `imgsim blobs gc`, never a lost blob."""
@@ -175,7 +179,7 @@ def _drop_blobs(core: SimilarityCore, live: LiveIndex, blobs: BlobStore,
     if not paths:
         return
     try:
-        with core.sessions() as s:
+        with sessions() as s:
             removed = blobs.remove_unreferenced(s, paths, index_root=live.root)
         if removed:
             log.debug("removed %d unreferenced blob(s) under %s", len(removed), blobs.root)
@@ -184,135 +188,145 @@ def _drop_blobs(core: SimilarityCore, live: LiveIndex, blobs: BlobStore,
                       blobs.root)
 
 
-def upsert(core: SimilarityCore, items: Iterable[UpsertItem], *, deadline: float | None = None,
-           abandoned: Callable[[], bool] | None = None) -> ChangeResult:
-    """``abandoned()`` true: the caller has ended the call, so the change is not applied.
-    gRPC ends a request stream the same way when the client half-closes it and when it refuses
-    an oversized message (which the client reads as RESOURCE_EXHAUSTED); only the second ends
-    the call, moments later, so it is asked again just before the change is published."""
-    from service.core import ChangeResult
+class Changes:
+    """Upsert and Delete on the served collections (one job: change catalogue, index and
+    CURRENT together), built from the core's parts."""
 
-    live, batch = _collect(core, items)
-    names = [f"item {n} (key {it.key!r})" for n, it in enumerate(batch)]
-    # decode and embed everything before touching anything: one bad image fails the stream
-    vectors = core.pipeline.embed([it.data for it in batch], deadline=deadline, names=names)
-    blobs = BlobStore(core.blob_dir(live))
-    written: list[Path] = []
-    published = False
-    try:
+    def __init__(self, *, collections: CollectionRegistry, front: EmbeddingFront,
+                 files: ImageFiles, sessions: sessionmaker[Session], entries: EntryCache,
+                 options: CoreOptions) -> None:
+        self._collections, self._front, self._files = collections, front, files
+        self._sessions, self._entries, self._options = sessions, entries, options
+
+    def upsert(self, items: Iterable[UpsertItem], *, deadline: float | None = None,
+               abandoned: Callable[[], bool] | None = None) -> ChangeResult:
+        """``abandoned()`` true: the caller has ended the call, so the change is not applied.
+        gRPC ends a request stream the same way when the client half-closes it and when it refuses
+        an oversized message (which the client reads as RESOURCE_EXHAUSTED); only the second ends
+        the call, moments later, so it is asked again just before the change is published."""
+        live, batch = _collect(self._collections, self._options, items)
+        names = [f"item {n} (key {it.key!r})" for n, it in enumerate(batch)]
+        # decode and embed everything before touching anything: one bad image fails the stream
+        vectors = self._front.embed_bytes([it.data for it in batch], deadline=deadline,
+                                          names=names)
+        blobs = self._files.blobs(live)
+        written: list[Path] = []
+        published = False
+        try:
+            with _publishing(live, deadline):
+                try:
+                    with self._sessions.begin() as s:
+                        _serve_current(s, live, deadline)
+                        existing = entries_by_keys(s, [it.key for it in batch],
+                                                   collection=live.collection)
+                        ids = np.array([e.id for e in existing.values()], np.int64)
+                        _, present = live.reconstruct(ids)
+                        indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
+                        changed, rows, replaced = [], [], []
+                        for n, it in enumerate(batch):
+                            e = existing.get(it.key)
+                            sha = _sha(it.data)
+                            if (e is not None and e.id in indexed and e.sha256 == sha
+                                    and e.label == it.label and e.metadata == dict(it.metadata)):
+                                continue
+                            fmt = Image.open(io.BytesIO(it.data)).format or "img"
+                            path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
+                            if new:
+                                written.append(path)
+                            where, storage = blobs.location(path, index_root=live.root)
+                            if e is not None and (e.path, e.storage) != (where, storage):
+                                replaced.append(e.file(live.root))
+                            changed.append(n)
+                            rows.append({"key": it.key, "path": where, "storage": storage,
+                                         "label": it.label, "sha256": sha,
+                                         "meta": dict(it.metadata)})
+                        inserted = sum(batch[n].key not in existing for n in changed)
+                        if not changed:
+                            v = live.version
+                            return ChangeResult(v.manifest.version, int(v.index.ntotal),
+                                                unchanged=len(batch))
+                        if abandoned is not None and abandoned():
+                            raise ClientGone("the call ended before the change was applied")
+                        version = clone_version(live.version)
+                        try:
+                            ids = add_to_index(s, version, rows, vectors[changed],
+                                               collection=live.collection)
+                        except (TypeError, ValueError) as e:
+                            raise FailedPrecondition(f"cannot change this index: {e}") from e
+                        _record_change(version, upserted=dict(zip(ids, [r["sha256"] for r in rows],
+                                                                  strict=True)))
+                        publish_changes(live.root, version, keep=self._options.keep_versions,
+                                        session=s)
+                        published = True
+                        fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
+                except BaseException:
+                    if published:
+                        _restore(live, self._options.keep_versions)
+                    raise
+                live.replace(version)
+                self._entries.clear()
+                written = []  # committed: referenced now
+                _drop_blobs(self._sessions, live, blobs, replaced)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
+        log.info("upsert into %s: %d inserted, %d updated, %d unchanged -> %s", live.collection,
+                 inserted, len(changed) - inserted, len(batch) - len(changed),
+                 version.manifest.version, extra={"collection": live.collection,
+                                                  "index_version": version.manifest.version})
+        return ChangeResult(version.manifest.version, int(version.index.ntotal), inserted=inserted,
+                            updated=len(changed) - inserted, unchanged=len(batch) - len(changed))
+
+
+    def delete(self, keys: Sequence[str], *, collection: str = "",
+               ignore_missing: bool = False, deadline: float | None = None) -> ChangeResult:
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            raise InvalidInput("no keys to delete")
+        if len(keys) > self._options.max_upsert_items:
+            raise InvalidInput(f"{len(keys)} keys in one Delete; the limit is "
+                               f"{self._options.max_upsert_items}")
+        check_keys(keys)
+        live = self._collections.live(collection)
+        published = False
         with _publishing(live, deadline):
             try:
-                with core.sessions.begin() as s:
+                with self._sessions.begin() as s:
                     _serve_current(s, live, deadline)
-                    existing = entries_by_keys(s, [it.key for it in batch],
-                                               collection=live.collection)
-                    ids = np.array([e.id for e in existing.values()], np.int64)
-                    _, present = live.reconstruct(ids)
-                    indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
-                    changed, rows, replaced = [], [], []
-                    for n, it in enumerate(batch):
-                        e = existing.get(it.key)
-                        sha = _sha(it.data)
-                        if (e is not None and e.id in indexed and e.sha256 == sha
-                                and e.label == it.label and e.metadata == dict(it.metadata)):
-                            continue
-                        fmt = Image.open(io.BytesIO(it.data)).format or "img"
-                        path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
-                        if new:
-                            written.append(path)
-                        where, storage = blobs.location(path, index_root=live.root)
-                        if e is not None and (e.path, e.storage) != (where, storage):
-                            replaced.append(e.file(live.root))
-                        changed.append(n)
-                        rows.append({"key": it.key, "path": where, "storage": storage,
-                                     "label": it.label, "sha256": sha,
-                                     "meta": dict(it.metadata)})
-                    inserted = sum(batch[n].key not in existing for n in changed)
-                    if not changed:
+                    found = entries_by_keys(s, keys, collection=live.collection)
+                    missing = tuple(k for k in keys if k not in found)
+                    if missing and not ignore_missing:
+                        raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
+                                       f"{live.collection!r} (nothing deleted): "
+                                       f"{', '.join(map(repr, missing[:5]))}"
+                                       f"{' ...' if len(missing) > 5 else ''}")
+                    if not found:
                         v = live.version
-                        return ChangeResult(v.manifest.version, int(v.index.ntotal),
-                                            unchanged=len(batch))
-                    if abandoned is not None and abandoned():
-                        raise ClientGone("the call ended before the change was applied")
+                        return ChangeResult(v.manifest.version, int(v.index.ntotal), missing=missing)
                     version = clone_version(live.version)
                     try:
-                        ids = add_to_index(s, version, rows, vectors[changed],
-                                           collection=live.collection)
+                        n = remove_from_index(s, version, list(found), collection=live.collection)
                     except (TypeError, ValueError) as e:
                         raise FailedPrecondition(f"cannot change this index: {e}") from e
-                    _record_change(version, upserted=dict(zip(ids, [r["sha256"] for r in rows],
-                                                              strict=True)))
-                    publish_changes(live.root, version, keep=core.options.keep_versions)
+                    _record_change(version, deleted=[e.id for e in found.values()])
+                    publish_changes(live.root, version, keep=self._options.keep_versions,
+                                        session=s)
                     published = True
                     fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
             except BaseException:
                 if published:
-                    _restore(live, core.options.keep_versions)
+                    _restore(live, self._options.keep_versions)
                 raise
             live.replace(version)
-            core.entries.clear()
-            written = []  # committed: referenced now
-            _drop_blobs(core, live, blobs, replaced)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    log.info("upsert into %s: %d inserted, %d updated, %d unchanged -> %s", live.collection,
-             inserted, len(changed) - inserted, len(batch) - len(changed),
-             version.manifest.version, extra={"collection": live.collection,
-                                              "index_version": version.manifest.version})
-    return ChangeResult(version.manifest.version, int(version.index.ntotal), inserted=inserted,
-                        updated=len(changed) - inserted, unchanged=len(batch) - len(changed))
+            self._entries.clear()
+            _drop_blobs(self._sessions, live, self._files.blobs(live),
+                        [e.file(live.root) for e in found.values()])
+        log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
+                 extra={"collection": live.collection, "index_version": version.manifest.version})
+        return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,
+                            missing=missing)
 
-
-def delete(core: SimilarityCore, keys: Sequence[str], *, collection: str = "",
-           ignore_missing: bool = False, deadline: float | None = None) -> ChangeResult:
-    from service.core import ChangeResult
-
-    keys = list(dict.fromkeys(keys))
-    if not keys:
-        raise InvalidInput("no keys to delete")
-    if len(keys) > core.options.max_upsert_items:
-        raise InvalidInput(f"{len(keys)} keys in one Delete; the limit is "
-                           f"{core.options.max_upsert_items}")
-    check_keys(keys)
-    live = core.live(collection)
-    published = False
-    with _publishing(live, deadline):
-        try:
-            with core.sessions.begin() as s:
-                _serve_current(s, live, deadline)
-                found = entries_by_keys(s, keys, collection=live.collection)
-                missing = tuple(k for k in keys if k not in found)
-                if missing and not ignore_missing:
-                    raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
-                                   f"{live.collection!r} (nothing deleted): "
-                                   f"{', '.join(map(repr, missing[:5]))}"
-                                   f"{' ...' if len(missing) > 5 else ''}")
-                if not found:
-                    v = live.version
-                    return ChangeResult(v.manifest.version, int(v.index.ntotal), missing=missing)
-                version = clone_version(live.version)
-                try:
-                    n = remove_from_index(s, version, list(found), collection=live.collection)
-                except (TypeError, ValueError) as e:
-                    raise FailedPrecondition(f"cannot change this index: {e}") from e
-                _record_change(version, deleted=[e.id for e in found.values()])
-                publish_changes(live.root, version, keep=core.options.keep_versions)
-                published = True
-                fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
-        except BaseException:
-            if published:
-                _restore(live, core.options.keep_versions)
-            raise
-        live.replace(version)
-        core.entries.clear()
-        _drop_blobs(core, live, BlobStore(core.blob_dir(live)),
-                    [e.file(live.root) for e in found.values()])
-    log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
-             extra={"collection": live.collection, "index_version": version.manifest.version})
-    return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,
-                        missing=missing)
 
 
 def _record_change(version: IndexVersion, *, upserted: dict[int, str] | None = None,
@@ -359,7 +373,9 @@ def recover_interrupted_change(root: str | Path, sessions: sessionmaker[Session]
                 f"index version {m.version} of {collection!r} holds a change its catalogue never "
                 f"committed, and its parent {m.parent_version!r} cannot be loaded ({e}); "
                 "rebuild the collection with `imgsim reindex` (same checkpoint)") from e
-        path = publish_changes(root, clone_version(parent), keep=keep)
+        with sessions.begin() as s:
+            lock_collection(s, collection)
+            path = publish_changes(root, clone_version(parent), keep=keep, session=s)
     log.warning("index %s: version %s held a change whose catalogue transaction never committed "
                 "(a crash between publish and commit); republished its parent %s as %s",
                 collection, m.version, m.parent_version, path.name,

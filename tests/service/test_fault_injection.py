@@ -69,7 +69,6 @@ UPSERT = """
     from indexer.catalog import open_catalog
     from indexer.versions import load_index_version
     from service.core import SimilarityCore, UpsertItem
-    from service.mutations import upsert
     from training.models.embedder import Embedder
     ws, digits = Path({ws!r}), Path({digits!r})
     core = SimilarityCore(Embedder.from_checkpoint({ckpt!r}), load_index_version(ws / "idx"),
@@ -77,7 +76,7 @@ UPSERT = """
     items = [UpsertItem(key=f"new-{{i}}", data=p.read_bytes(), label="x")
              for i, p in enumerate(sorted((digits / "3").iterdir())[:3])]
     items.append(UpsertItem(key={update!r}, data=sorted((digits / "9").iterdir())[0].read_bytes()))
-    upsert(core, items)
+    core.upsert(items)
     print("survived")
 """
 
@@ -86,12 +85,11 @@ DELETE = """
     from indexer.catalog import open_catalog
     from indexer.versions import load_index_version
     from service.core import SimilarityCore
-    from service.mutations import delete
     from training.models.embedder import Embedder
     ws = Path({ws!r})
     core = SimilarityCore(Embedder.from_checkpoint({ckpt!r}), load_index_version(ws / "idx"),
                           open_catalog(f"sqlite:///{{ws / 'cat.db'}}"))
-    delete(core, {keys!r})
+    core.delete({keys!r})
     print("survived")
 """
 

@@ -169,3 +169,15 @@ def test_index_without_catalogue_ids_is_a_failed_precondition(core, digits_dir, 
     with pytest.raises(FailedPrecondition, match="cannot change this index"):
         core.upsert([item(digits_dir, "x/0")])
     assert keys_in_catalog(core, "x/") == []
+
+
+def test_upsert_and_delete_record_their_versions_in_the_catalogue(core, digits_dir):
+    from indexer.catalog import index_versions
+
+    up = core.upsert([item(digits_dir, "rec/0")])
+    gone = core.delete(["rec/0"])
+    with core.sessions() as s:
+        rows = {r.name: (r.state, r.count) for r in index_versions(s, collection="default")}
+    assert rows[up.index_version] == ("retired", up.count)
+    assert rows[gone.index_version] == ("published", gone.count)
+    assert [n for n, (state, _) in rows.items() if state == "published"] == [gone.index_version]
