@@ -19,8 +19,32 @@ REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
               service.jobs.cli.register]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose flags may be added when it is first used.
+
+    ``sub.add_parser(name, help=..., arguments=fn)`` defers ``fn(parser)`` until the parser
+    parses, prints help or is inspected (anything that reads its actions), so that a registrar
+    whose choices come from torch-importing registries (losses, backbones...) costs nothing
+    for `imgsim --help` and the client commands."""
+
+    def __init__(self, *args, arguments=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_arguments = arguments
+
+    @property
+    def _actions(self) -> list[argparse.Action]:
+        pending = self.__dict__.pop("_pending_arguments", None)
+        if pending is not None:
+            pending(self)
+        return self.__dict__["_action_list"]
+
+    @_actions.setter
+    def _actions(self, value: list[argparse.Action]) -> None:
+        self.__dict__["_action_list"] = value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="imgsim",
         description="Image similarity search: train embeddings (training/), build FAISS "
                     "indexes over a catalogue (indexer/), serve Verify/Search over gRPC (service/).")

@@ -8,8 +8,7 @@ import os
 import sys
 
 from indexer.cli import DEFAULT_CATALOG, DEFAULT_INDEX_ROOT
-from service.core import MAX_K
-from service.face import FACE_MODES
+from service.limits import MAX_K
 
 log = logging.getLogger(__name__)
 DEFAULT_SERVER = os.environ.get("IMGSIM_SERVER", "localhost:50051")
@@ -63,6 +62,8 @@ def _meta(pairs: list[str] | None) -> dict[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from service.face import FACE_MODES  # numpy and PIL, not torch
+
     s = sub.add_parser("serve", help="run the gRPC server",
                        description="Serve the imgsim.v1 API over gRPC from a checkpoint, the "
                                    "current index version(s) and the catalogue. Settings come "

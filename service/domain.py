@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.images import DEFAULT_FORMATS
-from training.data.transforms import MAX_PIXELS
-
-MAX_K = 1000
+from service.limits import DEFAULT_FORMATS, MAX_K
+from training.data.limits import MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from PIL import Image
 from service.batching import BatchObserver, MicroBatcher, wait_result
 from service.errors import InvalidInput
 from service.face import check_face_mode, crop_largest_face, detect_faces
+from service.limits import DEFAULT_FORMATS
 from training.data.transforms import ImageDecodeError, decode_image
 from training.face import FaceNotFoundError
 from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 NO_FACE = "no face found in the image (this model needs a face)"
 
 

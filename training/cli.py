@@ -6,25 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from training.data.datasets import FORMATS
-from training.data.transforms import AUGMENTATIONS
-from training.distances import DISTANCES
-from training.engine.optim import OPTIMIZERS, SCHEDULES
-from training.engine.train import SAMPLERS
 from training.evaluation import cli as evaluation_cli
-from training.losses import LOSSES
-from training.miners.in_batch import MINERS
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.models.backbones import BACKBONES
-
-    d = _train_defaults()
-    p = sub.add_parser(
+    # ``arguments=``: each command's flags are added when it is used (imgsim.cli.CommandParser),
+    # so that `imgsim --help` and the client commands never import torch for these choices
+    sub.add_parser(
         "train", help="train an embedding network (Siamese, shared weights)",
         argument_default=argparse.SUPPRESS,
         description="Train an embedding network with a metric-learning loss and an in-batch "
@@ -34,7 +24,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "loss.png and TensorBoard logs under <out>/tb. Settings come from --config "
                     "(TOML, TrainConfig field names) and flags; flags win. Under `torchrun "
                     "--nproc_per_node N -m imgsim.cli train ...` it trains one model with "
-                    "DistributedDataParallel (gloo on CPUs, NCCL on GPUs); rank 0 writes.")
+                    "DistributedDataParallel (gloo on CPUs, NCCL on GPUs); rank 0 writes.",
+        arguments=_train_arguments)
+    sub.add_parser("models", help="registered backbones: parameters and FLOPs",
+                   description="Table of the registered backbones (with an embedding head) "
+                               "and their parameter counts and forward FLOPs for one image "
+                               "at the given input size (torch FlopCounterMode; a "
+                               "multiply-add counts as 2 FLOPs).",
+                   arguments=_models_arguments)
+    sub.add_parser("embed", help="embed a list of images into an .npy matrix",
+                   description="Embed the images listed in FILE (one path per line) and write "
+                               "one float32 row per line, in order, to OUT.npy (L2-normalised "
+                               "for cosine models).",
+                   arguments=_embed_arguments)
+    evaluation_cli.register(sub)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from training.data.datasets import FORMATS
+    from training.data.transforms import AUGMENTATIONS
+    from training.distances import DISTANCES
+    from training.engine.optim import OPTIMIZERS, SCHEDULES
+    from training.engine.train import SAMPLERS
+    from training.losses import LOSSES
+    from training.miners.in_batch import MINERS
+    from training.models.backbones import BACKBONES
+
+    d = _train_defaults()
     p.add_argument("--config", help="TOML file of TrainConfig settings (flags override it)")
     p.add_argument("--format", choices=sorted(FORMATS),
                    help="folder: <data>/<class>/<image>; cub: CUB layout, classes 0-49 train; "
@@ -121,29 +137,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 1: a single model)")
     p.set_defaults(func=_train)
 
-    m = sub.add_parser("models", help="registered backbones: parameters and FLOPs",
-                       description="Table of the registered backbones (with an embedding head) "
-                                   "and their parameter counts and forward FLOPs for one image "
-                                   "at the given input size (torch FlopCounterMode; a "
-                                   "multiply-add counts as 2 FLOPs).")
+
+def _models_arguments(m: argparse.ArgumentParser) -> None:
+    d = _train_defaults()
     m.add_argument("--input-size", type=int, default=d["input_size"])
     m.add_argument("--embedding-dim", type=int, default=d["embedding_dim"])
     m.add_argument("--config", default=None, help="take input_size/embedding_dim from this TOML")
     m.add_argument("--json", default=None, help="write the table as JSON here")
     m.set_defaults(func=_models)
 
-    e = sub.add_parser("embed", help="embed a list of images into an .npy matrix",
-                       description="Embed the images listed in FILE (one path per line) and write "
-                                   "one float32 row per line, in order, to OUT.npy (L2-normalised "
-                                   "for cosine models).")
+
+def _embed_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--list", required=True, dest="list_file", help="text file, one image path per line")
     e.add_argument("--output", required=True, help="output .npy path")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--num-workers", type=int, default=2)
     e.set_defaults(func=_embed)
-
-    evaluation_cli.register(sub)
 
 
 def _train_defaults() -> dict:
@@ -195,6 +205,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from training.models.embedder import Embedder
 
     lines = [ln.strip() for ln in Path(args.list_file).read_text().splitlines()]

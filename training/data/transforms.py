@@ -10,10 +10,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
+from training.data.limits import MAX_PIXELS
 from training.models.spec import ModelSpec
-
-# Decompression-bomb guard: refuse images above this many pixels before decoding them.
-MAX_PIXELS = 40_000_000
 
 
 class ImageDecodeError(ValueError):

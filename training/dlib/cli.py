@@ -6,15 +6,19 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.face.aligners import FACE_ALIGNERS
-
-    p = sub.add_parser(
+    sub.add_parser(
         "import-dlib", help="import dlib's face ResNet (.dat) as an imgsim checkpoint",
         description="Read dlib_face_recognition_resnet_model_v1.dat (from the installed "
                     "face_recognition_models package, or --dat) with a pure-Python reader, fold "
                     "its affine layers into the convolutions and write a checkpoint that "
                     "embed, eval, index and serve use like any other: 150x150 face chips, "
-                    "(rgb - mean) / 256, 128-d descriptors compared by Euclidean distance.")
+                    "(rgb - mean) / 256, 128-d descriptors compared by Euclidean distance.",
+        arguments=_arguments)  # added when used (imgsim.cli.CommandParser): the aligners import torch
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    from training.face.aligners import FACE_ALIGNERS
+
     p.add_argument("--output", required=True, help="checkpoint path to write (e.g. var/dlib.pt)")
     p.add_argument("--dat", default=None, help="path of the .dat (default: face_recognition_models')")
     p.add_argument("--face-align", default="dlib5", choices=[*sorted(FACE_ALIGNERS), "none"],

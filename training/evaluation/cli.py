@@ -47,15 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--num-workers", type=int, default=2)
     lf.set_defaults(func=_eval_lfw)
 
-    from training.data.datasets import FORMATS
-
-    rt = esub.add_parser(
+    esub.add_parser(
         "retrieval", help="Recall@K, MAP@R and NMI on classes never trained on",
         description="Every test image queries all the others (exact FAISS kNN): Recall@1/2/4/8, "
                     "P@1, MAP@R, R-precision and NMI (k-means, one cluster per class). --format "
                     "cub and lfw evaluate their test split (CUB classes 50-99; LFW people of "
                     "folds 6-10); --format folder evaluates every image of the folder "
-                    "(<data>/<class>/<image>), which should hold unseen classes.")
+                    "(<data>/<class>/<image>), which should hold unseen classes.",
+        arguments=_retrieval_arguments)  # added when used: FORMATS imports torch
+
+
+def _retrieval_arguments(rt: argparse.ArgumentParser) -> None:
+    from training.data.datasets import FORMATS
+
     rt.add_argument("--checkpoint", required=True)
     rt.add_argument("--format", required=True, choices=sorted(FORMATS))
     rt.add_argument("--data", required=True, help="dataset folder")

@@ -9,16 +9,27 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.models.backbones import BACKBONES
-
-    p = sub.add_parser(
+    sub.add_parser(
         "pretrain", help="pre-train an embedding backbone as a (variational) autoencoder",
         description="Train a convolutional autoencoder (or, with --variational, a VAE) on "
                     "unlabelled images; its encoder is an embedding backbone, so the result "
                     "initialises `imgsim train --init-from-autoencoder OUT/autoencoder.pt`. "
                     "Writes OUT/autoencoder.pt, metrics.csv and reconstructions.png (inputs on "
                     "top, reconstructions below). Give it only images the run may see: the "
-                    "training split, never test images (--exclude removes a list of paths).")
+                    "training split, never test images (--exclude removes a list of paths).",
+        arguments=_pretrain_arguments)  # added when used (imgsim.cli.CommandParser): BACKBONES imports torch
+    sub.add_parser(
+        "ensemble", help="combine trained checkpoints into one ensemble checkpoint",
+        description="Put several embedding checkpoints (same input size and normalisation) into "
+                    "one checkpoint whose embedding is the members' embeddings concatenated and "
+                    "re-normalised; it loads wherever a checkpoint does (embed, index, serve). "
+                    "With --calibrate-data the ensemble gets its own verification threshold.",
+        arguments=_ensemble_arguments)
+
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from training.models.backbones import BACKBONES
+
     p.add_argument("--data", default=None, help="image folder, scanned recursively (labels unused)")
     p.add_argument("--list", dest="list_file", default=None,
                    help="text file with one image path per line (with or instead of --data)")
@@ -39,12 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_pretrain)
 
-    e = sub.add_parser(
-        "ensemble", help="combine trained checkpoints into one ensemble checkpoint",
-        description="Put several embedding checkpoints (same input size and normalisation) into "
-                    "one checkpoint whose embedding is the members' embeddings concatenated and "
-                    "re-normalised; it loads wherever a checkpoint does (embed, index, serve). "
-                    "With --calibrate-data the ensemble gets its own verification threshold.")
+
+def _ensemble_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--members", nargs="+", required=True, help="member checkpoint files")
     e.add_argument("--out", required=True, help="output checkpoint path")
     e.add_argument("--name", default="ensemble", help="model name reported by the service")
