@@ -3,13 +3,14 @@ at /, body-size limits (413) and per-route metrics."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
 from importlib.resources import files
 
 import anyio.to_thread
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -31,6 +32,13 @@ CONSOLE_CSP = ("default-src 'self'; img-src 'self' data: blob:; frame-src 'self'
 DRAIN_BYTES = 64 * 1024 * 1024
 CONSOLE_HEADERS = {"Content-Security-Policy": CONSOLE_CSP, "X-Content-Type-Options": "nosniff",
                    "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}
+
+
+# FastAPI's own OpenTelemetry spans, metrics and logs (newer versions make them by default):
+# the server has its Prometheus metrics and logs; these cost CPU on every request
+_NO_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False,
+                                "operation_spans": False}}
+                 if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 class ApiMiddleware:
@@ -124,7 +132,7 @@ def create_app(ctx: WebContext, *, grpc_port: int = 0, title: str = "imgsim") ->
     """The API and console around ``ctx``; the FastAPI app itself is ``.app`` of the result."""
     # interactive docs at /docs (and /redoc) from files in the package: no CDN, so that they
     # work on a machine without internet access
-    app = FastAPIOffline(title=f"{title} HTTP API", version="1",
+    app = FastAPIOffline(**_NO_TELEMETRY, title=f"{title} HTTP API", version="1",
                   description="The imgsim.v1 API over HTTP/JSON, beside gRPC in the same "
                               "process. Send API keys as `Authorization: Bearer KEY`. Errors "
                               "are `{\"error\": {\"status\", \"code\", \"message\"}}` with the "
