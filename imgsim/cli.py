@@ -7,6 +7,7 @@ import logging
 import sys
 
 import indexer.cli
+import indexer.stores.cli
 import service.cli
 import service.jobs.cli
 import training.cli
@@ -16,7 +17,7 @@ import training.pretraining.cli
 # Each package adds its own subcommands; later packages may add more registrars here.
 REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
               training.dlib.cli.register, training.pretraining.cli.register,
-              service.jobs.cli.register]
+              service.jobs.cli.register, indexer.stores.cli.register]
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -1,0 +1,181 @@
+"""The embedded vector store: today's FAISS index versions (manifest, tuned recall, CURRENT) in
+process memory, searched through :mod:`indexer.search` and published through
+:mod:`indexer.publish`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.catalog import ImageRow
+from indexer.construct import IndexingConfig, index_vectors
+from indexer.factory import stored_ids
+from indexer.incremental import change_vectors, publish_changes
+from indexer.publish import ModelIdentity, built_manifest, publish_version
+from indexer.search import SearchJob, search_batch
+from indexer.stores.base import Items, StoreDescription, StoreHits, StoreQuery, top_k_within
+from indexer.versions import IndexVersion, load_index_version
+
+
+def catalogue_ids(session: Session, *, collection: str, labels: Sequence[str] = (),
+                  metadata: Mapping[str, str] | None = None) -> np.ndarray:
+    """Catalogue ids of ``collection``'s images with one of ``labels`` (if any) and every
+    metadata pair (JSON string equality, SQLite and PostgreSQL alike)."""
+    conditions = [ImageRow.collection == collection]
+    if labels:
+        conditions.append(ImageRow.label.in_(list(labels)))
+    conditions += [ImageRow.meta[k].as_string() == v for k, v in (metadata or {}).items()]
+    return np.array(list(session.scalars(select(ImageRow.id).where(and_(*conditions)))),
+                    np.int64)
+
+
+class FaissStore:
+    """FAISS index versions, one index root per collection (``roots``), or ``index_root`` for
+    every collection (today's layout: one collection per root) unless ``per_collection``
+    puts each under ``<index_root>/<collection>``.
+
+    Label and metadata filters become allowed-id sets: from the catalogue (``sessions``), else
+    from the labels and metadata this process published or added. ``add``/``remove`` change the
+    loaded version in place (under a lock: FAISS is not safe to search while changed);
+    :meth:`flush` persists them as a derived version."""
+
+    backend = "faiss"
+
+    def __init__(self, index_root: str | Path = "var/index", *,
+                 roots: Mapping[str, str | Path] | None = None, per_collection: bool = False,
+                 sessions: sessionmaker[Session] | None = None,
+                 config: IndexingConfig | None = None, keep_versions: int = 5) -> None:
+        self.index_root, self.roots = Path(index_root), dict(roots or {})
+        self.per_collection, self.sessions = per_collection, sessions
+        self.config = config or IndexingConfig()
+        self.keep_versions = keep_versions
+        self._versions: dict[str, IndexVersion] = {}
+        self._attributes: dict[str, dict[int, tuple[str, dict]]] = {}
+        self._dirty: set[str] = set()
+        self._lock = threading.RLock()
+
+    def root_of(self, collection: str) -> Path:
+        if collection in self.roots:
+            return Path(self.roots[collection])
+        return self.index_root / collection if self.per_collection else self.index_root
+
+    def version(self, collection: str) -> IndexVersion:
+        """The serving version (loaded from CURRENT on first use)."""
+        v = self._versions.get(collection)
+        if v is None:
+            with self._lock:
+                v = self._versions.get(collection)
+                if v is None:
+                    v = self._versions[collection] = load_index_version(self.root_of(collection))
+        return v
+
+    def publish(self, collection: str, items: Items, *, model: ModelIdentity | None = None,
+                session: Session | None = None, keep: int | None = None) -> StoreDescription:
+        t0 = time.perf_counter()
+        built = index_vectors(items.vectors, items.ids, self.config)
+        model = model or ModelIdentity("", "", None, items.vectors.shape[1])
+        manifest = built_manifest(built, model, collection=collection,
+                                  requested=self.config.factory, cfg=self.config,
+                                  seconds=time.perf_counter() - t0)
+        version = publish_version(self.root_of(collection), built.index, manifest,
+                                  session=session, keep=keep or self.keep_versions)
+        with self._lock:
+            self._versions[collection] = version
+            self._attributes[collection] = self._table(items)
+            self._dirty.discard(collection)
+        return self.describe(collection)
+
+    @staticmethod
+    def _table(items: Items) -> dict[int, tuple[str, dict]]:
+        return {int(i): (lab, dict(m)) for i, lab, m in
+                zip(items.ids, items.labels, items.metadata, strict=True)}
+
+    def add(self, collection: str, items: Items) -> None:
+        with self._lock:
+            v = self.version(collection)
+            _, tombstoned = change_vectors(v.index, remove=items.ids, ids=items.ids,
+                                           vectors=items.vectors)
+            self._after_change(collection, v, tombstoned)
+            self._attributes.setdefault(collection, {}).update(self._table(items))
+
+    def remove(self, collection: str, ids: Sequence[int]) -> int:
+        ids = np.asarray(list(ids), np.int64)
+        with self._lock:
+            v = self.version(collection)
+            before = set(stored_ids(v.index).tolist())
+            _, tombstoned = change_vectors(v.index, remove=ids)
+            self._after_change(collection, v, tombstoned)
+            table = self._attributes.get(collection, {})
+            for i in ids:
+                table.pop(int(i), None)
+        return len(before.intersection(ids.tolist()))
+
+    def _after_change(self, collection: str, v: IndexVersion, tombstoned: int) -> None:
+        from dataclasses import replace
+
+        if tombstoned:
+            v.manifest = replace(v.manifest, tombstones=v.manifest.tombstones + tombstoned)
+        self._dirty.add(collection)
+
+    def flush(self, collection: str, *, session: Session | None = None) -> None:
+        """Persist in-place changes as a new version derived from the serving one."""
+        with self._lock:
+            if collection in self._dirty:
+                publish_changes(self.root_of(collection), self.version(collection),
+                                keep=self.keep_versions, session=session)
+                self._dirty.discard(collection)
+
+    def _allowed(self, collection: str, labels: Sequence[str],
+                 metadata: Mapping[str, str]) -> np.ndarray:
+        if self.sessions is not None:
+            with self.sessions() as s:
+                return catalogue_ids(s, collection=collection, labels=labels, metadata=metadata)
+        table = self._attributes.get(collection)
+        if table is None:
+            raise ValueError(f"collection {collection!r}: label/metadata filters need the "
+                             f"catalogue (FaissStore(sessions=...))")
+        return np.array([i for i, (lab, m) in table.items()
+                         if (not labels or lab in labels)
+                         and all(str(m.get(k)) == v and k in m for k, v in metadata.items())],
+                        np.int64)
+
+    def search(self, collection: str, queries: Sequence[StoreQuery]) -> list[StoreHits]:
+        jobs = []
+        for q in queries:
+            w = q.where
+            allowed = (self._allowed(collection, w.labels, w.metadata)
+                       if w.labels or w.metadata else None)
+            excluded = np.asarray(w.excluded_ids, np.int64) if w.excluded_ids else None
+            jobs.append(SearchJob(np.asarray(q.vector, np.float32), q.k, allowed, excluded))
+        with self._lock:  # only against writers of this process (RLock: cheap uncontended)
+            answers = search_batch(self.version(collection), jobs)
+        out = []
+        for q, a in zip(queries, answers, strict=True):
+            d, ids = top_k_within(a.distances, a.ids, q.k, q.where.max_distance)
+            out.append(StoreHits(d, ids, a.version))
+        return out
+
+    def describe(self, collection: str) -> StoreDescription:
+        v = self.version(collection)
+        m = v.manifest
+        return StoreDescription("faiss", collection, m.version, int(v.index.ntotal) - m.tombstones,
+                                m.dimension, m.factory, dict(m.search_params), m.recall_at_10,
+                                str(v.path), {"tombstones": m.tombstones})
+
+    def stored_ids(self, collection: str) -> np.ndarray:
+        with self._lock:
+            ids = stored_ids(self.version(collection).index)
+        return np.sort(ids[ids >= 0])
+
+    def stored_attributes(self, collection: str,
+                          ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
+        return {}  # FAISS keeps ids only; filters read the catalogue
+
+    def close(self) -> None:
+        self._versions.clear()

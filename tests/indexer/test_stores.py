@@ -1,0 +1,222 @@
+"""Vector stores: one contract over every backend (FAISS, Milvus Lite), Milvus's alias publish,
+filters built safely from hostile values, and drift repair between catalogue and store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.stores import (
+    VECTOR_STORES,
+    Items,
+    StoreFilter,
+    StoreQuery,
+    VectorStore,
+    open_vector_store,
+    parse_store_spec,
+)
+
+HOSTILE = ['x" or id > 0 or "', 'a\\" or \\"', "back\\slash", "it's", "new\nline",
+           "label == \"0\"", "]) or (id >= 0"]
+LABELS = ["0", "1", "2"] + HOSTILE
+N, D = 400, 16
+
+
+def _data(seed: int = 0) -> Items:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, D))
+    x = (centres[rng.integers(0, 8, N)] + 0.4 * rng.standard_normal((N, D))).astype(np.float32)
+    ids = np.arange(N, dtype=np.int64) * 3 + 7  # catalogue ids, not row numbers
+    labels = [LABELS[i % len(LABELS)] for i in range(N)]
+    meta = [{"shard": HOSTILE[i % len(HOSTILE)] if i % 2 else "plain", "n": str(i % 4)}
+            for i in range(N)]
+    return Items(ids, x, labels, meta)
+
+
+def _exact(items: Items, q: np.ndarray, k: int, keep: np.ndarray | None = None):
+    d = ((items.vectors - q[None]) ** 2).sum(1)
+    if keep is not None:
+        d = np.where(keep, d, np.inf)
+    order = np.argsort(d, kind="stable")[:k]
+    order = order[np.isfinite(d[order])]
+    return items.ids[order], d[order]
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(tmp_path_factory):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    return str(tmp_path_factory.mktemp("milvus") / "store.db")
+
+
+@pytest.fixture(scope="module", params=sorted(VECTOR_STORES))
+def store(request, tmp_path_factory, milvus_uri):
+    """Each backend once per module (Milvus Lite starts a local server process)."""
+    if request.param == "faiss":
+        s = open_vector_store("faiss", index_root=tmp_path_factory.mktemp("faiss"))
+    else:
+        from indexer.stores.milvus_store import MilvusIndexConfig
+
+        # HNSW from 100 vectors, so that the tuned path is the one tested
+        s = open_vector_store(f"milvus:{milvus_uri}", index=MilvusIndexConfig(flat_below=100))
+    items = _data()
+    s.publish("c", items)
+    yield s, items
+    s.close()
+
+
+def test_registry_names_every_backend_and_refuses_others():
+    assert parse_store_spec("faiss") == ("faiss", "")
+    assert parse_store_spec("") == ("faiss", "")
+    assert parse_store_spec("milvus:http://db:19530") == ("milvus", "http://db:19530")
+    assert parse_store_spec("milvus:var/m.db") == ("milvus", "var/m.db")
+    with pytest.raises(ValueError, match="faiss, milvus"):
+        parse_store_spec("qdrant:x")
+    with pytest.raises(ValueError, match="milvus needs a file"):
+        open_vector_store("milvus")
+
+
+def test_filter_expression_quotes_values_as_data():
+    from indexer.stores.milvus_store import filter_expression, string_literal
+
+    assert string_literal('x" or id > 0 or "') == r'"x\" or id > 0 or \""'
+    assert string_literal("a\\b") == r'"a\\b"'
+    e = filter_expression(StoreFilter(labels=("a",), metadata={'k"': "v"}, excluded_ids=(3, 4)))
+    assert e == r'(label in ["a"]) and (meta["k\""] == "v") and (id not in [3, 4])'
+    assert filter_expression(StoreFilter()) == ""
+    with pytest.raises(ValueError, match="control character"):
+        string_literal("bell\x07")
+
+
+def test_unfiltered_search_finds_the_exact_neighbours(store):
+    s, items = store
+    assert isinstance(s, VectorStore)
+    desc = s.describe("c")
+    assert desc.count == N and desc.dimension == D and desc.recall_at_10 is not None
+    assert desc.recall_at_10 >= 0.95
+    qs = [StoreQuery(items.vectors[i] + 0.01, 10) for i in range(0, N, 40)]
+    for q, hits in zip(qs, s.search("c", qs), strict=True):
+        want, dist = _exact(items, q.vector, 10)
+        assert len(set(hits.ids.tolist()) & set(want.tolist())) >= 9
+        assert hits.ids[0] == want[0]
+        np.testing.assert_allclose(hits.distances[0], dist[0], rtol=1e-3, atol=1e-4)
+        assert np.all(np.diff(hits.distances) >= -1e-5) and hits.version == desc.version
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_label_and_metadata_match_only_their_own_rows(store, value):
+    s, items = store
+    q = items.vectors[5]
+    labels = np.array(items.labels)
+    for where, keep in [
+        (StoreFilter(labels=(value,)), labels == value),
+        (StoreFilter(metadata={"shard": value}),
+         np.array([m["shard"] == value for m in items.metadata])),
+        (StoreFilter(labels=(value, "0"), metadata={"n": "1"}),
+         np.isin(labels, [value, "0"]) & np.array([m["n"] == "1" for m in items.metadata])),
+    ]:
+        hits = s.search("c", [StoreQuery(q, 20, where)])[0]
+        want, _ = _exact(items, q, 20, keep)
+        assert keep.sum() < N / 2  # the filter restricts: an injected "or" would not
+        assert sorted(hits.ids.tolist()) == sorted(want.tolist()), where
+
+
+def test_excluded_ids_and_max_distance(store):
+    s, items = store
+    q = items.vectors[0]
+    want, dist = _exact(items, q, 10)
+    excluded = tuple(int(i) for i in want[:3])
+    hits = s.search("c", [StoreQuery(q, 5, StoreFilter(excluded_ids=excluded))])[0]
+    assert not set(hits.ids.tolist()) & set(excluded)
+    assert hits.ids[0] == want[3]
+    limit = float(np.sqrt(dist[4])) + 1e-4  # L2, not squared: five hits within it
+    hits = s.search("c", [StoreQuery(q, 10, StoreFilter(max_distance=limit))])[0]
+    assert hits.ids.tolist() == want[:5].tolist()
+    empty = s.search("c", [StoreQuery(q, 10, StoreFilter(labels=("no such label",)))])[0]
+    assert len(empty.ids) == 0
+
+
+def test_add_replaces_by_id_and_remove_deletes_read_your_writes(store):
+    s, items = store
+    new_id = 10_000
+    far = np.full(D, 50.0, np.float32)
+    s.add("c", Items(np.array([new_id]), far[None], ["new"], [{"n": "9"}]))
+    hits = s.search("c", [StoreQuery(far, 1)])[0]  # the writer's next read sees the write
+    assert hits.ids.tolist() == [new_id]
+    moved = far + 100
+    s.add("c", Items(np.array([new_id]), moved[None], ["new"], [{"n": "9"}]))  # same id
+    hits = s.search("c", [StoreQuery(moved, 2)])[0]
+    assert hits.ids[0] == new_id and new_id not in hits.ids[1:]
+    assert s.search("c", [StoreQuery(far, 1, StoreFilter(labels=("new",)))])[0].ids[0] == new_id
+    assert s.remove("c", [new_id, 999_999]) == 1
+    assert new_id not in s.search("c", [StoreQuery(moved, 5)])[0].ids
+    assert new_id not in s.stored_ids("c")
+    assert len(s.stored_ids("c")) == N
+
+
+def test_milvus_publish_moves_the_alias_and_records_the_version(milvus_uri, tmp_path):
+    from pymilvus import MilvusClient
+
+    from indexer.catalog import index_versions, open_catalog
+    from indexer.stores.milvus_store import MilvusStore, alias_of
+
+    store = MilvusStore(milvus_uri)
+    sessions = open_catalog(f"sqlite:///{tmp_path}/cat.db")
+    a, b = _data(0), _data(1)
+    with sessions.begin() as s:
+        first = store.publish("blue/green", a, session=s)
+    assert first.index_type == "FLAT" and first.recall_at_10 == 1.0  # 400 < flat_below
+    q = StoreQuery(b.vectors[0], 1)
+    assert store.search("blue/green", [q])[0].ids[0] != b.ids[0] or \
+        np.allclose(a.vectors[0], b.vectors[0])
+    with sessions.begin() as s:
+        second = store.publish("blue/green", b, session=s, keep=1)
+    hits = store.search("blue/green", [q])[0]
+    assert hits.ids[0] == b.ids[0] and hits.version == second.version
+    client = MilvusClient(milvus_uri)
+    assert client.describe_alias(alias_of("blue/green"))["collection_name"].endswith(
+        second.version)
+    assert store.versions("blue/green") == [f"{alias_of('blue/green')}__{second.version}"]
+    with sessions() as s:
+        rows = index_versions(s, collection="blue/green")
+    assert [(r.name, r.state) for r in rows] == [(first.version, "retired"),
+                                                 (second.version, "published")]
+    assert rows[1].factory == "milvus:FLAT" and rows[1].recall_at_10 == 1.0
+    assert rows[1].count == N and rows[1].path.endswith(second.version)
+    store.close()
+
+
+def test_store_check_reports_and_repairs_drift(milvus_uri, tmp_path):
+    from indexer.catalog import ImageRow, open_catalog, upsert_images
+    from indexer.stores.check import check_store, repair_store
+    from indexer.stores.milvus_store import MilvusStore
+
+    store = MilvusStore(milvus_uri)
+    sessions = open_catalog(f"sqlite:///{tmp_path}/cat.db")
+    with sessions.begin() as s:
+        rows = upsert_images(s, [{"key": f"k{i}", "path": f"/x/{i}.png", "label": str(i % 3),
+                                  "sha256": f"{i:064x}", "meta": {"n": str(i)}}
+                                 for i in range(30)], collection="drift")
+        ids = np.array([r.id for r in rows], np.int64)
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((30, D)).astype(np.float32)
+    store.publish("drift", Items(ids, vecs, [str(i % 3) for i in range(30)],
+                                 [{"n": str(i)} for i in range(30)]))
+    with sessions.begin() as s:
+        assert check_store(s, store, "drift").clean
+        victim = s.get(ImageRow, int(ids[0]))
+        victim.label = 'renamed " label'  # catalogue changed, store not
+        s.delete(s.get(ImageRow, int(ids[1])))  # deleted from the catalogue only
+    store.remove("drift", [int(ids[2])])  # lost from the store only
+    with sessions.begin() as s:
+        drift = check_store(s, store, "drift")
+        assert (drift.missing, drift.extra, drift.stale) == ([ids[2]], [ids[1]], [ids[0]])
+        left = repair_store(s, store, drift)
+        assert left.missing == [ids[2]] and not left.extra and not left.stale  # needs vectors
+        left = repair_store(s, store, left, embed=lambda rs: vecs[[2 for _ in rs]])
+        assert left.clean
+        assert check_store(s, store, "drift").clean
+    hit = store.search("drift", [StoreQuery(vecs[0], 1,
+                                            StoreFilter(labels=('renamed " label',)))])[0]
+    assert hit.ids.tolist() == [ids[0]]
+    store.close()
