@@ -1,8 +1,8 @@
-"""Embedding networks: a registry of backbones, each followed by an embedding head."""
+"""Embedding networks: the backbones (registered in training.models.registry), each followed by an
+embedding head."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from training.models import registry
 from training.models.spec import ModelSpec
 
 
@@ -68,14 +69,16 @@ def _tv(name: str) -> Callable[..., tuple[nn.Module, int]]:
     return build
 
 
-BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+# The registry's backbone table, under the name the command line and the tests know.
+BACKBONES: dict[str, Callable[..., tuple[nn.Module, int]]] = registry.BUILDERS["backbone"]
+BACKBONES.update({
     "smallcnn": _small_cnn,
     "resnet18": _tv("resnet18"),
     "resnet34": _tv("resnet34"),
     "resnet50": _tv("resnet50"),
     "mobilenet_v3_small": _tv("mobilenet_v3_small"),
     "mobilenet_v3_large": _tv("mobilenet_v3_large"),
-}
+})
 
 
 class EmbeddingNet(nn.Module):
@@ -97,21 +100,17 @@ class EmbeddingNet(nn.Module):
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) network a spec describes."""
-    if spec.arch not in MODEL_BUILDERS and spec.arch in LAZY_BUILDERS:
-        importlib.import_module(LAZY_BUILDERS[spec.arch])  # registers itself on import
-    if spec.arch in MODEL_BUILDERS:
-        return MODEL_BUILDERS[spec.arch](spec)
+    whole = registry.find("embedder", spec.arch)
+    if whole is not None:
+        return whole(spec)
     if spec.arch not in BACKBONES:
-        valid = sorted(set(BACKBONES) | set(MODEL_BUILDERS) | set(LAZY_BUILDERS))
+        valid = sorted(set(registry.names("backbone")) | set(registry.names("embedder")))
         raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(valid)}")
     backbone, feat = BACKBONES[spec.arch](spec.in_channels, **spec.arch_kwargs)
     return EmbeddingNet(backbone, feat, spec.embedding_dim, spec.normalize)
 
 
 # Whole-model builders for architectures that are not "backbone + head" (imported
-# networks, ensembles). Filled in by the modules that define them.
-MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {}
-# Modules that fill MODEL_BUILDERS for an architecture, imported by build_model the first
-# time it meets that architecture: loading a checkpoint needs no import from the caller.
-LAZY_BUILDERS: dict[str, str] = {"ensemble": "training.models.ensemble",
-                                 "dlib_resnet": "training.dlib.model"}
+# networks, ensembles): the registry's embedder table, filled in by the modules that define
+# them (registry.LAZY names those modules).
+MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = registry.BUILDERS["embedder"]

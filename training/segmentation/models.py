@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.models import registry
+
 UPSAMPLING = ("nearest", "unpool", "transposed")
 
 
@@ -187,7 +189,9 @@ class SegNet(nn.Module):
         return self.head(y)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet, "segnet": SegNet}
+# The registry's segmenter table.
+ARCHITECTURES: dict[str, type[nn.Module]] = registry.BUILDERS["segmenter"]
+ARCHITECTURES.update({"unet": UNet, "segnet": SegNet})
 
 
 @dataclass(frozen=True)
