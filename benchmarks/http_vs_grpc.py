@@ -9,7 +9,11 @@ held-out query images (Search, k=10, image uploaded) through each protocol:
 
 * one user: sequential requests, p50/p95 latency (rounds alternate gRPC and HTTP, so that
   drift on a shared machine hits both);
-* saturation: --users client processes at once, requests/s.
+* saturation: --users client processes at once, requests/s, and the CPU each request cost
+  the server and the clients (on a small machine they share the cores).
+
+HTTP clients send each image's multipart form encoded once (http.client, keep-alive) and
+parse every JSON answer; gRPC clients are service.client's.
 
 Then Debian's chromium (Playwright) loads the console and runs searches by upload: the first
 page load (to the first page of the collection shown) and a search round trip (drop to every
@@ -51,37 +55,59 @@ def _grpc_worker(target: str, images: list[bytes], seconds: float, start: float,
         c.search(images[0], 10)  # connect outside the timed window
         while time.time() < start:
             time.sleep(0.001)
-        i, end = 0, start + seconds
+        i, end, c0 = 0, start + seconds, time.process_time()
         while time.time() < end:
             t0 = time.perf_counter()
-            c.search(images[i % len(images)], 10)
+            if len(c.search(images[i % len(images)], 10).hits) != 10:
+                raise RuntimeError("short answer")
             lat.append(time.perf_counter() - t0)
             i += 1
-    out.put(lat)
+    out.put((lat, time.process_time() - c0))
 
 
 def _http_worker(url: str, images: list[bytes], seconds: float, start: float, out) -> None:
+    """A keep-alive connection (http.client) sending each image's multipart form, encoded once
+    by httpx: on two cores the load generator shares the CPUs with the server, and a client
+    that re-encoded every form in Python would measure itself (gRPC's client is C)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
     import httpx
 
+    forms = []
+    for im in images:
+        req = httpx.Request("POST", url + "/v1/search", files={"image": ("q.png", im)},
+                            data={"k": "10"})
+        forms.append((req.read(), req.headers["content-type"]))
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+
+    def search(i: int) -> None:
+        body, ctype = forms[i % len(forms)]
+        conn.request("POST", "/v1/search", body, {"content-type": ctype})
+        r = conn.getresponse()
+        answer = json.loads(r.read())
+        if r.status != 200 or len(answer["hits"]) != 10:
+            raise RuntimeError(f"HTTP {r.status}: {answer}")
+
     lat = []
-    with httpx.Client(base_url=url, timeout=60) as c:
-        c.post("/v1/search", files={"image": ("q.png", images[0])}, data={"k": "10"})
-        while time.time() < start:
-            time.sleep(0.001)
-        i, end = 0, start + seconds
-        while time.time() < end:
-            t0 = time.perf_counter()
-            r = c.post("/v1/search", files={"image": ("q.png", images[i % len(images)])},
-                       data={"k": "10"})
-            r.raise_for_status()
-            lat.append(time.perf_counter() - t0)
-            i += 1
-    out.put(lat)
+    search(0)  # connect outside the timed window
+    while time.time() < start:
+        time.sleep(0.001)
+    i, end, c0 = 0, start + seconds, time.process_time()
+    while time.time() < end:
+        t0 = time.perf_counter()
+        search(i)
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    out.put((lat, time.process_time() - c0))
 
 
 def run_load(kind: str, address: str, images: list[bytes], users: int,
-             seconds: float) -> list[float]:
-    """Every request's latency (s) of ``users`` client processes over ``seconds``."""
+             seconds: float) -> tuple[list[float], float]:
+    """Every request's latency (s) of ``users`` client processes over ``seconds``, and the
+    CPU seconds the clients spent."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start = time.time() + 3.0 + 0.3 * users  # every process imported and connected by then
@@ -90,10 +116,10 @@ def run_load(kind: str, address: str, images: list[bytes], users: int,
              for _ in range(users)]
     for p in procs:
         p.start()
-    lat = [x for _ in procs for x in out.get(timeout=seconds + 120)]
+    answers = [out.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join()
-    return lat
+    return [x for lat, _ in answers for x in lat], sum(c for _, c in answers)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -157,7 +183,7 @@ def main() -> None:
         [sys.executable, "-m", "imgsim.cli", "serve", "--checkpoint", str(demo.checkpoint),
          "--index-root", str(demo.index_root), "--catalog", demo.catalog_url,
          "--port", str(port), "--http-port", str(http_port), "--watch-seconds", "0"],
-        env={**CHILD_ENV, "IMGSIM_JOB_THREADS": "0"}, stdout=subprocess.DEVNULL)
+        env={**CHILD_ENV, "IMGSIM_SERVE_JOB_THREADS": "0"}, stdout=subprocess.DEVNULL)
     url, target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -174,12 +200,14 @@ def main() -> None:
         one = {"grpc": [], "http": []}
         sat = {"grpc": [], "http": []}
         cpu = {"grpc": [], "http": []}  # server CPU ms per request at saturation
+        client_cpu = {"grpc": [], "http": []}
         for _ in range(args.rounds):
             for kind, address in (("grpc", target), ("http", url)):
-                one[kind].append(run_load(kind, address, images, 1, args.seconds))
+                one[kind].append(run_load(kind, address, images, 1, args.seconds)[0])
             for kind, address in (("http", url), ("grpc", target)):
                 c0 = cpu_seconds(server.pid)
-                lat = run_load(kind, address, images, args.users, args.seconds)
+                lat, ccpu = run_load(kind, address, images, args.users, args.seconds)
+                client_cpu[kind].append(ccpu / len(lat) * 1e3)
                 # the warm-up requests of each client count too: one each
                 cpu[kind].append((cpu_seconds(server.pid) - c0) / (len(lat) + args.users) * 1e3)
                 sat[kind].append(len(lat) / args.seconds)
@@ -208,6 +236,9 @@ def main() -> None:
     cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
     print(f"| {args.users} users, server CPU per request (ms) | {cpu_ms['grpc']:.2f} | "
           f"{cpu_ms['http']:.2f} | {cpu_ms['http'] / cpu_ms['grpc']:.2f}x | |")
+    ccpu = {k: statistics.median(v) for k, v in client_cpu.items()}
+    print(f"| {args.users} users, client CPU per request (ms) | {ccpu['grpc']:.2f} | "
+          f"{ccpu['http']:.2f} | {ccpu['http'] / ccpu['grpc']:.2f}x | |")
     print(f"| console first load, to the first page of the collection shown (ms, median of "
           f"{len(loads)}) | | {statistics.median(loads) * 1e3:.0f} | | < 1000 |")
     print(f"| console search round trip, upload to every thumbnail shown (ms, median of "
