@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+import imgsim.config_cli
 import indexer.cli
 import indexer.stores.cli
 import service.cli
@@ -17,7 +18,8 @@ import training.pretraining.cli
 # Each package adds its own subcommands; later packages may add more registrars here.
 REGISTRARS = [training.cli.register, indexer.cli.register, service.cli.register,
               training.dlib.cli.register, training.pretraining.cli.register,
-              service.jobs.cli.register, indexer.stores.cli.register]
+              service.jobs.cli.register, indexer.stores.cli.register,
+              imgsim.config_cli.register]
 
 
 class CommandParser(argparse.ArgumentParser):

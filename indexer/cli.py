@@ -8,14 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_CATALOG = os.environ.get("IMGSIM_CATALOG_URL", "sqlite:///var/catalog.db")
-DEFAULT_INDEX_ROOT = os.environ.get("IMGSIM_INDEX_ROOT", "var/index")
+from training.settings import DEFAULT_CATALOG, DEFAULT_INDEX_ROOT, common_settings  # noqa: F401  (re-exported)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--index-root", default=DEFAULT_INDEX_ROOT,
+    common, _ = common_settings()  # IMGSIM_INDEX_ROOT, IMGSIM_CATALOG_URL, read at the edge
+    p.add_argument("--index-root", default=common.index_root,
                    help="where versions live (env IMGSIM_INDEX_ROOT; default %(default)s)")
-    p.add_argument("--catalog", default=DEFAULT_CATALOG,
+    p.add_argument("--catalog", default=common.catalog_url,
                    help="SQLAlchemy URL, sqlite:///... or postgresql+psycopg://... "
                         "(env IMGSIM_CATALOG_URL; default %(default)s)")
 
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="One line per version under --index-root (newest last): "
                                      "factory, count, search parameters, measured recall@10; "
                                      "the current one is marked with '*'.")
-    ls.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    ls.add_argument("--index-root", default=common_settings()[0].index_root)
     ls.set_defaults(func=_list)
 
     rb = isub.add_parser("rebuild", help="rebuild the current version from its stored vectors",
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "(auto) or re-train, re-tune, drop tombstones, publish. Use "
                                      "after many incremental changes (drift); compressed indexes "
                                      "(PQ/SQ) need `imgsim reindex` instead.")
-    rb.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    rb.add_argument("--index-root", default=common_settings()[0].index_root)
     rb.add_argument("--factory", default="auto")
     rb.add_argument("--memory-budget-mb", type=float, default=2048.0)
     rb.add_argument("--target-recall", type=float, default=0.95)
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Bring the catalogue database to the latest schema revision "
                                     "(or --revision). Opening a catalogue does this too; run it "
                                     "explicitly before rolling out a new release.")
-    m.add_argument("--catalog", default=DEFAULT_CATALOG)
+    m.add_argument("--catalog", default=common_settings()[0].catalog_url)
     m.add_argument("--revision", default="head")
     m.set_defaults(func=_migrate)
 

@@ -9,16 +9,18 @@ import sys
 
 from indexer.cli import DEFAULT_CATALOG, DEFAULT_INDEX_ROOT
 from service.limits import MAX_K
+from training.settings import DEFAULT_SERVER, client_settings
 
 log = logging.getLogger(__name__)
-DEFAULT_SERVER = os.environ.get("IMGSIM_SERVER", "localhost:50051")
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT (env IMGSIM_SERVER)")
-    p.add_argument("--api-key", default=os.environ.get("IMGSIM_API_KEY"),
+    client, _ = client_settings()  # IMGSIM_SERVER, IMGSIM_API_KEY, IMGSIM_TLS_CA (training.settings)
+    p.add_argument("--server", default=client.server,
+                   help=f"HOST:PORT (env IMGSIM_SERVER; default {DEFAULT_SERVER})")
+    p.add_argument("--api-key", default=client.api_key or None,
                    help="API key (env IMGSIM_API_KEY) when the server requires one")
-    p.add_argument("--tls-ca", default=os.environ.get("IMGSIM_TLS_CA"),
+    p.add_argument("--tls-ca", default=client.tls_ca or None,
                    help="PEM file of the CA that signed the server's certificate: use TLS "
                         "(env IMGSIM_TLS_CA)")
     from service.health_check import positive_seconds

@@ -1,19 +1,20 @@
-"""ServeConfig: every server setting in one frozen object, from defaults < TOML file < env < flags."""
+"""ServeConfig: every server setting in one frozen object, from defaults < TOML file < env < flags
+(training.settings' one loader and precedence; light: no torch, so that the commands beside a
+server read it fast)."""
 
 from __future__ import annotations
 
-import os
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from service.core import CoreOptions
-from service.images import DEFAULT_FORMATS
-from training.data.transforms import MAX_PIXELS
+from service.limits import DEFAULT_FORMATS
+from training import settings
+from training.data.limits import MAX_PIXELS
+
+if TYPE_CHECKING:
+    from service.domain import CoreOptions
 
 ENV_PREFIX = "IMGSIM_SERVE_"
 DEFAULT_HTTP_PORT = 8080
@@ -67,6 +68,7 @@ class ServeConfig:
     # (tests, embedding) serves no HTTP unless asked
     http_port: int = 0
     log_format: str = "text"  # text | json
+    job_threads: int = 1  # JobService worker threads in the server (0: none, leave jobs to workers)
 
     def __post_init__(self) -> None:
         # gRPC takes a port modulo 65536 (99999 would serve on 34463): refuse it instead
@@ -83,33 +85,31 @@ class ServeConfig:
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
 
     def core_options(self) -> CoreOptions:
+        from service.domain import CoreOptions
+
         names = {f.name for f in fields(CoreOptions)}
         return CoreOptions(**{f.name: getattr(self, f.name) for f in fields(self)
                               if f.name in names})
 
 
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """A file or environment value -> the field's type (env values are strings)."""
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        return tuple(str(v) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    try:
-        if tp is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        return tp(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"serve config: {name} must be {getattr(tp, '__name__', tp)}, "
-                         f"got {value!r}") from None
+# Settings every process shares (training.settings.CommonSettings) keep their common name too.
+_COMMON_ENV = {"catalog_url": "IMGSIM_CATALOG_URL", "index_root": "IMGSIM_INDEX_ROOT"}
+
+
+def serve_env_names(name: str) -> list[str]:
+    """``IMGSIM_SERVE_<NAME>`` (documented); the catalogue URL and the index root, which the
+    index commands read too, also as ``IMGSIM_CATALOG_URL``/``IMGSIM_INDEX_ROOT`` (the serve
+    name wins)."""
+    return [ENV_PREFIX + name.upper(), *([_COMMON_ENV[name]] if name in _COMMON_ENV else [])]
+
+
+def resolve_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                         defaults: Mapping[str, Any] | None = None,
+                         **overrides: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings' values and where each came from (see :func:`load_serve_config`)."""
+    return settings.resolve(ServeConfig, file=file, table="serve", env=env,
+                            env_names=serve_env_names, flags=overrides, defaults=defaults,
+                            what="serve config")
 
 
 def load_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] | None = None,
@@ -118,22 +118,7 @@ def load_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] 
     """Defaults (ServeConfig's, then ``defaults``), then ``file`` (TOML, top level or a
     ``[serve]`` table), then ``IMGSIM_SERVE_*`` environment variables, then ``overrides``
     (flags; None means not given)."""
-    hints = typing.get_type_hints(ServeConfig)
-    known = {f.name for f in fields(ServeConfig)}
-    values: dict[str, Any] = dict(defaults or {})
-    if file:
-        data = tomllib.loads(Path(file).read_text())
-        data = data.get("serve", data)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{file}: unknown settings {sorted(unknown)}; valid: {sorted(known)}")
-        values.update({k: _coerce(k, hints[k], v) for k, v in data.items()})
-    env = os.environ if env is None else env
-    for name in known:
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _coerce(name, hints[name], raw)
-    values.update({k: _coerce(k, hints[k], v) for k, v in overrides.items() if v is not None})
+    values, _ = resolve_serve_config(file, env=env, defaults=defaults, **overrides)
     missing = [n for n in ("checkpoint", "index_root", "catalog_url") if n not in values]
     if missing:
         raise ValueError(f"serve config: missing {', '.join(missing)} (flag, file or "

@@ -1,9 +1,9 @@
 """`imgsim health`: exit 0 only when the server reports SERVING (a container's HEALTHCHECK).
 
 Light on purpose (stdlib and grpc only, no torch: ~0.1 s, not seconds, every few seconds
-under a HEALTHCHECK), so it reads the few settings it needs itself, from the same sources
-and with the same precedence as ``service.config.load_serve_config``: the TOML file (top
-level or a ``[serve]`` table), then ``IMGSIM_SERVE_<NAME>`` environment variables.
+under a HEALTHCHECK): it reads the server's settings with ``service.config`` (the one TOML
+loader and precedence of ``training.settings``; no torch), the TOML file (top level or a
+``[serve]`` table), then ``IMGSIM_SERVE_<NAME>`` environment variables.
 Run it as ``imgsim health`` or ``python -m service.health_check``.
 """
 
@@ -37,20 +37,11 @@ def server_probe(config: str | Path | None = None, *, env: Mapping[str, str] | N
     """The server's address on this host and its TLS, from its settings (file, then env);
     ``server``/``tls_ca`` given by flag win. With ``tls_cert`` set and no ``tls_ca``, the
     server's own certificate is trusted (right for a self-signed one)."""
-    values: dict = {}
-    if config:
-        data = tomllib.loads(Path(config).read_text())
-        values.update(data.get("serve", data))
-    env = os.environ if env is None else env
-    for name in ("host", "port", "tls_cert"):
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = raw
+    from service.config import resolve_serve_config
+
+    values, _ = resolve_serve_config(config, env=env)
     host = str(values.get("host", "127.0.0.1"))
-    try:
-        port = int(values.get("port", DEFAULT_PORT))
-    except ValueError:
-        raise ValueError(f"serve config: port must be int, got {values['port']!r}") from None
+    port = int(values.get("port", DEFAULT_PORT))
     return Probe(server or f"{_LOCAL.get(host, host)}:{port}",
                  tls_ca or str(values.get("tls_cert") or ""), tls_name or "")
 

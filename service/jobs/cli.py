@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from indexer.cli import DEFAULT_CATALOG
+from training.settings import data_root
 
 log = logging.getLogger(__name__)
-DEFAULT_SERVER = os.environ.get("IMGSIM_SERVER", "")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
 
     def target(p: argparse.ArgumentParser) -> None:
         _catalog_of_server(p)
-        p.add_argument("--server", default=DEFAULT_SERVER or None,
+        p.add_argument("--server", default=_server_if_set(),
                        help="HOST:PORT: go through the server's gRPC JobService instead of "
                             "the DB (env IMGSIM_SERVER)")
         p.add_argument("--api-key", default=os.environ.get("IMGSIM_API_KEY"),
@@ -98,8 +98,8 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
                         "is failed as orphaned (its worker died); heartbeats come every lease/8")
     w.add_argument("--checkpoint", default=None, help="default model for jobs that need one")
     w.add_argument("--index-root", default=None, help="default index for jobs that need one")
-    w.add_argument("--data-root", default=os.environ.get("IMGSIM_DATA"),
-                   help="datasets folder (env IMGSIM_DATA)")
+    w.add_argument("--data-root", default=None,
+                   help="datasets folder (env IMGSIM_DATA; default ../shared/data)")
     w.set_defaults(func=_worker)
 
     r = jsub.add_parser("run", help="run one job here and now (no queue)",
@@ -108,9 +108,17 @@ def _register_jobs(sub: argparse._SubParsersAction) -> None:
     params(r)
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--checkpoint", default=None, help="default model for jobs that need one")
-    r.add_argument("--data-root", default=os.environ.get("IMGSIM_DATA"),
-                   help="datasets folder (env IMGSIM_DATA)")
+    r.add_argument("--data-root", default=None,
+                   help="datasets folder (env IMGSIM_DATA; default ../shared/data)")
     r.set_defaults(func=_run)
+
+
+def _server_if_set() -> str | None:
+    """IMGSIM_SERVER when it is set: the jobs commands go to the DB unless a server is named."""
+    from training.settings import DEFAULT, client_settings
+
+    client, sources = client_settings()
+    return client.server if sources["server"] != DEFAULT else None
 
 
 def _catalog_of_server(p: argparse.ArgumentParser) -> None:
@@ -306,7 +314,8 @@ def _worker(args: argparse.Namespace) -> int:
                        lease_seconds=args.lease, heartbeat_seconds=args.lease / 8,
                        defaults=JobDefaults(checkpoint=args.checkpoint,
                                             index_root=args.index_root,
-                                            catalog_url=catalog, data_root=args.data_root))
+                                            catalog_url=catalog,
+                                            data_root=args.data_root or str(data_root())))
     worker = JobWorker(cfg)
     if args.once:
         done = worker.run_until_empty()
@@ -326,7 +335,8 @@ def _run(args: argparse.Namespace) -> int:
     kind = get_kind(args.kind)
     params = parse_params(kind, _parse_params(args))
     ctx = JobContext(None, args.kind, args.out,
-                     defaults=JobDefaults(checkpoint=args.checkpoint, data_root=args.data_root))
+                     defaults=JobDefaults(checkpoint=args.checkpoint,
+                                          data_root=args.data_root or str(data_root())))
     try:
         kind.run(params, ctx)
     except JobCancelled:  # pragma: no cover - no cancel source in a local run
@@ -340,19 +350,40 @@ def _run(args: argparse.Namespace) -> int:
 
 # -- imgsim segment -------------------------------------------------------------------------
 def _register_segment(sub: argparse._SubParsersAction) -> None:
-    from training.segmentation.models import ARCHITECTURES, UPSAMPLERS
-    from training.segmentation.train import DEFAULT_DATA, WEIGHT_MAPS, SegTrainConfig
-
-    d = SegTrainConfig()
     seg = sub.add_parser("segment", help="U-Net / SegNet segmentation (ISBI 2012)",
                          description="Train, apply and score U-Net and SegNet segmenters of "
                                      "electron-microscopy membranes (ISBI 2012).")
     ssub = seg.add_subparsers(dest="segment_command", required=True, metavar="COMMAND")
-    t = ssub.add_parser("train", help="train on labelled slices, score held-out slices",
-                        description="Train on random augmented tiles (elastic deformation, "
-                                    "flips, rotations) of --train-slices; score --val-slices "
-                                    "with overlap-tile inference; write <out>/model.pt.")
-    t.add_argument("--data", default=DEFAULT_DATA, help="ISBI 2012 folder (default %(default)s)")
+    # train's and eval's flags are added when used (imgsim.cli.CommandParser): their choices and
+    # defaults come from training.segmentation, which imports torch
+    ssub.add_parser("train", help="train on labelled slices, score held-out slices",
+                    description="Train on random augmented tiles (elastic deformation, "
+                                "flips, rotations) of --train-slices; score --val-slices "
+                                "with overlap-tile inference; write <out>/model.pt.",
+                    arguments=_seg_train_arguments)
+
+    p = ssub.add_parser("predict", help="segment image files: masks and overlays",
+                        description="Segment images of any size with overlap-tile inference; "
+                                    "writes <stem>_mask.png (black = membrane), _prob.png and "
+                                    "_overlay.png per image into --out.")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    _infer_args(p)
+    p.set_defaults(func=_seg_predict)
+
+    ssub.add_parser("eval", help="score labelled slices",
+                    description="Pixel error, foreground (membrane) IoU and adapted Rand "
+                                "error on labelled ISBI slices; overlays into --out.",
+                    arguments=_seg_eval_arguments)
+
+
+def _seg_train_arguments(t: argparse.ArgumentParser) -> None:
+    from training.segmentation.models import ARCHITECTURES, UPSAMPLERS
+    from training.segmentation.train import WEIGHT_MAPS, SegTrainConfig, default_isbi_dir
+
+    d = SegTrainConfig()
+    t.add_argument("--data", default=default_isbi_dir(), help="ISBI 2012 folder (default %(default)s)")
     t.add_argument("--out", required=True)
     t.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES))
     t.add_argument("--upsampling", default=None, choices=sorted(UPSAMPLERS),
@@ -373,21 +404,13 @@ def _register_segment(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch threads")
     t.set_defaults(func=_seg_train)
 
-    p = ssub.add_parser("predict", help="segment image files: masks and overlays",
-                        description="Segment images of any size with overlap-tile inference; "
-                                    "writes <stem>_mask.png (black = membrane), _prob.png and "
-                                    "_overlay.png per image into --out.")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    _infer_args(p)
-    p.set_defaults(func=_seg_predict)
 
-    e = ssub.add_parser("eval", help="score labelled slices",
-                        description="Pixel error, foreground (membrane) IoU and adapted Rand "
-                                    "error on labelled ISBI slices; overlays into --out.")
+def _seg_eval_arguments(e: argparse.ArgumentParser) -> None:
+    from training.segmentation.train import SegTrainConfig, default_isbi_dir
+
+    d = SegTrainConfig()
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--data", default=default_isbi_dir())
     e.add_argument("--slices", default=d.val_slices)
     e.add_argument("--out", default=None, help="folder for overlays (default: a temp folder)")
     _infer_args(e)

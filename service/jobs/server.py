@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from service.jobs.core import JobsCore
 from service.jobs.servicer import JobServicer
 from service.jobs.store import open_job_store
 from service.jobs.worker import JobWorker, WorkerConfig, default_artifacts_root
+from training.settings import data_root
 
 if TYPE_CHECKING:
     from service.auth import Authenticator
@@ -66,18 +66,18 @@ def add_job_service(server: grpc.Server, catalog_url: str, *,
 def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
     """The imgsim server's registrar for JobService (see service.server.SERVICER_REGISTRARS).
 
-    Jobs default to the server's model, index and catalogue; IMGSIM_JOB_THREADS worker
+    Jobs default to the server's model, index and catalogue; ``cfg.job_threads`` worker
     threads (default 1; 0: none, leave the jobs to `imgsim jobs worker`) run them in the
     server process, outside the request path. ``server.stop`` also stops the worker from
     claiming more jobs; the threads are daemons, and a job still running when the process
     exits is marked failed by the next worker that starts on this host."""
     cfg = server.cfg
-    threads = int(os.environ.get("IMGSIM_JOB_THREADS", "1"))
+    threads = cfg.job_threads
     runtime = add_job_service(
         grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
         metrics=getattr(server, "metrics", None),
         defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
-                             catalog_url=cfg.catalog_url, data_root=os.environ.get("IMGSIM_DATA")))
+                             catalog_url=cfg.catalog_url, data_root=str(data_root())))
     hooks = getattr(server, "stop_hooks", None)
     if hooks is not None:
         hooks.append(lambda: runtime.stop(wait=False))

@@ -34,15 +34,16 @@ from service.jobs.store import (
     open_job_store,
     set_progress,
 )
+from training.settings import DEFAULT_JOBS_ROOT, common_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARTIFACTS_ROOT = "var/jobs"
+DEFAULT_ARTIFACTS_ROOT = DEFAULT_JOBS_ROOT
 
 
 def default_artifacts_root() -> str:
     """$IMGSIM_JOBS_ROOT, read when asked (not at import), else var/jobs."""
-    return os.environ.get("IMGSIM_JOBS_ROOT") or DEFAULT_ARTIFACTS_ROOT
+    return common_settings()[0].jobs_root or DEFAULT_ARTIFACTS_ROOT
 
 
 @dataclass(frozen=True)

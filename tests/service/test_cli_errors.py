@@ -129,7 +129,7 @@ def _imgsim(args: list[str], cwd: Path, timeout: float = 120):
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("IMGSIM_SERVE_") and k != "IMGSIM_CATALOG_URL"}
-    env.update(OMP_WAIT_POLICY="PASSIVE", IMGSIM_JOB_THREADS="0",
+    env.update(OMP_WAIT_POLICY="PASSIVE", IMGSIM_SERVE_JOB_THREADS="0",
                PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "imgsim.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -2,7 +2,6 @@
 client's (never INTERNAL, never a traceback), and the server stays up."""
 
 import logging
-import os
 import shutil
 import time
 
@@ -29,11 +28,10 @@ LIMIT = 1024 * 1024  # the server's message size limit in these tests
 def served(golden, tiny_checkpoint, tmp_path_factory):
     ws = tmp_path_factory.mktemp("hostile")
     shutil.copytree(golden, ws, dirs_exist_ok=True)
-    before = os.environ.get("IMGSIM_JOB_THREADS")
-    os.environ["IMGSIM_JOB_THREADS"] = "0"  # queue jobs, run none
     cfg = ServeConfig(checkpoint=str(tiny_checkpoint), index_root=str(ws / "idx"),
                       catalog_url=f"sqlite:///{ws / 'cat.db'}", host="127.0.0.1", port=0,
-                      max_message_bytes=LIMIT, watch_seconds=0)
+                      max_message_bytes=LIMIT, watch_seconds=0,
+                      job_threads=0)  # queue jobs, run none
     server = Server(cfg)
     assert server.ready.wait(60) and server.load_error is None
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
@@ -41,10 +39,6 @@ def served(golden, tiny_checkpoint, tmp_path_factory):
     yield server, pb_grpc.SimilarityServiceStub(channel), jpb_grpc.JobServiceStub(channel), channel
     channel.close()
     server.stop(0)
-    if before is None:
-        os.environ.pop("IMGSIM_JOB_THREADS", None)
-    else:
-        os.environ["IMGSIM_JOB_THREADS"] = before
 
 
 def counts(server) -> dict[tuple[str, str], float]:

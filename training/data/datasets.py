@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.folders import Sample, list_image_folder, split_by_class
+from training.settings import DEFAULT_DATA_ROOT, data_root  # noqa: F401  (the one data root)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_ROOT = "../shared/data"
-
-
-def data_root() -> Path:
-    """Where shared datasets live: $IMGSIM_DATA, else ../shared/data."""
-    return Path(os.environ.get("IMGSIM_DATA", DEFAULT_DATA_ROOT))
 
 
 @dataclass(frozen=True)

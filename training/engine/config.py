@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from training.engine.train import TrainConfig
+from training.settings import read_toml
 
 
 def read_toml_config(path: str | Path) -> dict[str, Any]:
     """TrainConfig fields from a TOML file: top-level keys, or a ``[train]`` table.
     Dashes in keys are accepted for underscores."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: invalid TOML: {e}") from None
-    if isinstance(data.get("train"), dict):
-        data = data["train"]
-    values = {k.replace("-", "_"): v for k, v in data.items()}
-    valid = TrainConfig.field_names()
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"{path}: unknown setting(s) {unknown}; valid: {', '.join(valid)}")
-    return values
+    return read_toml(path, table="train", valid=TrainConfig.field_names())
 
 
 def merge_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:

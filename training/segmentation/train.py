@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,10 +28,17 @@ from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import SegScores, mean_scores, score_membranes
 from training.segmentation.models import SegModelSpec, build_segmenter
 from training.segmentation.weights import border_weights
+from training.settings import data_root
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = os.path.join(os.environ.get("IMGSIM_DATA", "/work/shared/data"), "isbi2012")
+
+
+def default_isbi_dir() -> str:
+    """The ISBI 2012 folder under the shared data root (training.settings), read when asked."""
+    return str(data_root() / "isbi2012")
+
+
 Progress = Callable[[float, str], None]
 
 
@@ -43,7 +49,8 @@ def _option(default: Any = None, help: str = "") -> Any:
 
 @dataclass(frozen=True)
 class SegTrainConfig:
-    data: str = _option(DEFAULT_DATA, "ISBI 2012 folder (train-volume.tif, train-labels.tif)")
+    data: str = _option("", "ISBI 2012 folder (train-volume.tif, train-labels.tif; default "
+                            "<data root>/isbi2012)")
     out: str = _option("runs/seg", "folder of model.pt")
     arch: str = _option("unet", "unet | segnet")
     upsampling: str = _option(
@@ -106,8 +113,9 @@ def train_segmenter(cfg: SegTrainConfig, *, progress: Progress | None = None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if slices is None:
-        train_s = load_isbi(cfg.data, parse_slices(cfg.train_slices))
-        val_s = load_isbi(cfg.data, parse_slices(cfg.val_slices)) if cfg.val_slices else []
+        data = cfg.data or default_isbi_dir()
+        train_s = load_isbi(data, parse_slices(cfg.train_slices))
+        val_s = load_isbi(data, parse_slices(cfg.val_slices)) if cfg.val_slices else []
         overlap = {s.name for s in train_s} & {s.name for s in val_s}
         if overlap:
             raise ValueError(f"slices {sorted(overlap)} are both training and validation slices")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service.jobs.context import JobContext
 from service.jobs.params import JobKind, param
-from training.segmentation.train import DEFAULT_DATA, SegTrainConfig
+from training.segmentation.train import SegTrainConfig, default_isbi_dir
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _data(data: str, ctx: JobContext) -> str:
         return data
     if ctx.defaults.data_root:
         return os.path.join(ctx.defaults.data_root, "isbi2012")
-    return DEFAULT_DATA
+    return default_isbi_dir()
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
