@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import time
 from collections import defaultdict
@@ -28,6 +27,7 @@ from training.evaluation.lfw import (
 )
 from training.losses import get_loss
 from training.miners.in_batch import MINERS
+from training.settings import data_root
 
 TRUNK_BLOCKS = 10  # stem + 3x32 + 4x64 + 3x128 stay frozen; the 256-channel stages and fc train
 
@@ -54,7 +54,7 @@ def head(model, feats: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default="var/dlib.pt")
-    p.add_argument("--data", default=os.environ.get("IMGSIM_DATA", "/work/shared/data"))
+    p.add_argument("--data", default=str(data_root()))
     p.add_argument("--out", default="var/dlib_finetuned.pt")
     p.add_argument("--max-per-person", type=int, default=6)
     p.add_argument("--steps", type=int, default=300)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,13 +15,14 @@ import torch
 from training.checkpoint import file_sha256, load_checkpoint
 from training.evaluation.lfw import load_view2, pair_distances_by_path, view2_accuracy
 from training.models.embedder import Embedder
+from training.settings import data_root
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", action="append", required=True,
                    help="checkpoint(s) to evaluate (repeatable), e.g. from imgsim import-dlib")
-    p.add_argument("--data", default=os.environ.get("IMGSIM_DATA", "/work/shared/data"))
+    p.add_argument("--data", default=str(data_root()))
     p.add_argument("--align", default="dlib5,lfw-fixed",
                    help="comma-separated face aligners to compare (dlib5, lfw-fixed)")
     p.add_argument("--folds", default="1-10", help="View 2 folds, e.g. 1-10 or 6-10")

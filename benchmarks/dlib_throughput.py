@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -15,11 +14,12 @@ from training.dlib.importer import find_face_model
 from training.dlib.model import DlibFaceResNet, state_dict_from_dlib
 from training.dlib.network import read_network
 from training.face import FixedAligner
+from training.settings import data_root
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=os.environ.get("IMGSIM_DATA", "/work/shared/data"))
+    p.add_argument("--data", default=str(data_root()))
     p.add_argument("--dat", default=None, help="dlib .dat (default: face_recognition_models')")
     p.add_argument("--images", type=int, default=192, help="LFW images (every k-th of the set)")
     p.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")

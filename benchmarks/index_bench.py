@@ -48,6 +48,7 @@ from indexer.tune import (  # noqa: E402
     tune_search_params,
 )
 from indexer.versions import IndexVersion, Manifest, apply_search_params  # noqa: E402
+from training.settings import data_root  # noqa: E402
 
 log = logging.getLogger("index_bench")
 # head-to-head name of our index re-tuned to the recall autofaiss's own choice reaches
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--hnsw-n", type=int, default=0,
                    help="build the HNSW32 row on only this many vectors (0: all); said in the table")
     p.add_argument("--checkpoint", default=None, help="real data: the embedding model")
-    p.add_argument("--data-dir", default=os.environ.get("IMGSIM_DATA", "/work/shared/data"))
+    p.add_argument("--data-dir", default=str(data_root()))
     p.add_argument("--memory-budget-mb", type=float, default=1024)
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--oracle-extra", default="IVF1024,Flat;IVF8192_HNSW32,Flat",

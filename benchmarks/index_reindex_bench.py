@@ -36,6 +36,7 @@ from indexer import reindex as rx  # noqa: E402
 from indexer.catalog import open_catalog, sha256_file, upsert_images  # noqa: E402
 from training.data.folders import list_image_folder  # noqa: E402
 from training.models.embedder import Embedder  # noqa: E402
+from training.settings import data_root  # noqa: E402
 
 
 def forward_ips(emb: Embedder, paths: list[str], batch: int, seconds: float) -> float:
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True)
-    p.add_argument("--images", default=os.path.join(os.environ.get("IMGSIM_DATA", "/work/shared/data"),
+    p.add_argument("--images", default=os.path.join(str(data_root()),
                                                     "lfw", "lfw-deepfunneled"))
     p.add_argument("--limit", type=int, default=2000, help="LFW images reindexed per measurement")
     p.add_argument("--batch-size", type=int, default=64)

@@ -23,6 +23,7 @@ from training.checkpoint import load_seg_checkpoint
 from training.segmentation.data import load_isbi, parse_slices
 from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import mean_scores, score_membranes
+from training.settings import data_root
 
 THRESHOLDS = tuple(np.round(np.arange(0.3, 0.86, 0.05), 2))
 
@@ -30,8 +31,7 @@ THRESHOLDS = tuple(np.round(np.arange(0.3, 0.86, 0.05), 2))
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default=os.path.join(os.environ.get("IMGSIM_DATA",
-                                                                 "/work/shared/data"), "isbi2012"))
+    p.add_argument("--data", default=os.path.join(str(data_root()), "isbi2012"))
     p.add_argument("--calibrate-slices", default="0-19")
     p.add_argument("--val-slices", default="20-23")
     p.add_argument("--tta", action="store_true")

@@ -26,6 +26,7 @@ from training.segmentation.infer import predict_probs
 from training.segmentation.metrics import mean_scores, score_membranes
 from training.segmentation.outputs import save_overlay
 from training.segmentation.train import SegTrainConfig, train_segmenter
+from training.settings import data_root
 
 MODELS = ["unet:transposed", "unet:nearest", "unet:unpool",
           "segnet:unpool", "segnet:nearest", "segnet:transposed"]
@@ -34,8 +35,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=os.path.join(os.environ.get("IMGSIM_DATA",
-                                                                 "/work/shared/data"), "isbi2012"))
+    p.add_argument("--data", default=os.path.join(str(data_root()), "isbi2012"))
     p.add_argument("--out", default="runs/seg-bench")
     p.add_argument("--models", default=",".join(MODELS), help="arch:upsampling,...")
     p.add_argument("--steps", type=int, default=300)

@@ -41,6 +41,7 @@ from training.data.folders import Sample  # noqa: E402
 from training.data.transforms import decode_image  # noqa: E402
 from training.engine.train import TrainConfig, train  # noqa: E402
 from training.models.embedder import Embedder  # noqa: E402
+from training.settings import data_root  # noqa: E402
 
 log = logging.getLogger("service_load")
 
@@ -349,7 +350,7 @@ def table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("IMGSIM_DATA", str(REPO.parent / "shared/data")))
+    p.add_argument("--data", default=str(data_root()))
     p.add_argument("--out", default="runs/service_load")
     p.add_argument("--arch", default=LoadConfig.arch)
     p.add_argument("--input-size", type=int, default=LoadConfig.input_size)
