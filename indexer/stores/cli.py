@@ -38,6 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --repair: embed missing rows with this checkpoint")
     c.set_defaults(func=_check)
 
+    pub = ssub.add_parser("publish", help="publish a FAISS index version's vectors into a store",
+                          description="Copy the vectors of the current FAISS version under "
+                                      "--index-root (Flat, HNSW, IVF-Flat store them) with the "
+                                      "catalogue's labels and metadata into --vector-store as a "
+                                      "new version (Milvus: a new collection, recall@10 "
+                                      "measured, then the alias moved), recorded in the "
+                                      "catalogue. The way from the embedded index to Milvus "
+                                      "without re-embedding.")
+    add_store_argument(pub)
+    pub.add_argument("--catalog", default=DEFAULT_CATALOG)
+    pub.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
+    pub.add_argument("--keep-versions", type=int, default=2)
+    pub.set_defaults(func=_publish)
+
 
 def _check(args: argparse.Namespace) -> int:
     from indexer.catalog import collections, image_file, open_catalog
@@ -74,3 +88,43 @@ def _check(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 1 if drifted else 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from indexer.catalog import DEFAULT_COLLECTION, all_images, open_catalog
+    from indexer.factory import stored_ids
+    from indexer.publish import ModelIdentity
+    from indexer.search import reconstruct
+    from indexer.stores import Items, open_vector_store
+    from indexer.versions import load_index_version
+
+    if args.vector_store.partition(":")[0] == "faiss":
+        raise ValueError("store publish copies a FAISS version into another store: give "
+                         "--vector-store milvus:FILE_OR_URI")
+    version = load_index_version(args.index_root)
+    m = version.manifest
+    collection = m.collection or DEFAULT_COLLECTION
+    ids = np.sort(stored_ids(version.index))
+    vectors, present = reconstruct(version.index, ids)
+    if not present.all():
+        raise ValueError(f"{m.factory} does not store exact vectors ({int((~present).sum())} "
+                         f"of {len(ids)} missing): re-embed with imgsim reindex instead")
+    sessions = open_catalog(args.catalog)
+    store = open_vector_store(args.vector_store)
+    try:
+        with sessions.begin() as s:
+            rows = {r.id: r for r in all_images(s, collection=collection)}
+            keep = np.array([int(i) in rows for i in ids], bool)  # catalogue: the truth
+            ids, vectors = ids[keep], vectors[keep]
+            desc = store.publish(collection, Items(ids, vectors,
+                                                   [rows[int(i)].label for i in ids],
+                                                   [rows[int(i)].meta or {} for i in ids]),
+                                 model=ModelIdentity.of_manifest(m), session=s,
+                                 keep=args.keep_versions)
+    finally:
+        store.close()
+    print(f"published {desc.location}: {desc.index_type} {desc.search_params} "
+          f"count={desc.count} recall@10={desc.recall_at_10} (from FAISS {m.version})")
+    return 0

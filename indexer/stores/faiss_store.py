@@ -18,8 +18,15 @@ from indexer.construct import IndexingConfig, index_vectors
 from indexer.factory import stored_ids
 from indexer.incremental import change_vectors, publish_changes
 from indexer.publish import ModelIdentity, built_manifest, publish_version
-from indexer.search import SearchJob, search_batch
-from indexer.stores.base import Items, StoreDescription, StoreHits, StoreQuery, top_k_within
+from indexer.search import SearchJob, search_batch, search_index
+from indexer.stores.base import (
+    NO_FILTER,
+    Items,
+    StoreDescription,
+    StoreHits,
+    StoreQuery,
+    top_k_within,
+)
 from indexer.versions import IndexVersion, load_index_version
 
 
@@ -57,6 +64,7 @@ class FaissStore:
         self.keep_versions = keep_versions
         self._versions: dict[str, IndexVersion] = {}
         self._attributes: dict[str, dict[int, tuple[str, dict]]] = {}
+        self._by_label: dict[str, dict[str, np.ndarray]] = {}  # from _attributes, lazily
         self._dirty: set[str] = set()
         self._lock = threading.RLock()
 
@@ -88,6 +96,7 @@ class FaissStore:
         with self._lock:
             self._versions[collection] = version
             self._attributes[collection] = self._table(items)
+            self._by_label.pop(collection, None)
             self._dirty.discard(collection)
         return self.describe(collection)
 
@@ -103,6 +112,7 @@ class FaissStore:
                                            vectors=items.vectors)
             self._after_change(collection, v, tombstoned)
             self._attributes.setdefault(collection, {}).update(self._table(items))
+            self._by_label.pop(collection, None)
 
     def remove(self, collection: str, ids: Sequence[int]) -> int:
         ids = np.asarray(list(ids), np.int64)
@@ -114,6 +124,7 @@ class FaissStore:
             table = self._attributes.get(collection, {})
             for i in ids:
                 table.pop(int(i), None)
+            self._by_label.pop(collection, None)
         return len(before.intersection(ids.tolist()))
 
     def _after_change(self, collection: str, v: IndexVersion, tombstoned: int) -> None:
@@ -140,12 +151,32 @@ class FaissStore:
         if table is None:
             raise ValueError(f"collection {collection!r}: label/metadata filters need the "
                              f"catalogue (FaissStore(sessions=...))")
-        return np.array([i for i, (lab, m) in table.items()
-                         if (not labels or lab in labels)
-                         and all(str(m.get(k)) == v and k in m for k, v in metadata.items())],
-                        np.int64)
+        if labels:
+            by_label = self._by_label.get(collection)
+            if by_label is None:
+                groups: dict[str, list[int]] = {}
+                for i, (lab, _) in table.items():
+                    groups.setdefault(lab, []).append(i)
+                by_label = self._by_label[collection] = {
+                    lab: np.array(v, np.int64) for lab, v in groups.items()}
+            empty = np.zeros(0, np.int64)
+            ids = np.concatenate([by_label.get(lab, empty) for lab in labels])
+        else:
+            ids = np.fromiter(table, np.int64, len(table))
+        if metadata:
+            ids = np.array([i for i in ids.tolist() if all(
+                k in table[i][1] and str(table[i][1][k]) == v for k, v in metadata.items())],
+                np.int64)
+        return ids
 
     def search(self, collection: str, queries: Sequence[StoreQuery]) -> list[StoreHits]:
+        if len(queries) == 1 and queries[0].where is NO_FILTER:  # the hot path: one call
+            q = queries[0]
+            with self._lock:
+                v = self.version(collection)
+                d, ids = search_index(v, q.vector.reshape(1, -1), q.k)
+            keep = ids[0] >= 0
+            return [StoreHits(d[0][keep], ids[0][keep], v.manifest.version)]
         jobs = []
         for q in queries:
             w = q.where
