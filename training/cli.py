@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from training import checkpoint_cli
 from training.evaluation import cli as evaluation_cli
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "for cosine models).",
                    arguments=_embed_arguments)
     evaluation_cli.register(sub)
+    checkpoint_cli.register(sub)
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Face alignment: similarity fit, dlib-compatible chips (parity with get_face_chip), aligners, transforms."""
+"""Face preprocessing: similarity fit, dlib-compatible chips (parity with get_face_chip), aligners,
+the Haar crop, the spec's face step in the transforms and `imgsim checkpoint set-face`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
+import training.face.haar
 from tests.conftest import shared_data
 from training.data.transforms import eval_transform
 from training.dlib.serialize import DlibWriter
 from training.face import (
+    FaceNotFoundError,
     FixedAligner,
+    HaarCrop,
     LandmarkAligner,
     chip_to_image_affine,
+    crop_largest_face,
+    detect_faces,
     extract_chip,
     face_chip,
     get_face_aligner,
@@ -99,7 +105,7 @@ def test_fixed_aligner_scales_its_landmarks_with_the_image():
 
 
 def test_unknown_aligner_lists_the_valid_names():
-    with pytest.raises(ValueError, match="dlib5, haar5, lfw-fixed"):
+    with pytest.raises(ValueError, match="dlib5, haar-crop, haar5, lfw-fixed"):
         get_face_aligner("mtcnn")
 
 
@@ -205,3 +211,82 @@ def test_landmark_aligner_without_a_face_raises_or_falls_back():
     with pytest.raises(FaceNotFoundError):
         LandmarkAligner(fallback=False)(blank)
     assert LandmarkAligner(fallback=True)(blank).size == (150, 150)
+
+
+def test_haar_crop_is_the_largest_detection_with_a_margin(monkeypatch):
+    img = Image.new("RGB", (200, 100))
+    monkeypatch.setattr(training.face.haar, "detect_faces",
+                        lambda im: [(50, 20, 40, 40), (0, 0, 10, 10)])
+    assert crop_largest_face(img, margin=0.25).size == (60, 60)  # 40 + 2 * 10 margin
+    assert HaarCrop()(img).size == (60, 60)
+    monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [(180, 80, 40, 40)])
+    assert crop_largest_face(img, margin=0.25).size == (30, 30)  # clipped at the border
+    monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [])
+    assert HaarCrop()(img) is img  # fallback: the whole image
+    with pytest.raises(FaceNotFoundError, match="no face found"):
+        HaarCrop(fallback=False)(img)
+
+
+def test_the_specs_face_step_and_on_miss_are_in_the_eval_transform(monkeypatch):
+    spec = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=32, face_align="haar-crop")
+    img = Image.fromarray(_photo(100, 200))
+    monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [(120, 30, 40, 40)])
+    cropped = eval_transform(spec)(img)
+    expected = eval_transform(replace(spec, face_align=None))(img.crop((110, 20, 170, 80)))
+    torch.testing.assert_close(cropped, expected)
+    monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [])
+    whole = eval_transform(replace(spec, face_align=None))(img)
+    torch.testing.assert_close(eval_transform(spec)(img), whole)  # fallback (the default)
+    required = replace(spec, face_on_miss="require")
+    assert required.requires_face and not spec.requires_face
+    with pytest.raises(FaceNotFoundError):
+        eval_transform(required)(img)
+    from training.data.transforms import face_transform
+
+    assert face_transform(required)(img).shape == (3, 32, 32)  # training: always the fallback
+    with pytest.raises(ValueError, match="face_on_miss must be one of"):
+        replace(spec, face_on_miss="sometimes")
+
+
+def test_a_spec_without_face_on_miss_loads_as_fallback():
+    old = ModelSpec(arch="smallcnn", embedding_dim=8, input_size=32, face_align="dlib5").to_dict()
+    del old["face_on_miss"]  # a checkpoint written before the field existed
+    spec = ModelSpec.from_dict(old)
+    assert spec.face_on_miss == "fallback" and spec.face_step() == "dlib5 (no face: fallback)"
+    assert replace(spec, face_align=None).face_step() == "off"
+
+
+def test_checkpoint_set_face_attaches_the_haar_crop(tmp_path, tiny_checkpoint, capsys):
+    from imgsim.cli import main as imgsim_main
+    from training.checkpoint import load_checkpoint
+
+    out = tmp_path / "face.pt"
+    assert imgsim_main(["checkpoint", "set-face", str(tiny_checkpoint), "--face", "haar-crop",
+                        "--on-miss", "require", "--output", str(out)]) == 0
+    assert "face step haar-crop (no face: require) (was off)" in capsys.readouterr().out
+    before, after = load_checkpoint(tiny_checkpoint), load_checkpoint(out)
+    assert (after.spec.face_align, after.spec.face_on_miss) == ("haar-crop", "require")
+    assert replace(after.spec, face_align=None, face_on_miss="fallback") == before.spec
+    assert all(torch.equal(after.state_dict[k], v) for k, v in before.state_dict.items())
+    assert imgsim_main(["checkpoint", "set-face", str(out), "--face", "none"]) == 0  # in place
+    assert load_checkpoint(out).spec.face_align is None
+    assert imgsim_main(["checkpoint", "set-face", str(out)]) == 2
+    assert "give --face, --on-miss or both" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_haar_finds_the_faces_of_lfw_photos():
+    root = shared_data("lfw") / "lfw-deepfunneled"
+    people = sorted(p for p in root.iterdir() if p.is_dir())[:5]
+    found = 0
+    for person in people:
+        img = Image.open(sorted(person.iterdir())[0])
+        boxes = detect_faces(img)
+        if boxes:
+            found += 1
+            x, y, w, h = boxes[0]  # deep-funneled LFW centres the face
+            assert abs(x + w / 2 - img.width / 2) < 0.2 * img.width
+            assert abs(y + h / 2 - img.height / 2) < 0.2 * img.height
+            face = crop_largest_face(img)
+            assert face.width < img.width and face.height < img.height
+    assert found >= 4

@@ -71,13 +71,17 @@ class ReducedDecode:
         return img
 
 
-def _face_ops(spec: ModelSpec) -> list:
-    """The spec's face-preprocessing step (detection + alignment into a chip), if it names one."""
+def _face_ops(spec: ModelSpec, *, training: bool = False) -> list:
+    """The spec's face-preprocessing step (detection + alignment into a chip, or the Haar
+    crop), if it names one. It raises FaceNotFoundError on a miss when the spec says
+    ``face_on_miss = "require"``, except in training (an epoch cannot skip an image: the
+    fallback is used there)."""
     if not spec.face_align:
         return []
     from training.face import get_face_aligner
 
-    return [get_face_aligner(spec.face_align, size=spec.input_size)]
+    return [get_face_aligner(spec.face_align, size=spec.input_size,
+                             on_miss="fallback" if training else spec.face_on_miss)]
 
 
 def _eval_image_ops(spec: ModelSpec) -> list:
@@ -136,7 +140,7 @@ class NormalizePixels:
 def train_transform(spec: ModelSpec, *, flip: bool = True, color_jitter: float = 0.2,
                     scale: tuple[float, float] = (0.6, 1.0)) -> T.Compose:
     """Augmentation for metric learning: random resized crop, flip, colour jitter."""
-    ops: list = [ToMode(_mode(spec)), *_face_ops(spec),
+    ops: list = [ToMode(_mode(spec)), *_face_ops(spec, training=True),
                  T.RandomResizedCrop(spec.input_size, scale=scale, antialias=True)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
@@ -157,7 +161,7 @@ def face_transform(spec: ModelSpec, *, color_jitter: float = 0.2) -> T.Compose:
     Big random crops would train on background the eval crop never shows."""
     resize = spec.resize_size or spec.input_size
     context = min(resize, int(round(spec.input_size * 1.15)))
-    face = _face_ops(spec)
+    face = _face_ops(spec, training=True)
     ops: list = [*([] if face else [ReducedDecode(resize)]), ToMode(_mode(spec)), *face,
                  T.Resize(resize, antialias=True),
                  T.CenterCrop(context),

@@ -25,6 +25,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="face preprocessing stored in the checkpoint: dlib5 = detect + 5 "
                         "landmarks (needs dlib-bin), lfw-fixed = fixed crop for LFW "
                         "deep-funneled images, none = inputs are already 150x150 chips")
+    p.add_argument("--on-miss", choices=("fallback", "require"), default="fallback",
+                   help="an image without a detected face: fallback = the fixed crop, require "
+                        "= refused by the service (INVALID_ARGUMENT) and left out of indexes")
     p.add_argument("--threshold", type=float, default=0.6,
                    help="Euclidean distance threshold for 'same person' (dlib's is 0.6)")
     p.add_argument("--name", default="dlib_face_resnet_v1", help="model name reported by the service")
@@ -32,6 +35,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from training.checkpoint import save_checkpoint
     from training.dlib.importer import import_face_resnet
 
@@ -39,7 +44,8 @@ def _import(args: argparse.Namespace) -> int:
         raise ValueError("--threshold must be positive")
     ckpt = import_face_resnet(args.dat, name=args.name, threshold=args.threshold,
                               face_align=None if args.face_align == "none" else args.face_align)
+    ckpt = replace(ckpt, spec=replace(ckpt.spec, face_on_miss=args.on_miss))
     path = save_checkpoint(args.output, ckpt)
     print(f"wrote {path}: {ckpt.spec.arch}, {ckpt.spec.embedding_dim}-d, "
-          f"threshold {ckpt.spec.threshold}, face_align {ckpt.spec.face_align}")
+          f"threshold {ckpt.spec.threshold}, face step {ckpt.spec.face_step()}")
     return 0

@@ -1,4 +1,5 @@
-"""Face preprocessing: detection, 5-landmark alignment into dlib-compatible chips, fixed crops."""
+"""Face preprocessing: detection, 5-landmark alignment into dlib-compatible chips, fixed crops,
+the Haar face crop."""
 
 from training.face.aligners import (
     FACE_ALIGNERS,
@@ -8,7 +9,8 @@ from training.face.aligners import (
     get_face_aligner,
 )
 from training.face.chips import chip_to_image_affine, extract_chip, face_chip, similarity_transform
+from training.face.haar import ON_MISS, HaarCrop, crop_largest_face, detect_faces
 
-__all__ = ["FACE_ALIGNERS", "FaceNotFoundError", "FixedAligner", "LandmarkAligner",
-           "chip_to_image_affine", "extract_chip", "face_chip", "get_face_aligner",
-           "similarity_transform"]
+__all__ = ["FACE_ALIGNERS", "ON_MISS", "FaceNotFoundError", "FixedAligner", "HaarCrop",
+           "LandmarkAligner", "chip_to_image_affine", "crop_largest_face", "detect_faces",
+           "extract_chip", "face_chip", "get_face_aligner", "similarity_transform"]

@@ -11,7 +11,9 @@ from PIL import Image
 
 from training.dlib.paths import models_dir
 from training.face.chips import face_chip
+from training.face.haar import FaceNotFoundError, HaarCrop, check_on_miss
 from training.face.landmarks import ShapePredictor
+from training.models.spec import DETECTING_FACE_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,6 @@ LFW_DEEPFUNNELED_LANDMARKS = np.array([
     [125.99, 144.65],
 ])
 LFW_FRAME = 250
-
-
-class FaceNotFoundError(ValueError):
-    """No face was detected in the image."""
 
 
 def find_landmarks_file(path: str | Path | None = None) -> Path:
@@ -175,11 +173,19 @@ def _haar_aligner(**kwargs) -> LandmarkAligner:
     return LandmarkAligner(detector="haar", **kwargs)
 
 
-FACE_ALIGNERS = {"dlib5": LandmarkAligner, "haar5": _haar_aligner, "lfw-fixed": FixedAligner}
+# Face steps by ``spec.face_align``: the aligners cut a size x size chip; haar-crop cuts the
+# largest face out of the image (the spec's resize and centre crop follow).
+FACE_ALIGNERS = {"dlib5": LandmarkAligner, "haar5": _haar_aligner, "lfw-fixed": FixedAligner,
+                 "haar-crop": HaarCrop}
+DETECTING = DETECTING_FACE_STEPS  # ``on_miss`` applies to these
 
 
-def get_face_aligner(name: str, *, size: int = 150, **kwargs):
-    """The aligner registered under ``name`` (a callable PIL image -> size x size PIL chip)."""
+def get_face_aligner(name: str, *, size: int = 150, on_miss: str = "fallback", **kwargs):
+    """The face step registered under ``name`` (a callable PIL image -> PIL image). ``on_miss``
+    (``spec.face_on_miss``): "fallback" or "require" (raise FaceNotFoundError without a face);
+    the fixed crop detects nothing and ignores it."""
     if name not in FACE_ALIGNERS:
         raise ValueError(f"unknown face aligner {name!r}; valid: {', '.join(sorted(FACE_ALIGNERS))}")
+    if name in DETECTING:
+        kwargs.setdefault("fallback", check_on_miss(on_miss) == "fallback")
     return FACE_ALIGNERS[name](size=size, **kwargs)

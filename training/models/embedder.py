@@ -16,6 +16,7 @@ from torchvision import transforms as T
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from training.data.folders import ImagePaths
 from training.data.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
+from training.face.haar import FaceNotFoundError
 from training.models.spec import ModelSpec
 from training.progress import ProgressBar
 from training.progress import progress as progress_bar
@@ -23,10 +24,32 @@ from training.progress import progress as progress_bar
 log = logging.getLogger(__name__)
 
 
-class Embedder:
-    """Images -> embeddings with the preprocessing the checkpoint prescribes.
+class FaceMisses(Dataset):
+    """A dataset of (pixels, i) items through a transform that may raise FaceNotFoundError
+    (a spec with ``face_on_miss = "require"``): a miss becomes (zero pixels, -1 - i), which
+    :meth:`Embedder.stream_dataset` turns back into row i and reports, instead of an
+    exception that would stop the DataLoader and its workers."""
 
-    Outputs are (n, d) float32; L2-normalised rows when ``spec.metric == "cosine"``.
+    def __init__(self, dataset: Dataset, shape: tuple[int, ...]) -> None:
+        self.dataset, self.shape = dataset, shape
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.dataset[i]
+        except FaceNotFoundError:
+            return torch.zeros(self.shape, dtype=torch.uint8), -1 - i
+
+
+class Embedder:
+    """Images -> embeddings with the preprocessing the checkpoint prescribes (including its
+    face step, ``spec.face_align``, so that indexing and queries see the same pixels).
+
+    Outputs are (n, d) float32; L2-normalised rows when ``spec.metric == "cosine"``. With a
+    spec that requires a face, an image without one raises FaceNotFoundError, or, in bulk
+    embedding given a ``missing`` list, is reported there and gets a NaN row.
     """
 
     def __init__(self, model: nn.Module, spec: ModelSpec, *, checkpoint_sha256: str = "",
@@ -80,7 +103,8 @@ class Embedder:
 
     def embed_paths(self, paths: Sequence[str | Path], *, batch_size: int = 64,
                     num_workers: int = 0, progress: bool = False,
-                    flip_tta: bool = False, bar: ProgressBar | None = None) -> np.ndarray:
+                    flip_tta: bool = False, bar: ProgressBar | None = None,
+                    missing: list[int] | None = None) -> np.ndarray:
         """Image files -> (n, d) float32 in the order given. Decoding runs in DataLoader
         workers (when ``num_workers`` > 0) so that it overlaps the forward pass; they send
         uint8 pixels, normalised here a batch at a time. ``bar``: a progress bar of the
@@ -88,12 +112,16 @@ class Embedder:
 
         ``flip_tta``: horizontal-flip test-time augmentation, the mean of the embeddings of
         each image and its mirror image (re-normalised for cosine models).
+
+        ``missing``: images without a face (a spec that requires one) are appended to it by
+        position and get NaN rows; without it such an image raises FaceNotFoundError.
         """
         if not flip_tta:
             return self._embed_paths(paths, batch_size=batch_size, num_workers=num_workers,
-                                     progress=progress, flips=False, bar=bar)[0]
+                                     progress=progress, flips=False, bar=bar, missing=missing)[0]
         plain, flipped = self._embed_paths(paths, batch_size=batch_size, num_workers=num_workers,
-                                           progress=progress, flips=True, bar=bar)
+                                           progress=progress, flips=True, bar=bar,
+                                           missing=missing)
         return self.combine_flips(plain, flipped)
 
     def embed_paths_and_flips(self, paths: Sequence[str | Path], *, batch_size: int = 64,
@@ -112,39 +140,69 @@ class Embedder:
         return out.astype(np.float32, copy=False)
 
     def stream_paths(self, paths: Sequence[str | Path], *, batch_size: int = 64,
-                     num_workers: int = 0) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+                     num_workers: int = 0, missing: list[int] | None = None
+                     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Image files -> (row numbers, (b, C, H, W) model input) batches, in the order given.
         ``num_workers`` DataLoader processes decode ahead of the model (a few batches each)
-        and send uint8 pixels, normalised here a whole batch at a time."""
+        and send uint8 pixels, normalised here a whole batch at a time. ``missing``: see
+        :meth:`stream_dataset`."""
         return self.stream_dataset(ImagePaths([str(p) for p in paths], self.pixels),
-                                   batch_size=batch_size, num_workers=num_workers)
+                                   batch_size=batch_size, num_workers=num_workers,
+                                   missing=missing)
 
-    def stream_dataset(self, dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0
+    def stream_dataset(self, dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0,
+                       missing: list[int] | None = None
                        ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Like :meth:`stream_paths` over any dataset of (uint8 pixels of ``self.pixels``'s
-        shape, row number) items, e.g. a cache of preprocessed pixels."""
+        shape, row number) items, e.g. a cache of preprocessed pixels.
+
+        With a spec that requires a face, an image without one is logged and its row
+        appended to ``missing`` (its input in the batch is zeros, for the caller to drop);
+        without ``missing`` it raises FaceNotFoundError."""
         if not len(dataset):
             return
+        if self.spec.requires_face:
+            shape = (self.spec.in_channels, self.spec.input_size, self.spec.input_size)
+            dataset = FaceMisses(dataset, shape)
+        names = getattr(getattr(dataset, "dataset", dataset), "paths", None)
         extra = {"prefetch_factor": 4} if num_workers > 0 else {}
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             shuffle=False, persistent_workers=False, **extra)
         for pixels, idx in loader:
-            yield idx.numpy(), normalize_pixels(pixels, self.spec)
+            rows = idx.numpy()
+            miss = rows < 0
+            if miss.any():
+                rows = np.where(miss, -1 - rows, rows)
+                for r in rows[miss].tolist():
+                    name = names[r] if names is not None else f"image {r}"
+                    if missing is None:
+                        raise FaceNotFoundError(f"no face found in {name} (the model's spec "
+                                                "requires a face)")
+                    log.warning("no face found in %s: not embedded (the model's spec requires "
+                                "a face)", name)
+                    missing.append(r)
+            yield rows, normalize_pixels(pixels, self.spec)
 
     def _embed_paths(self, paths: Sequence[str | Path], *, batch_size: int, num_workers: int,
-                     progress: bool, flips: bool, bar: ProgressBar | None = None
+                     progress: bool, flips: bool, bar: ProgressBar | None = None,
+                     missing: list[int] | None = None
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         out = np.zeros((len(paths), self.dim), np.float32)
         out_flip = np.zeros_like(out) if flips else None
         own = bar is None
         if own:
             bar = progress_bar(total=len(paths), unit="img", desc="embed", enabled=progress)
+        before = len(missing) if missing is not None else 0
         for rows, batch in self.stream_paths(paths, batch_size=batch_size,
-                                             num_workers=num_workers):
+                                             num_workers=num_workers, missing=missing):
             out[rows] = self.embed_tensors(batch)
             if out_flip is not None:
                 out_flip[rows] = self.embed_tensors(batch.flip(-1))
             bar.update(len(rows))
         if own:
             bar.close()
+        if missing is not None and len(missing) > before:
+            for o in (out, out_flip):
+                if o is not None:
+                    o[missing[before:]] = np.nan
         return out, out_flip

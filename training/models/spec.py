@@ -8,6 +8,11 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 METRICS = ("cosine", "euclidean")
+# What the face step does without a face: "fallback" embeds the image anyway (whole, or the
+# fixed chip for the aligners), "require" refuses it (training.face.FaceNotFoundError).
+FACE_ON_MISS = ("fallback", "require")
+# The face steps (training.face.FACE_ALIGNERS) that detect a face, and so can miss one.
+DETECTING_FACE_STEPS = frozenset({"dlib5", "haar5", "haar-crop"})
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,18 @@ class ModelSpec:
     threshold: float | None = None  # calibrated distance threshold for "same"
     name: str = "model"
     # Face preprocessing applied to the decoded image before resizing (a name in
-    # training.face.FACE_ALIGNERS, e.g. "dlib5" or "lfw-fixed"); None: none.
+    # training.face.FACE_ALIGNERS, e.g. "dlib5", "lfw-fixed" or "haar-crop"); None: none.
+    # Indexing and every query get it alike, since it is part of the one eval transform.
     face_align: str | None = None
+    face_on_miss: str = "fallback"  # one of FACE_ON_MISS; checkpoints before it: fallback
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.face_on_miss not in FACE_ON_MISS:
+            raise ValueError(f"face_on_miss must be one of {FACE_ON_MISS}, got "
+                             f"{self.face_on_miss!r}")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ValueError("mean and std need one value per input channel")
         if self.embedding_dim <= 0 or self.input_size <= 0:
@@ -66,3 +76,12 @@ class ModelSpec:
 
     def with_threshold(self, threshold: float) -> ModelSpec:
         return replace(self, threshold=float(threshold))
+
+    @property
+    def requires_face(self) -> bool:
+        """Images without a detected face are refused (a detecting face step with "require")."""
+        return self.face_align in DETECTING_FACE_STEPS and self.face_on_miss == "require"
+
+    def face_step(self) -> str:
+        """The face step in words: "off", or e.g. "haar-crop (no face: require)"."""
+        return f"{self.face_align} (no face: {self.face_on_miss})" if self.face_align else "off"

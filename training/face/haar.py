@@ -1,0 +1,87 @@
+"""The Haar face crop: OpenCV's frontal-face cascade finds the largest face, cut with a margin."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+from PIL import Image
+
+from training.models.spec import FACE_ON_MISS
+
+log = logging.getLogger(__name__)
+
+# What a face step does with an image in which it finds no face (``ModelSpec.face_on_miss``):
+# "fallback" embeds something anyway (the whole image for haar-crop, the fixed LFW chip for the
+# landmark aligners), "require" raises FaceNotFoundError (the service answers INVALID_ARGUMENT,
+# indexing skips the image).
+ON_MISS = FACE_ON_MISS
+_local = threading.local()  # CascadeClassifier instances are not safe to share across threads
+
+
+class FaceNotFoundError(ValueError):
+    """No face was detected in the image."""
+
+
+def check_on_miss(on_miss: str) -> str:
+    if on_miss not in ON_MISS:
+        raise ValueError(f"unknown face_on_miss {on_miss!r}; valid: {', '.join(ON_MISS)}")
+    return on_miss
+
+
+def _cascade():
+    c = getattr(_local, "cascade", None)
+    if c is None:
+        import cv2
+
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        c = cv2.CascadeClassifier(path)
+        if c.empty():
+            raise RuntimeError(f"cannot load the OpenCV face cascade {path}")
+        _local.cascade = c
+    return c
+
+
+def detect_faces(img: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h) in pixels, largest first."""
+    import cv2
+
+    gray = np.asarray(img.convert("L"))
+    side = min(gray.shape)
+    boxes = _cascade().detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
+                                        minSize=(max(20, side // 10),) * 2)
+    return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
+
+
+def crop_largest_face(img: Image.Image, *, margin: float = 0.25) -> Image.Image | None:
+    """The largest face with ``margin`` (fraction of its size) around it, or None."""
+    boxes = detect_faces(img)
+    if not boxes:
+        return None
+    x, y, w, h = boxes[0]
+    mx, my = int(w * margin), int(h * margin)
+    box = (max(x - mx, 0), max(y - my, 0), min(x + w + mx, img.width), min(y + h + my, img.height))
+    return img.crop(box)
+
+
+class HaarCrop:
+    """A face step (``spec.face_align = "haar-crop"``): the largest face and a margin of a
+    quarter of its size, no alignment; the model's resize and centre crop follow. For models
+    of ordinary photos whose subject is a face. No face: the whole image (``fallback``) or
+    FaceNotFoundError (``fallback=False``, ``face_on_miss = "require"``).
+
+    __call__: PIL image -> PIL image (a crop of it)."""
+
+    def __init__(self, *, size: int = 0, margin: float = 0.25, fallback: bool = True) -> None:
+        del size  # the crop keeps its pixels: the spec's resize scales it like any image
+        self.margin, self.fallback = margin, fallback
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        face = crop_largest_face(image, margin=self.margin)
+        if face is not None:
+            return face
+        if not self.fallback:
+            raise FaceNotFoundError("no face found in the image")
+        log.debug("no face found: using the whole image")
+        return image
