@@ -1,6 +1,6 @@
 """The catalogue: collections, images, models and index versions (SQLAlchemy 2.0; SQLite or PostgreSQL).
 
-The schema is owned by Alembic migrations (``indexer/migrations``); :func:`open_catalog` brings a
+The schema is owned by the system database's migrations (``imgsim/db``); :func:`open_catalog` brings a
 database to the latest revision. Repository functions take a ``Session``; the caller owns the
 transaction (``with Session.begin() as s:``).
 """
@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     DateTime,
     Float,
     ForeignKey,
@@ -29,18 +28,13 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from imgsim.db.schema import CATALOG_TABLES, Base  # noqa: F401  (the tables below are declared on it)
 
 DEFAULT_COLLECTION = "default"
 STORAGES = ("file", "blob")  # image bytes: a file the catalogue points at, or bytes it stores
 INDEX_STATES = ("building", "published", "retired", "failed")
-# The tables the migrations own. Other packages may declare tables on ``Base`` (so that they can
-# reference images); those they create and migrate themselves.
-CATALOG_TABLES = frozenset({"collections", "images", "models", "index_versions"})
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON}
 
 
 def _now() -> datetime:
@@ -135,7 +129,7 @@ def make_engine(url: str) -> Engine:
 
 def open_catalog(url: str) -> sessionmaker[Session]:
     """Connect and migrate the schema to the latest revision (a no-op when it is current)."""
-    from indexer.migrate import upgrade_catalog
+    from imgsim.db.migrate import upgrade_catalog
 
     engine = make_engine(url)
     upgrade_catalog(engine)

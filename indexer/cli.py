@@ -184,8 +184,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from imgsim.db.migrate import upgrade_catalog
     from indexer.catalog import make_engine
-    from indexer.migrate import upgrade_catalog
 
     _ensure_sqlite_dir(args.catalog)
     print(f"catalogue at revision {upgrade_catalog(make_engine(args.catalog), args.revision)}")

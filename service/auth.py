@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from indexer.catalog import Base
+from imgsim.db.schema import Base
 from service.errors import PermissionDenied, Unauthenticated
 
 ACCESS = ("read", "write")  # write includes read

@@ -14,7 +14,7 @@ from service.core import SimilarityCore
 from service.servicer import Caller, SimilarityServicer
 
 if TYPE_CHECKING:
-    from service.server import Server
+    from service.hosting import HostServer
 
 CATALOG_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogService"].full_name
 
@@ -88,7 +88,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         return self._read("GetImageBytes", context, request.collection, run)
 
 
-def register_catalog_service(grpc_server: grpc.Server, server: Server) -> str:
+def register_catalog_service(grpc_server: grpc.Server, server: HostServer) -> str:
     """The imgsim server's registrar for CatalogService (service.server.SERVICER_REGISTRARS)."""
     sim = SimilarityServicer(lambda: server.core, authenticator=server.authenticator,
                              metrics=server.metrics)

@@ -25,6 +25,7 @@ from service.config import (  # noqa: F401  (ServeConfig, load_serve_config: pub
     require_catalog,
 )
 from service.core import CoreObserver, SimilarityCore
+from service.hosting import ServicerRegistrar
 from service.interceptors import MalformedRequests
 from service.jobs.server import register_job_service
 from service.metrics import Metrics
@@ -37,12 +38,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SimilarityService"].full_name
 
-# A registrar adds one gRPC service to the server and returns its full name (for reflection
-# and health). Packages add theirs here, e.g. the offline jobs' JobService; cleanup to run when
-# the server stops goes into ``server.stop_hooks``.
-ServicerRegistrar = Callable[[grpc.Server, "Server"], str]
-
-
 def _similarity(grpc_server: grpc.Server, server: Server) -> str:
     pb_grpc.add_SimilarityServiceServicer_to_server(
         SimilarityServicer(lambda: server.core, authenticator=server.authenticator,
@@ -50,6 +45,9 @@ def _similarity(grpc_server: grpc.Server, server: Server) -> str:
     return SERVICE_NAME
 
 
+# A registrar (service.hosting.ServicerRegistrar) adds one gRPC service to the server and
+# returns its full name (for reflection and health). Packages add theirs here, e.g. the offline
+# jobs' JobService; cleanup to run when the server stops goes into ``server.stop_hooks``.
 SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_service,
                                                  register_catalog_service]
 

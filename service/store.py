@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import and_, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from imgsim.db.schema import SERVICE_TABLES
 from indexer.catalog import ImageRow, image_file
 from indexer.incremental import lock_collection
-from indexer.migrate import SERVICE_TABLES
 from indexer.versions import publish_lock
 
 

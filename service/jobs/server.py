@@ -19,8 +19,8 @@ from training.settings import data_root
 
 if TYPE_CHECKING:
     from service.auth import Authenticator
+    from service.hosting import HostServer
     from service.metrics import Metrics
-    from service.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def add_job_service(server: grpc.Server, catalog_url: str, *,
     return JobsRuntime(core, worker)
 
 
-def register_job_service(grpc_server: grpc.Server, server: Server) -> str:
+def register_job_service(grpc_server: grpc.Server, server: HostServer) -> str:
     """The imgsim server's registrar for JobService (see service.server.SERVICER_REGISTRARS).
 
     Jobs default to the server's model, index and catalogue; ``cfg.job_threads`` worker

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from indexer.catalog import Base, open_catalog
+from imgsim.db.schema import Base
+from indexer.catalog import open_catalog
 
 
 class JobState(StrEnum):
@@ -64,7 +65,7 @@ class JobRow(Base):
 
 def open_job_store(url: str) -> sessionmaker[Session]:
     """Connect to the catalogue, migrated to the latest revision: its Alembic migrations own the
-    ``jobs`` table too (indexer/migrations/versions/0003_jobs.py)."""
+    ``jobs`` table too (imgsim/db/migrations/versions/0003_jobs.py)."""
     return open_catalog(url)
 
 

@@ -14,7 +14,7 @@ from service.web.app import create_app
 from service.web.context import WebContext
 
 if TYPE_CHECKING:
-    from service.server import Server
+    from service.hosting import HostServer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class HttpServer:
         self.sock.close()
 
 
-def web_context(server: Server) -> WebContext:
+def web_context(server: HostServer) -> WebContext:
     """The HTTP side of a :class:`service.server.Server`: its core, keys, jobs and limits."""
     from service.jobs.worker import default_artifacts_root
 
@@ -83,7 +83,7 @@ def web_context(server: Server) -> WebContext:
                       metrics=server.metrics, max_threads=cfg.max_workers)
 
 
-def start_http(server: Server, port: int | None = None) -> HttpServer | None:
+def start_http(server: HostServer, port: int | None = None) -> HttpServer | None:
     """Start the HTTP API and console of ``server`` on ``port`` (default ``cfg.http_port``;
     0: none, -1: any free port)."""
     cfg = server.cfg

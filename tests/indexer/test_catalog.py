@@ -25,6 +25,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from imgsim.db.migrate import (
+    current_revision,
+    downgrade_catalog,
+    head_revision,
+    include_object,
+    upgrade_catalog,
+)
 from indexer.catalog import (
     Base,
     CollectionRow,
@@ -43,13 +50,6 @@ from indexer.catalog import (
     register_model,
     set_index_version_state,
     upsert_images,
-)
-from indexer.migrate import (
-    current_revision,
-    downgrade_catalog,
-    head_revision,
-    include_object,
-    upgrade_catalog,
 )
 from service.auth import ApiKeyRow, create_api_key, list_api_keys  # migrated here too (0004)
 from service.jobs.store import JobRow, open_job_store  # its table is migrated here too (0003)

@@ -1,4 +1,5 @@
-"""Catalogue schema migrations: bring any catalogue (new, foundation-era or older) to the head revision."""
+"""Schema migrations of the system's database: bring any catalogue (new, foundation-era or older)
+to the head revision."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from indexer.catalog import CATALOG_TABLES, Base
+from imgsim.db.schema import CATALOG_TABLES, MIGRATED_TABLES, SERVICE_TABLES, Base
+
+__all__ = ["CATALOG_TABLES", "MIGRATED_TABLES", "SERVICE_TABLES", "alembic_config",
+           "current_revision", "downgrade_catalog", "head_revision", "include_object",
+           "upgrade_catalog"]
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +25,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # A catalogue created before migrations existed (the foundation's create_all) is revision 0001.
 BASELINE = "0001"
 _PG_LOCK = 5_170_412  # advisory lock id: concurrent processes migrate one at a time
-# Tables these migrations also own whose models live above the indexer (``jobs``:
-# service.jobs.store.JobRow; ``api_keys``: service.auth.ApiKeyRow), so that one `imgsim index migrate` brings the whole database up.
-SERVICE_TABLES = frozenset({"jobs", "api_keys"})
-MIGRATED_TABLES = CATALOG_TABLES | SERVICE_TABLES
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
     """Autogenerate looks only at the migrated tables (``MIGRATED_TABLES``); a service table only
-    when its model is loaded on ``Base`` (the indexer cannot import service to load it)."""
+    when its model is loaded on ``Base`` (this package imports no model to load it)."""
     table = obj if type_ == "table" else getattr(obj, "table", None)
     table_name = name if type_ == "table" else getattr(table, "name", None)
     if table_name is None or table_name in CATALOG_TABLES:

@@ -1,10 +1,10 @@
-"""Alembic environment: migrates the connection indexer.migrate hands over (or the URL in alembic.ini)."""
+"""Alembic environment: migrates the connection imgsim.db.migrate hands over (or the URL in alembic.ini)."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from indexer.catalog import Base
-from indexer.migrate import include_object
+from imgsim.db.migrate import include_object
+from imgsim.db.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
