@@ -252,3 +252,56 @@ def test_cli_publishes_a_faiss_version_into_milvus_and_checks_it(milvus_uri, tmp
     # the FAISS backend checks against the same catalogue: its version still holds the id
     assert main(["store", "check", "--catalog", url, "--index-root", str(root),
                  "--collection", "default"]) == 1
+
+
+REPLICA = """
+import sys
+import numpy as np
+from indexer.stores import StoreQuery, open_vector_store
+b = open_vector_store("milvus:http://" + sys.argv[1], read_consistency="Bounded")
+probe = np.full(16, 9.0, np.float32)
+for line in sys.stdin:  # one search per line from the writer
+    hits = b.search("replicas", [StoreQuery(probe, 1)])[0]
+    print(hits.ids.tolist(), hits.version, flush=True)
+"""
+
+
+def test_a_second_process_sees_the_writers_changes_and_publish(milvus_uri):
+    """Two replicas on loopback: the process that opened Milvus Lite serves it on a local port,
+    and another process reads through that port (Milvus Lite's limit: one host, and the
+    first process must stay up; a Milvus server lifts both)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from indexer.stores.milvus_store import MilvusStore
+
+    a = MilvusStore(milvus_uri)
+    a.publish("replicas", _data(4))
+    address = a.client._get_connection()._address  # Milvus Lite's loopback server
+    repo = Path(__file__).resolve().parents[2]
+    b = subprocess.Popen([sys.executable, "-c", REPLICA, address], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=repo,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+
+    def read_in_b() -> str:
+        b.stdin.write("search\n")
+        b.stdin.flush()
+        return b.stdout.readline().strip()
+
+    try:
+        assert not read_in_b().startswith("[10000]")
+        a.add("replicas", Items(np.array([10_000]), np.full((1, D), 9.0, np.float32)))
+        assert read_in_b().startswith("[10000]")  # B's next read, Bounded, sees A's upsert
+        a.remove("replicas", [10_000])
+        assert not read_in_b().startswith("[10000]")
+        new = a.publish("replicas", _data(5))  # the alias moves under B
+        import time
+
+        time.sleep(1.1)  # B reports the serving version at most describe_ttl (1 s) late
+        assert read_in_b().endswith(new.version)
+    finally:
+        b.stdin.close()
+        b.wait(timeout=30)
+        a.close()
