@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.core import FailedPrecondition, InvalidInput, NotFound
+from service.errors import FailedPrecondition, InvalidInput, NotFound
 from service.jobs.params import params_to_json, parse_params
 from service.jobs.registry import get_kind
 from service.jobs.store import (
@@ -90,7 +90,9 @@ class JobsCore:
                 raise InvalidInput(f"params are not valid JSON: {e}") from e
         try:
             k = get_kind(kind)
-            parsed = parse_params(k, params or {})
+            # an empty string or None means "no parameters"; any other non-object ([] too) is
+            # refused by parse_params rather than silently read as {}
+            parsed = parse_params(k, {} if params is None else params)
         except ValueError as e:
             raise InvalidInput(str(e)) from e
         with self.sessions.begin() as s:

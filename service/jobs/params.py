@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -60,6 +61,8 @@ def _check_value(name: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):  # JSON's 1e999 parses to inf; no parameter means that
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -100,6 +100,11 @@ def test_core_checks_kind_and_params(store):
         core.submit("occlusion", {})
     with pytest.raises(InvalidInput, match="not valid JSON"):
         core.submit("test-loop", "{oops")
+    for not_an_object in ("[]", "[1]", '"x"', "3"):
+        with pytest.raises(InvalidInput, match="must be a JSON object"):
+            core.submit("test-loop", not_an_object)
+    with pytest.raises(InvalidInput, match="seconds must be a finite number"):
+        core.submit("test-loop", '{"seconds": 1e999}')
     job = core.submit("test-loop", '{"seconds": 2}')
     assert job.state == JobState.QUEUED and job.params == {"seconds": 2.0, "fail": False}
     assert core.get(job.id) == job
