@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     # Alembic says which dialect it uses each time a catalogue is opened; keep its migrations
     logging.getLogger("alembic.runtime.migration").addFilter(_no_alembic_context_lines)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # "setup plugin ..."
     name = command_name(args)
     try:
         return int(args.func(args) or 0)

@@ -18,8 +18,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imgsim.db.schema import SERVICE_TABLES
 from indexer.catalog import ImageRow, image_file
-from indexer.incremental import lock_collection
-from indexer.versions import publish_lock
 
 
 def ensure_service_tables(sessions: sessionmaker[Session]) -> None:
@@ -250,6 +248,10 @@ def sweep_blobs(sessions: sessionmaker[Session], blobs: BlobStore, *, index_root
     writes, older than ``min_age_seconds``. Holds the index root's publish lock (and, with
     PostgreSQL, the collection's advisory lock), which every Upsert holds while it writes a
     blob and commits the row referencing it. Returns what was (``dry_run``: would be) removed."""
+    # here, not at the top: they import faiss, which `imgsim keys` (ensure_service_tables) needs not
+    from indexer.incremental import lock_collection
+    from indexer.versions import publish_lock
+
     cutoff = time.time() - min_age_seconds
     with publish_lock(index_root), sessions.begin() as s:
         lock_collection(s, collection)

@@ -48,6 +48,16 @@ def test_a_client_call_and_config_show_import_no_heavy_module(tmp_path):
                         ["config", "show"]) == []
 
 
+def test_the_commands_beside_a_server_import_no_heavy_module(tmp_path):
+    """keys list and jobs list/get read the database: SQLAlchemy and Alembic, never faiss."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    r = subprocess.run([sys.executable, "-m", "imgsim.cli", "index", "migrate", "--catalog", url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _heavy_after(["keys", "list", "--catalog", url], ["jobs", "list", "--catalog", url],
+                        ["jobs", "get", "1", "--catalog", url]) == []
+
+
 def test_the_probe_sees_a_heavy_import():
     code = "import json, sys, faiss; print(json.dumps(['faiss' in sys.modules]))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

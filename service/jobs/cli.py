@@ -188,7 +188,7 @@ class _CoreBackend:
         self.core = core
 
     def __getattr__(self, name):
-        from service.core import ServiceError
+        from service.errors import ServiceError
 
         fn = getattr(self.core, name)
 
