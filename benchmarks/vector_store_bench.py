@@ -67,6 +67,30 @@ def timed_rate(fn, n: int, *, min_seconds: float) -> float:
             return i / elapsed
 
 
+def guard_memory(limit_gb: float) -> None:
+    """Exit (status 3) as soon as this process's RSS passes ``limit_gb``, with the phase."""
+    import threading
+
+    def watch() -> None:
+        me = psutil.Process()
+        while True:
+            rss = me.memory_info().rss / 2**30
+            if rss > limit_gb:
+                log.error("RSS %.1f GB > %.1f GB during %s: stopping", rss, limit_gb, PHASE[0])
+                os._exit(3)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+PHASE = ["start"]
+
+
+def phase(name: str) -> None:
+    PHASE[0] = name
+    log.info("phase: %s (RSS %.0f MB)", name, psutil.Process().memory_info().rss / 2**20)
+
+
 def child_rss_mb() -> float:
     """RSS of this process's children (Milvus Lite runs its server as one)."""
     return sum(c.memory_info().rss for c in psutil.Process().children(recursive=True)) / 2**20
@@ -77,6 +101,7 @@ def bench_store(name: str, store, collection: str, items: Items, xq: np.ndarray,
     row: dict = {"backend": name}
     rss0 = psutil.Process().memory_info().rss / 2**20
     child0 = child_rss_mb()
+    phase(f"{name}: publish")
     t0 = time.perf_counter()
     desc = store.publish(collection, items)
     row["publish_s"] = time.perf_counter() - t0
@@ -85,11 +110,13 @@ def bench_store(name: str, store, collection: str, items: Items, xq: np.ndarray,
     row["switch_s"] = desc.extra.get("alias_switch_seconds")
     row["rss_mb"] = psutil.Process().memory_info().rss / 2**20 - rss0 + child_rss_mb() - child0
     qs = [StoreQuery(v, K) for v in xq]
+    phase(f"{name}: single queries")
     with faiss_threads(1):
         found = [store.search(collection, [q])[0].ids for q in qs]
         row["recall@10"] = recall(found, truth)
         row["single_qps"] = timed_rate(lambda i: store.search(collection, [qs[i]]), len(qs),
                                        min_seconds=args.min_seconds)
+        phase(f"{name}: filtered queries")
         fq = [StoreQuery(v, K, StoreFilter(labels=(str(i % 10),))) for i, v in enumerate(xq)]
         row["filtered_qps"] = timed_rate(lambda i: store.search(collection, [fq[i]]), len(fq),
                                          min_seconds=args.min_seconds)
@@ -98,6 +125,7 @@ def bench_store(name: str, store, collection: str, items: Items, xq: np.ndarray,
               for i, g in enumerate(got)]
         row["filtered_ok"] = float(np.mean(ok))
     batches = [qs[i:i + 64] for i in range(0, len(qs), 64)]
+    phase(f"{name}: batches")
     with faiss_threads(2):
         t0 = time.perf_counter()
         rounds = 0
@@ -112,6 +140,7 @@ def bench_store(name: str, store, collection: str, items: Items, xq: np.ndarray,
 def bench_writes(name: str, store, collection: str, items: Items, row: dict, args) -> None:
     """Insert rate and the writer's read of its own write (after the read figures: writes
     change the index, and HNSW keeps tombstones)."""
+    phase(f"{name}: inserts")
     rng = np.random.default_rng(1)
     new = Items(np.arange(args.inserts) + 10 * args.n,
                 items.vectors[rng.integers(0, len(items), args.inserts)] + 0.01,
@@ -151,10 +180,15 @@ def main() -> int:
     p.add_argument("--backends", default="raw,faiss,milvus")
     p.add_argument("--work", default=None, help="directory for the index root and Milvus file")
     p.add_argument("--json", default=None)
+    p.add_argument("--max-rss-gb", type=float, default=6.0,
+                   help="stop the run if this process grows past it (a shared box: Milvus "
+                        "Lite grew one run to 20 GB and the kernel killed it)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     work = Path(args.work or tempfile.mkdtemp(prefix="vsbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    guard_memory(args.max_rss_gb)
     rng = np.random.default_rng(0)
     xb, centres = clustered(args.n, args.dim, args.clusters, rng)
     xq, _ = clustered(args.queries, args.dim, args.clusters, rng, centres)

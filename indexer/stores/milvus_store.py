@@ -147,15 +147,23 @@ class MilvusStore:
         schema.add_field(LABEL, DataType.VARCHAR, max_length=MAX_LABEL)
         schema.add_field(META, DataType.JSON)
         cfg = self.index_config
-        params = self.client.prepare_index_params()
         if n < cfg.flat_below:
             index_type, build = "FLAT", {}
         else:
             index_type, build = "HNSW", {"M": cfg.m, "efConstruction": cfg.ef_construction}
-        params.add_index(VECTOR, index_type=index_type, metric_type="L2", params=build)
-        self.client.create_collection(name, schema=schema, index_params=params,
-                                      consistency_level="Bounded")
+        # no index yet: bulk-insert first, then build and load (see _build_index)
+        self.client.create_collection(name, schema=schema, consistency_level="Bounded")
         return index_type, build
+
+    def _build_index(self, name: str, index_type: str, build: dict) -> None:
+        """Index the inserted rows and load the collection: searches start on a built index.
+        (Created with the collection, Milvus Lite 3.2 builds HNSW in the background after
+        each flush, and searches meanwhile scan every row with a copy per query: 200 tuning
+        queries on 27k x 128 took 34 s and one run grew to 20 GB.)"""
+        params = self.client.prepare_index_params()
+        params.add_index(VECTOR, index_type=index_type, metric_type="L2", params=build)
+        self.client.create_index(name, params)
+        self.client.load_collection(name)
 
     def _insert(self, name: str, items: Items, *, upsert: bool = False) -> None:
         write = self.client.upsert if upsert else self.client.insert
@@ -183,6 +191,7 @@ class MilvusStore:
         base = np.setdiff1d(np.arange(n), held)
         self._insert(name, items.take(base))
         self.client.flush(name)
+        self._build_index(name, index_type, build)
         search_params: dict = {}
         recall = 1.0
         if nq:
