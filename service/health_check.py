@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_PREFIX = "IMGSIM_SERVE_"  # as service.config
 DEFAULT_PORT = 50051
 _LOCAL = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
 
