@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("--keep-versions", type=int, default=5)
     rb.add_argument("--if-drifted", action="store_true",
                     help="only rebuild when the drift since the last full build warrants it")
+    rb.add_argument("--catalog", default=None,
+                    help="record the new version in this catalogue's index_versions (the one "
+                         "the collection was built with); default: not recorded")
     rb.set_defaults(func=_rebuild)
 
     m = isub.add_parser("migrate", help="migrate the catalogue schema (Alembic)",
@@ -171,7 +174,13 @@ def _rebuild(args: argparse.Namespace) -> int:
               f"{version.manifest.tombstones} tombstones: no rebuild needed")
         return 0
     try:
+        sessions = None
+        if args.catalog:
+            from indexer.catalog import open_catalog
+
+            sessions = open_catalog(args.catalog)
         path = rebuild_version(args.index_root, version, keep=args.keep_versions,
+                               sessions=sessions,
                                cfg=IndexingConfig(factory=args.factory,
                                                   memory_budget_mb=args.memory_budget_mb,
                                                   target_recall=args.target_recall))

@@ -83,3 +83,17 @@ def test_search_batch_answers_plain_and_filtered_jobs_as_one_path(published):
     assert set(b.ids) <= set(ids[10:20]) and len(b.ids) == 5
     assert ids[3] not in c.ids and list(c.ids[:4]) == list(a.ids[1:5])
     assert a.version == b.version == c.version == "v1"
+
+
+def test_the_rebuild_command_records_its_version_when_given_the_catalogue(published, tmp_path):
+    import argparse
+
+    from indexer.cli import register
+
+    root, Session, *_ = published
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    args = p.parse_args(["index", "rebuild", "--index-root", str(root),
+                         "--catalog", f"sqlite:///{tmp_path / 'c.db'}"])
+    assert args.func(args) == 0
+    assert _rows_of(Session)[-1] == (current_version_name(root), "published", 50)
