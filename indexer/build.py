@@ -21,7 +21,7 @@ from indexer.catalog import (
     upsert_images,
 )
 from indexer.construct import AUTO, BuiltIndex, IndexingConfig, index_vectors
-from indexer.embedding import embed_unique, progress_bar
+from indexer.embedding import drop_faceless, embed_unique, progress_bar
 from indexer.factory import parse_factory
 from indexer.incremental import lock_collection
 from indexer.publish import ModelIdentity, built_manifest, publish_version
@@ -105,10 +105,12 @@ def build_index(cfg: BuildConfig, *, samples: list[Sample] | None = None) -> Pat
              "label": s.label, "sha256": sha256_file(s.path)} for s in samples]
     with progress_bar(len(rows), desc="embed", enabled=cfg.progress) as bar:
         vectors = embed_unique(embedder, [s.path for s in samples], [r["sha256"] for r in rows],
-                               batch_size=cfg.batch_size, num_workers=cfg.num_workers, bar=bar)
+                               batch_size=cfg.batch_size, num_workers=cfg.num_workers, bar=bar,
+                               skip_faceless=True)
     with Session.begin() as session:  # catalogued first: a crash later leaves them for reindex
         images = upsert_images(session, rows, collection=cfg.collection)
         ids = np.array([im.id for im in images], np.int64)
+    vectors, ids = drop_faceless(vectors, ids)  # a spec that requires a face: misses skipped
     built = index_vectors(vectors, ids, icfg)  # minutes for a large HNSW: holds no lock
     manifest = manifest_for(built, embedder, collection=cfg.collection, requested=cfg.factory,
                             cfg=icfg, seconds=time.perf_counter() - t0)

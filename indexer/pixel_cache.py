@@ -37,6 +37,8 @@ def signature(spec: ModelSpec) -> str:
     """What determines the pixels a model sees, hashed: models sharing it share cache files."""
     key = {"format": FORMAT, "input_size": spec.input_size, "resize_size": spec.resize_size,
            "in_channels": spec.in_channels, "face_align": spec.face_align}
+    if spec.requires_face:  # fallback pixels of a faceless image must not serve a "require"
+        key["face_on_miss"] = spec.face_on_miss  # (absent otherwise: older caches stay valid)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -53,7 +53,7 @@ from indexer.construct import (
     index_vectors,
     split_for_tuning,
 )
-from indexer.embedding import embed_unique, progress_bar
+from indexer.embedding import drop_faceless, embed_unique, progress_bar
 from indexer.factory import new_index, parse_factory, uses_direct_map
 from indexer.faults import AFTER_INDEX_PUBLISH, fault_point
 from indexer.files import atomic_write
@@ -232,18 +232,22 @@ def embed_chunks(plan: Plan, embedder: Embedder, chunks: range | list[int], *,
         return 0
     stream = np.concatenate([first for _, first, _ in parts])
     pending: list[np.ndarray] = []  # vectors streamed for the chunk being covered
+    missing: list[int] = []  # stream rows without a face (a spec that requires one): NaN rows
     with progress_bar(total, desc=desc, enabled=cfg.progress, initial=done) as bar:
         paths = plan.paths[stream].tolist()
         if cfg.pixel_cache:  # pixels decoded by an earlier reindex with this preprocessing
             cached = PixelCache(cfg.pixel_cache, embedder.spec, embedder.pixels)
             batches = embedder.stream_dataset(cached.dataset(paths, plan.sha256[stream].tolist()),
                                               batch_size=cfg.batch_size,
-                                              num_workers=cfg.num_workers)
+                                              num_workers=cfg.num_workers, missing=missing)
         else:
             batches = embedder.stream_paths(paths, batch_size=cfg.batch_size,
-                                            num_workers=cfg.num_workers)
-        for _, batch in batches:
-            pending.append(embedder.embed_tensors(batch))
+                                            num_workers=cfg.num_workers, missing=missing)
+        for rows, batch in batches:
+            vectors = embedder.embed_tensors(batch)
+            if missing:
+                vectors[np.isin(rows, missing)] = np.nan
+            pending.append(vectors)
             bar.update(len(batch))
             while parts and sum(map(len, pending)) >= len(parts[0][1]):
                 j, first, inverse = parts.pop(0)
@@ -300,6 +304,7 @@ def prepare(cfg: ReindexConfig) -> str:
     sample = sorted({round(i * plan.num_chunks / n_chunks) for i in range(n_chunks)})
     embed_chunks(plan, embedder, sample, cfg=cfg, desc="reindex (training sample)")
     vectors = load_vectors(plan, sample)
+    vectors = vectors[~np.isnan(vectors).any(axis=1)]  # images without a face: no vector
     trained = new_index(factory, embedder.dim)
     ivf = faiss.extract_index_ivf(trained)
     trained.train(vectors[:want])
@@ -327,7 +332,8 @@ def run_shard(cfg: ReindexConfig, shard: int = 0, num_shards: int = 1) -> Plan:
         index = faiss.read_index(str(trained))
         for j in chunks:
             rows = plan.chunk_rows(j)
-            index.add_with_ids(np.load(plan.chunk_path(j)), plan.ids[rows])
+            index.add_with_ids(*drop_faceless(np.load(plan.chunk_path(j)), plan.ids[rows],
+                                              what=f"shard index (chunk {j})"))
         atomic_write(out, lambda f: f.write(faiss.serialize_index(index).tobytes()))
     return plan
 
@@ -359,7 +365,7 @@ def merge(cfg: ReindexConfig) -> Path:
     t0 = time.perf_counter()
     embedder = _embedder(cfg)
     plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
-    vectors, ids = load_vectors(plan), plan.ids
+    vectors, ids = load_vectors(plan), plan.ids  # NaN rows: no face (dropped below)
     Session = open_catalog(cfg.catalog_url)
     with Session() as session:
         planned = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
@@ -370,8 +376,10 @@ def merge(cfg: ReindexConfig) -> Path:
     new_vectors = _embed_rows(embedder, new, cfg)
     new_ids = np.array([r[0] for r in new], np.int64)
     keep = ~np.isin(ids, np.array(gone, np.int64))
-    vectors = np.concatenate([vectors[keep], new_vectors])
-    ids = np.concatenate([ids[keep], new_ids])
+    vectors, ids = drop_faceless(np.concatenate([vectors[keep], new_vectors]),
+                                 np.concatenate([ids[keep], new_ids]))
+    with_face = ~np.isnan(new_vectors).any(axis=1)  # counted in the line above
+    new_vectors, new_ids = new_vectors[with_face], new_ids[with_face]
     icfg = cfg.indexing()
     merged = _merge_shards(plan)
     if merged is not None:
@@ -401,8 +409,10 @@ def merge(cfg: ReindexConfig) -> Path:
         if gone or new:
             log.info("catching up before publishing: %d removed, %d added or changed while "
                      "building", len(gone), len(new))
-            _, tombstones = change_vectors(built.index, remove=gone, ids=[r[0] for r in new],
-                                           vectors=_embed_rows(embedder, new, cfg))
+            caught_up, caught_ids = drop_faceless(
+                _embed_rows(embedder, new, cfg), np.array([r[0] for r in new], np.int64))
+            _, tombstones = change_vectors(built.index, remove=gone, ids=caught_ids,
+                                           vectors=caught_up)
         manifest = manifest_for(built, embedder, collection=cfg.collection,
                                 requested=cfg.factory, cfg=icfg,
                                 seconds=time.perf_counter() - t0)
@@ -426,7 +436,7 @@ def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np
         return np.zeros((0, embedder.dim), np.float32)
     return embed_unique(embedder, [image_file(r[1], r[3], cfg.index_root) for r in rows],
                         [r[2] for r in rows],
-                        batch_size=cfg.batch_size, num_workers=0)
+                        batch_size=cfg.batch_size, num_workers=0, skip_faceless=True)
 
 
 def _catalogue_changes(session, known: dict[int, str], collection: str

@@ -84,7 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-workers", type=int, help="gRPC handler threads")
     s.add_argument("--max-batch", type=int, help="images per forward pass (dynamic batching)")
     s.add_argument("--max-wait-ms", type=float, help="longest wait for a fuller batch")
-    s.add_argument("--face", choices=FACE_MODES, help="face pipeline of this model")
+    s.add_argument("--face", choices=FACE_MODES,
+                   help="check the checkpoint's face step: refused unless its spec has one with "
+                        "this on-miss (imgsim checkpoint set-face); default off: as the spec says")
     s.add_argument("--watch-seconds", type=float,
                    help="poll the CURRENT pointer this often and hot-swap (0: off)")
     s.add_argument("--require-api-key", action="store_const", const=True,

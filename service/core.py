@@ -220,9 +220,7 @@ class SimilarityCore:
                          dict(m.search_params), self._face_info(), self.collections)
 
     def _face_info(self) -> str:
-        align = self.embedder.spec.face_align
-        return f"{self.options.face} (the model aligns faces: {align})" if align \
-            else self.options.face
+        return self.embedder.spec.face_step()  # the checkpoint's, for indexing and queries
 
     def close(self) -> None:
         """Stop the batchers and watchers (queued work finishes first)."""

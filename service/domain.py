@@ -23,7 +23,7 @@ class CoreOptions:
     max_queue: int = 1024  # queued images (or searches) before RESOURCE_EXHAUSTED
     max_pixels: int = MAX_PIXELS
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    face: str = "off"  # off | require | fallback (see service.face)
+    face: str = "off"  # serve --face: checked against the checkpoint (see service.face)
     max_k: int = MAX_K
     max_items: int = 64  # queries per BatchSearch, images per Embed
     max_upsert_items: int = 1000  # images per Upsert stream, keys per Delete

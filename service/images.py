@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.batching import BatchObserver, MicroBatcher, wait_result
 from service.errors import InvalidInput
-from service.face import check_face_mode, crop_largest_face, detect_faces
+from service.face import check_face_matches_spec
 from service.limits import DEFAULT_FORMATS
 from training.data.transforms import ImageDecodeError, decode_image
 from training.face import FaceNotFoundError
@@ -20,13 +20,14 @@ from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
-NO_FACE = "no face found in the image (this model needs a face)"
+NO_FACE = "no face found in the image (this model's checkpoint requires a face)"
 
 
 class ImagePipeline:
     """Encoded bytes -> (n, d) float32 embeddings, the model's own preprocessing in between.
 
-    Decoding, the face crop and the transform run in a pool of ``decode_workers`` threads
+    Decoding and the transform (with the checkpoint's face step, if its spec has one: the
+    same as indexing, see ``Embedder``) run in a pool of ``decode_workers`` threads
     (which also bounds how many decoded images are in memory at once); the forward pass runs
     in a :class:`MicroBatcher`, so images of concurrent requests share batches.
     """
@@ -38,7 +39,7 @@ class ImagePipeline:
         self.embedder = embedder
         self.max_pixels = max_pixels
         self.formats = tuple(f.upper() for f in formats)
-        self.face = check_face_mode(face)
+        self.face = check_face_matches_spec(face, embedder.spec)  # serve --face: a check only
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self.batcher: MicroBatcher[torch.Tensor, np.ndarray] = MicroBatcher(
             self._forward, name="embed", max_batch=max_batch, max_wait_ms=max_wait_ms,
@@ -62,23 +63,13 @@ class ImagePipeline:
         """Encoded bytes -> (C, H, W) uint8 pixels of the model's preprocessing (normalised
         a whole batch at a time in the forward pass; a quarter of float32's memory queued).
 
-        A model whose spec names a face aligner (``spec.face_align``) detects and aligns faces
-        in its own transform; the face mode then only decides whether an image without a
-        detected face is refused. Other models get the largest face cropped here."""
+        The face step, if any, is the spec's (``spec.face_align``); with
+        ``face_on_miss = "require"`` an image without a face is INVALID_ARGUMENT."""
         img = self.decode(data)
-        if self.face != "off":
-            if self.embedder.spec.face_align:
-                if self.face == "require" and not detect_faces(img):
-                    raise InvalidInput(NO_FACE)
-            else:
-                face = crop_largest_face(img)
-                if face is None and self.face == "require":
-                    raise InvalidInput(NO_FACE)
-                img = face if face is not None else img
         try:
             return self.embedder.pixels(img)
-        except FaceNotFoundError as e:  # the model's own aligner found none
-            raise InvalidInput(f"{NO_FACE}: {e}") from e
+        except FaceNotFoundError as e:  # the spec's face step found none and requires one
+            raise InvalidInput(NO_FACE) from e
 
     def embed(self, datas: Sequence[bytes], *, deadline: float | None = None,
               names: Sequence[str] | None = None) -> np.ndarray:

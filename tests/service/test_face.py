@@ -1,14 +1,24 @@
-"""Face pipeline: crop the largest face before embedding; a clear error when there is none."""
+"""The face step travels with the checkpoint: index build, reindex, Upsert and queries get the
+same preprocessing; `require` refuses a face-less image everywhere; `serve --face` only checks."""
+
+import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image
 
+import training.face.haar
+from indexer import reindex as rx
+from indexer.build import BuildConfig, build_index
+from indexer.catalog import all_images, open_catalog
+from indexer.versions import load_index_version
+from service.core import CoreOptions, ImageInput, SimilarityCore, UpsertItem
 from service.errors import InvalidInput
-from service.face import check_face_mode, crop_largest_face, detect_faces
+from service.face import check_face_matches_spec, check_face_mode
 from service.images import ImagePipeline
 from tests.conftest import shared_data
 from tests.service.conftest import digit
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.models.embedder import Embedder
 
 
@@ -17,98 +27,169 @@ def embedder(tiny_checkpoint):
     return Embedder.from_checkpoint(tiny_checkpoint)
 
 
-def lfw_image(i=0):
-    root = shared_data("lfw") / "lfw-deepfunneled"
-    person = sorted(p for p in root.iterdir() if p.is_dir())[i]
-    return sorted(person.iterdir())[0]
+def face_checkpoint(tiny_checkpoint, path, on_miss):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt.spec = replace(ckpt.spec, face_align="haar-crop", face_on_miss=on_miss)
+    return save_checkpoint(path, ckpt)
 
 
-def test_no_face_is_an_error_when_required_and_the_whole_image_otherwise(embedder, digits_dir):
-    data = digit(digits_dir, "3").read_bytes()
-    req = ImagePipeline(embedder, face="require")
-    fb = ImagePipeline(embedder, face="fallback")
-    off = ImagePipeline(embedder, face="off")
+@pytest.fixture()
+def faces_in_all_but_threes(monkeypatch):
+    """The Haar cascade finds no face in digits; pretend it finds one, a fixed box, in every
+    image but the 3s (the digit images are 32x32; PIL crops outside them to black)."""
+    def detect(img):
+        return [] if _is_three(img) else [(6, 4, 18, 22)]
+
+    monkeypatch.setattr(training.face.haar, "detect_faces", detect)
+
+
+_THREES: set[bytes] = set()
+
+
+def _is_three(img):
+    return np.asarray(img.convert("L")).tobytes() in _THREES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threes(digits_dir):
+    from PIL import Image
+
+    for f in (digits_dir / "3").iterdir():
+        with Image.open(f) as im:
+            _THREES.add(np.asarray(im.convert("L")).tobytes())
+
+
+def _core(ckpt, root, **options):
+    return SimilarityCore(Embedder.from_checkpoint(ckpt), load_index_version(root / "idx"),
+                          open_catalog(f"sqlite:///{root / 'cat.db'}"),
+                          options=CoreOptions(**options))
+
+
+def _build(ckpt, digits_dir, root):
+    return build_index(BuildConfig(checkpoint=str(ckpt), images=str(digits_dir),
+                                   index_root=str(root / "idx"),
+                                   catalog_url=f"sqlite:///{root / 'cat.db'}", num_workers=0,
+                                   progress=False, factory="Flat"))
+
+
+def test_index_build_and_queries_get_the_same_face_crop(tiny_checkpoint, digits_dir, tmp_path,
+                                                        faces_in_all_but_threes, embedder):
+    ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "fallback")
+    _build(ckpt, digits_dir, tmp_path)
+    core = _core(ckpt, tmp_path)
+    try:
+        for label in ("1", "3"):  # cropped, and (no face, fallback) the whole image
+            f = digit(digits_dir, label)
+            key = f"{label}/{f.stem}"
+            queried = core.front.vector(ImageInput(data=f.read_bytes()))
+            indexed = core.front.vector(ImageInput(key=key))  # read back from the index
+            # the same pixels; the forward pass in batches of 64 vs 1 differs in the last bit
+            np.testing.assert_allclose(queried, indexed, atol=1e-6)
+            hit = core.search(ImageInput(data=f.read_bytes()), k=1).hits[0]
+            assert hit.key == key and hit.distance < 1e-6
+            whole = embedder.embed_paths([f])[0]  # the checkpoint without the face step
+            assert np.allclose(queried, whole, atol=1e-6) == (label == "3")
+        assert core.describe().face == "haar-crop (no face: fallback)"
+    finally:
+        core.close()
+
+
+def test_require_skips_faceless_images_when_indexing_and_refuses_them_in_queries(
+        tiny_checkpoint, digits_dir, tmp_path, faces_in_all_but_threes, caplog):
+    ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "require")
+    with caplog.at_level(logging.WARNING):
+        _build(ckpt, digits_dir, tmp_path)
+    assert load_index_version(tmp_path / "idx").manifest.count == 400 - 40  # the 3s are not indexed
+    assert "40 of 400 images have no face and are left out of the index" in caplog.text
+    assert "no face found in " + str(digit(digits_dir, "3")) in caplog.text
+    with open_catalog(f"sqlite:///{tmp_path / 'cat.db'}")() as s:
+        assert len(all_images(s)) == 400  # catalogued: another model may index them
+    core = _core(ckpt, tmp_path, face="require")  # --face agrees with the checkpoint
+    three = digit(digits_dir, "3").read_bytes()
     try:
         with pytest.raises(InvalidInput, match="no face found"):
-            req.embed([data], names=["image a"])
-        assert np.allclose(fb.embed([data]), off.embed([data]), atol=1e-6)
+            core.search(ImageInput(data=three))
+        with pytest.raises(InvalidInput, match="no face found"):
+            core.verify(ImageInput(data=three), ImageInput(data=digit(digits_dir, "1").read_bytes()))
+        with pytest.raises(InvalidInput, match="no face found"):  # catalogued, not indexed
+            core.search(ImageInput(key=f"3/{digit(digits_dir, '3').stem}"))
+        before = core.describe().count
+        with pytest.raises(InvalidInput, match="'new/3'\\): no face found"):
+            core.upsert([UpsertItem("new/1", digit(digits_dir, "1", 1).read_bytes()),
+                         UpsertItem("new/3", three)])
+        assert core.describe().count == before  # all or nothing: the 1 is not stored either
+        assert core.search(ImageInput(data=digit(digits_dir, "1").read_bytes()), k=1).hits
     finally:
-        for p in (req, fb, off):
-            p.close()
+        core.close()
+    # reindex gets the same preprocessing: the same 360 vectors
+    built = load_index_version(tmp_path / "idx").manifest.version
+    rx.reindex(rx.ReindexConfig(checkpoint=str(ckpt), index_root=str(tmp_path / "idx"),
+                                catalog_url=f"sqlite:///{tmp_path / 'cat.db'}", factory="Flat",
+                                num_workers=0, progress=False, chunk_size=64))
+    reindexed = load_index_version(tmp_path / "idx").manifest
+    assert reindexed.version != built and reindexed.count == 360
+
+
+def test_serve_face_is_refused_when_it_contradicts_the_checkpoint(embedder):
+    plain = embedder.spec
+    assert check_face_matches_spec("off", plain) == "off"  # default: as the checkpoint says
+    with pytest.raises(ValueError, match="imgsim checkpoint set-face CKPT --face haar-crop "
+                                         "--on-miss require"):
+        check_face_matches_spec("require", plain)
+    crop = replace(plain, face_align="haar-crop", face_on_miss="require")
+    assert check_face_matches_spec("require", crop) == "require"
+    with pytest.raises(ValueError, match="face step is haar-crop \\(no face: require\\)"):
+        check_face_matches_spec("fallback", crop)
+    dlib = replace(plain, face_align="dlib5")  # an imported dlib checkpoint: fallback
+    assert check_face_matches_spec("fallback", dlib) == "fallback"
+    with pytest.raises(ValueError, match="--face dlib5 --on-miss require"):
+        check_face_matches_spec("require", dlib)
     with pytest.raises(ValueError, match="valid: off, require, fallback"):
         check_face_mode("maybe")
+    with pytest.raises(ValueError, match="contradicts the checkpoint"):
+        ImagePipeline(embedder, face="fallback")
 
 
-@pytest.mark.data
-def test_faces_in_lfw_photos_are_found_and_cropped(embedder):
-    found = 0
-    for i in range(5):
-        img = Image.open(lfw_image(i))
-        boxes = detect_faces(img)
-        if boxes:
-            found += 1
-            x, y, w, h = boxes[0]  # deep-funneled LFW centres the face
-            assert abs(x + w / 2 - img.width / 2) < 0.2 * img.width
-            assert abs(y + h / 2 - img.height / 2) < 0.2 * img.height
-            face = crop_largest_face(img)
-            assert face.width < img.width and face.height < img.height
-    assert found >= 4
-    data = lfw_image(0).read_bytes()
-    req, off = ImagePipeline(embedder, face="require"), ImagePipeline(embedder, face="off")
+def test_an_old_checkpoint_without_a_face_step_embeds_the_whole_image(embedder, digits_dir):
+    data = digit(digits_dir, "3").read_bytes()
+    p = ImagePipeline(embedder)
     try:
-        cropped, whole = req.embed([data]), off.embed([data])
-        assert not np.allclose(cropped, whole, atol=1e-3)  # the crop is what was embedded
+        np.testing.assert_allclose(p.embed([data]), embedder.embed_paths([digit(digits_dir, "3")]),
+                                   atol=1e-6)
     finally:
-        req.close()
-        off.close()
+        p.close()
 
 
-def test_face_crop_box_is_the_largest_detection(monkeypatch):
-    import service.face
-
-    img = Image.new("RGB", (200, 100))
-    monkeypatch.setattr(service.face, "detect_faces", lambda im: [(50, 20, 40, 40), (0, 0, 10, 10)])
-    face = crop_largest_face(img, margin=0.25)
-    assert face.size == (60, 60)  # 40 + 2 * 10 margin
-    monkeypatch.setattr(service.face, "detect_faces", lambda im: [(180, 80, 40, 40)])
-    assert crop_largest_face(img, margin=0.25).size == (30, 30)  # clipped at the border
-
-
-def test_a_model_that_aligns_faces_itself(embedder, digits_dir, monkeypatch):
-    """spec.face_align: the model's transform detects and aligns; its 'no face' is a clear
-    INVALID_ARGUMENT, and face=require refuses an image before the model sees it."""
-    from dataclasses import replace
-
-    import service.images
+def test_a_model_that_aligns_faces_itself(embedder, digits_dir):
+    """spec.face_align names an aligner: its 'no face' (face_on_miss = require) is a clear
+    INVALID_ARGUMENT."""
     from training.face import FaceNotFoundError
 
-    data = digit(digits_dir, "3").read_bytes()
-    model = Embedder(embedder.model, replace(embedder.spec, face_align="haar5"))
+    model = Embedder(embedder.model, replace(embedder.spec, face_align="haar5",
+                                             face_on_miss="require"))
 
     def aligner_finds_nothing(img):
         raise FaceNotFoundError("no face found in the image")
 
     model.pixels = aligner_finds_nothing  # the pipeline's preprocessing (uint8 pixels)
-    p = ImagePipeline(model, face="off")
-    try:
-        with pytest.raises(InvalidInput, match="no face found"):
-            p.embed([data])
-    finally:
-        p.close()
-    seen = []
-    model.pixels = lambda img: seen.append(img) or embedder.pixels(img)
-    monkeypatch.setattr(service.images, "detect_faces", lambda img: [])
     p = ImagePipeline(model, face="require")
     try:
         with pytest.raises(InvalidInput, match="no face found"):
-            p.embed([data])
-        assert seen == []  # refused before the model's transform ran
+            p.embed([digit(digits_dir, "3").read_bytes()])
     finally:
         p.close()
-    monkeypatch.setattr(service.images, "detect_faces", lambda img: [(0, 0, 8, 8)])
-    p = ImagePipeline(model, face="require")
+
+
+@pytest.mark.data
+def test_lfw_photos_are_cropped_to_their_face_before_embedding(tiny_checkpoint, tmp_path,
+                                                               embedder):
+    root = shared_data("lfw") / "lfw-deepfunneled"
+    person = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    photo = sorted(person.iterdir())[0]
+    ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "require")
+    p = ImagePipeline(Embedder.from_checkpoint(ckpt), face="require")
     try:
-        assert p.embed([data]).shape == (1, embedder.dim)
-        assert seen[0].size == (32, 32)  # the whole image: the model aligns, not the service
+        cropped = p.embed([photo.read_bytes()])
     finally:
         p.close()
+    assert not np.allclose(cropped, embedder.embed_paths([photo]), atol=1e-3)
