@@ -4,6 +4,7 @@ same preprocessing; `require` refuses a face-less image everywhere; `serve --fac
 import logging
 from dataclasses import replace
 
+import grpc
 import numpy as np
 import pytest
 
@@ -12,10 +13,12 @@ from indexer import reindex as rx
 from indexer.build import BuildConfig, build_index
 from indexer.catalog import all_images, open_catalog
 from indexer.versions import load_index_version
+from service.client import SimilarityClient
 from service.core import CoreOptions, ImageInput, SimilarityCore, UpsertItem
 from service.errors import InvalidInput
 from service.face import check_face_matches_spec, check_face_mode
 from service.images import ImagePipeline
+from service.server import ServeConfig, Server, load_core
 from tests.conftest import shared_data
 from tests.service.conftest import digit
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -119,8 +122,22 @@ def test_require_skips_faceless_images_when_indexing_and_refuses_them_in_queries
                          UpsertItem("new/3", three)])
         assert core.describe().count == before  # all or nothing: the 1 is not stored either
         assert core.search(ImageInput(data=digit(digits_dir, "1").read_bytes()), k=1).hits
+        server = Server(ServeConfig(checkpoint=str(ckpt), index_root=str(tmp_path / "idx"),
+                                    catalog_url=f"sqlite:///{tmp_path / 'cat.db'}", port=0),
+                        core=core)
+        try:  # over the wire
+            with SimilarityClient(f"127.0.0.1:{server.port}") as c:
+                with pytest.raises(grpc.RpcError) as e:
+                    c.search(digit(digits_dir, "3"), 2)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "no face found" in e.value.details()
+        finally:
+            server.stop(grace=5)
     finally:
         core.close()
+    with pytest.raises(ValueError, match="--face fallback contradicts the checkpoint"):
+        load_core(ServeConfig(checkpoint=str(ckpt), index_root=str(tmp_path / "idx"),
+                              catalog_url=f"sqlite:///{tmp_path / 'cat.db'}", face="fallback"))
     # reindex gets the same preprocessing: the same 360 vectors
     built = load_index_version(tmp_path / "idx").manifest.version
     rx.reindex(rx.ReindexConfig(checkpoint=str(ckpt), index_root=str(tmp_path / "idx"),
