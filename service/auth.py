@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from imgsim.db.schema import Base
 from service.errors import PermissionDenied, Unauthenticated
+from service.validation import check_collection
 
 ACCESS = ("read", "write")  # write includes read
 ALL_COLLECTIONS = "*"
@@ -56,7 +57,10 @@ class Principal:
             raise PermissionDenied(f"API key {self.key_id} is read-only")
         if self.collections is None:
             return
-        outside = sorted(set(collections) - self.collections)
+        names = set(collections)
+        for name in names:  # before the error below quotes them
+            check_collection(name)
+        outside = sorted(names - self.collections)
         if outside:
             raise PermissionDenied(f"API key {self.key_id} has no access to collection(s) "
                                    f"{', '.join(map(repr, outside))}")

@@ -107,9 +107,7 @@ class Catalogue:
         return out
 
     def _collection(self, collection: str) -> str:
-        name = self.core.collection_name(collection)
-        check_text(name, "collection", max_chars=128)
-        return name
+        return self.core.collection_name(collection)
 
     def images(self, collection: str = "", *, offset: int = 0, limit: int = DEFAULT_PAGE,
                labels: Sequence[str] = (), metadata: Mapping[str, str] | None = None,

@@ -9,7 +9,7 @@ from indexer.versions import IndexVersion
 from service.batching import BatchObserver
 from service.errors import NotFound
 from service.live_index import LiveIndex, SwapObserver
-from service.validation import check_version_name
+from service.validation import check_collection, check_version_name
 
 
 class CollectionRegistry:
@@ -42,8 +42,9 @@ class CollectionRegistry:
         return iter(self.lives.values())
 
     def name(self, collection: str) -> str:
-        """``""`` -> the default collection's name."""
-        return collection or self.default
+        """``""`` -> the default collection's name; a name no catalogue could hold is
+        :class:`InvalidInput` before any lookup quotes it."""
+        return check_collection(collection) or self.default
 
     def live(self, collection: str = "") -> LiveIndex:
         name = self.name(collection)

@@ -19,6 +19,8 @@ MAX_LABEL_CHARS = 512
 MAX_META_NAME_CHARS = 256
 MAX_META_VALUE_CHARS = 4096
 MAX_VERSION_CHARS = 255
+# the catalogue's collections.name is VARCHAR(128)
+MAX_COLLECTION_CHARS = 128
 # the line breaks and tab a metadata value (a caption, say) may hold; no other control character
 _VALUE_WHITESPACE = frozenset("\t\n\r")
 # Unicode line and paragraph separators split log lines like a newline does
@@ -79,6 +81,12 @@ def check_metadata(metadata: Mapping[str, str], what: str = "metadata") -> None:
 def check_count(n: int, limit: int, what: str, where: str = "") -> None:
     if n > limit:
         raise InvalidInput(f"{where + ': ' if where else ''}{n} {what}; the limit is {limit}")
+
+
+def check_collection(name: str) -> str:
+    """A collection name ("" is the default collection): bounded text, so that the errors and
+    log lines that quote it stay short (a 1 MB name once made a NOT_FOUND too large to send)."""
+    return check_text(name, "collection", max_chars=MAX_COLLECTION_CHARS, allow_empty=True)
 
 
 def check_version_name(version: str) -> str:

@@ -138,3 +138,20 @@ def test_reload_takes_a_version_name_never_a_path(small_core, version):
     with pytest.raises(InvalidInput, match="index version"):
         small_core.reload("", version)
 
+
+
+def test_a_huge_collection_name_is_refused_with_a_short_message(small_core, digits_dir):
+    # a 1 MB name used to come back as a NOT_FOUND quoting all of it: too large for gRPC's
+    # 8 KiB status message (the client saw RESOURCE_EXHAUSTED) and a 1 MB log line
+    from service.auth import Principal
+
+    huge = "c" * 1_000_000
+    q = ImageInput(data=digit(digits_dir, "5").read_bytes())
+    calls = [lambda: small_core.search(q, 3, collection=huge),
+             lambda: small_core.describe(huge),
+             lambda: small_core.reload(huge, None),
+             lambda: Principal(1, "app", "read", frozenset({"faces"})).require("read", [huge])]
+    for call in calls:
+        with pytest.raises(InvalidInput, match="collection must be at most 128") as e:
+            call()
+        assert len(str(e.value)) < 200
