@@ -37,7 +37,7 @@ class StoreQuery:
     where: StoreFilter = NO_FILTER
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per query on the hot path (frozen inits cost)
 class StoreHits:
     """(<= k,) squared L2 distances, ascending, and catalogue ids, from serving ``version``."""
 

@@ -170,13 +170,30 @@ class FaissStore:
         return ids
 
     def search(self, collection: str, queries: Sequence[StoreQuery]) -> list[StoreHits]:
-        if len(queries) == 1 and queries[0].where is NO_FILTER:  # the hot path: one call
+        if len(queries) == 1 and queries[0].where is NO_FILTER:  # the hottest path
             q = queries[0]
             with self._lock:
                 v = self.version(collection)
                 d, ids = search_index(v, q.vector.reshape(1, -1), q.k)
+            if ids[0, -1] >= 0:  # FAISS puts missing hits (-1) last
+                return [StoreHits(d[0], ids[0], v.manifest.version)]
             keep = ids[0] >= 0
             return [StoreHits(d[0][keep], ids[0][keep], v.manifest.version)]
+        if all(q.where is NO_FILTER for q in queries):  # one FAISS call for the batch
+            with self._lock:
+                v = self.version(collection)
+                d, ids = search_index(v, np.stack([q.vector for q in queries]),
+                                      max(q.k for q in queries))
+            name = v.manifest.version
+            if ids[:, -1].min() >= 0:  # every slot filled: views, no masks (the usual case)
+                return [StoreHits(d[row, :q.k], ids[row, :q.k], name)
+                        for row, q in enumerate(queries)]
+            out = []
+            for row, q in enumerate(queries):
+                i = ids[row, :q.k]
+                keep = i >= 0
+                out.append(StoreHits(d[row, :q.k][keep], i[keep], name))
+            return out
         jobs = []
         for q in queries:
             w = q.where
