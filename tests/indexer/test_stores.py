@@ -305,3 +305,16 @@ def test_a_second_process_sees_the_writers_changes_and_publish(milvus_uri):
         b.stdin.close()
         b.wait(timeout=30)
         a.close()
+
+
+def test_store_commands_parse_without_torch_faiss_or_pymilvus():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom imgsim.cli import main\n"
+            "try:\n    main(['store', 'check', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'faiss', 'pymilvus') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
