@@ -84,13 +84,15 @@ def _argv(cmd: str, bad: str, tmp: Path, digits: Path, lfw: Path, golden: Path) 
         "segment predict": ["segment", "predict", image, "--checkpoint", bad, "--out",
                             str(tmp / "seg")],
         "segment eval": ["segment", "eval", "--checkpoint", bad, "--data", str(tmp)],
+        "store check": ["store", "check", "--repair", "--checkpoint", bad, "--catalog", cat,
+                        "--index-root", str(tmp / "idx-copy")],
     }[cmd]
 
 
 # serve loads its checkpoint in a background thread: test_serve_* below run it for real
 IN_PROCESS = ["train --init", "train --pretrained", "train --init-from-autoencoder", "embed",
               "eval lfw", "eval retrieval", "index build", "reindex", "jobs run", "jobs worker",
-              "segment predict", "segment eval"]
+              "segment predict", "segment eval", "store check"]
 
 
 def _walk(parser, prefix=()):
@@ -112,7 +114,7 @@ def test_the_table_covers_every_command_that_takes_a_checkpoint():
 @pytest.mark.parametrize("cmd", IN_PROCESS)
 def test_a_bad_checkpoint_is_one_line_and_exit_2(cmd, kind, tmp_path, digits_dir, tiny_lfw,
                                                  golden, capsys):
-    if cmd == "reindex":
+    if cmd in ("reindex", "store check"):
         shutil.copytree(golden / "idx", tmp_path / "idx-copy")
     bad = BAD[kind](tmp_path / "bad.pt")
     rc = main(_argv(cmd, str(bad), tmp_path, digits_dir, tiny_lfw, golden))
