@@ -5,6 +5,7 @@ any bad file is one CheckpointError line."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
@@ -23,8 +24,15 @@ from training.models.spec import ModelSpec
 from training.segmentation.models import SegModelSpec, build_segmenter
 
 FORMAT = "imgsim.checkpoint/1"  # embedders (and ensembles of them)
+# What spec.threshold is a distance between (the payload's "threshold_units", written since
+# issue 16): "unit" = L2-normalised outputs (metric cosine), "raw" = the model's raw outputs
+# (metric euclidean). Files without it are older; dlib checkpoints among them held raw
+# descriptors and dlib's raw 0.6, and load converted (training.dlib.model.upgrade_raw_spec).
+THRESHOLD_UNITS = ("unit", "raw")
 SEGMENTER_FORMAT = "imgsim.segmenter/1"
 AUTOENCODER_FORMAT = "imgsim.autoencoder/1"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -133,6 +141,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     payload = {
         "format": FORMAT,
         "spec": ckpt.spec.to_dict(),
+        "threshold_units": "unit" if ckpt.spec.normalize else "raw",
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "config": ckpt.config,
         "metrics": ckpt.metrics,
@@ -171,8 +180,18 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         spec = payload["spec"]
         if not isinstance(spec, dict):
             raise TypeError(f"spec is a {type(spec).__name__}, not a mapping")
-        return Checkpoint(spec=ModelSpec.from_dict(spec), state_dict=state, **extras,
-                          source=str(path))
+        units = payload.get("threshold_units")
+        if units is not None and units not in THRESHOLD_UNITS:
+            raise ValueError(f"threshold_units is {units!r}, not one of {THRESHOLD_UNITS}")
+        spec = ModelSpec.from_dict(spec)
+        if units is None and spec.arch == "dlib_resnet" and spec.metric == "euclidean":
+            from training.dlib.model import upgrade_raw_spec
+
+            spec = upgrade_raw_spec(spec)
+            log.info("%s: a dlib checkpoint from before issue 16 (raw descriptors): loaded with "
+                     "L2-normalised descriptors and threshold %s (converted)", path,
+                     spec.threshold)
+        return Checkpoint(spec=spec, state_dict=state, **extras, source=str(path))
 
 
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:

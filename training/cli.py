@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    arguments=_models_arguments)
     sub.add_parser("embed", help="embed a list of images into an .npy matrix",
                    description="Embed the images listed in FILE (one path per line) and write "
-                               "one float32 row per line, in order, to OUT.npy (L2-normalised "
-                               "for cosine models).",
+                               "one L2-normalised float32 row per line, in order, to OUT.npy "
+                               "(every checkpoint).",
                    arguments=_embed_arguments)
     evaluation_cli.register(sub)
     checkpoint_cli.register(sub)
@@ -219,8 +219,10 @@ def _embed(args: argparse.Namespace) -> int:
     emb = Embedder.from_checkpoint(args.checkpoint)
     vectors = emb.embed_paths(paths, batch_size=args.batch_size, num_workers=args.num_workers,
                               progress=True)
-    if emb.spec.normalize:
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    # the contract of embed for every checkpoint: unit rows (cosine models' outputs already
+    # are; a metric-euclidean model's raw outputs are normalised here, its Verify threshold
+    # stays in raw units)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     np.save(args.output, vectors.astype(np.float32))
     print(f"wrote {args.output}: {vectors.shape[0]} x {vectors.shape[1]} float32")
     return 0

@@ -21,6 +21,12 @@ from training.dlib.network import (
 )
 from training.dlib.paths import models_dir
 from training.dlib.serialize import DlibReader, DlibWriter
+from training.dlib.threshold import (
+    DLIB_UNIT_THRESHOLD,
+    agreeing_unit_threshold,
+    l2_normalise,
+    unit_threshold,
+)
 from training.models.embedder import Embedder
 
 MEAN = (122.782, 117.001, 104.298)
@@ -205,15 +211,133 @@ def test_checkpoint_round_trip_and_embedder_reproduce_dlib_normalisation(synthet
     ckpt = import_face_resnet(synthetic_dat, face_align=None, threshold=0.55)
     path = save_checkpoint(tmp_path / "dlib.pt", ckpt)
     loaded = load_checkpoint(path)  # builds via MODEL_BUILDERS without importing training.dlib
-    assert loaded.spec.arch == "dlib_resnet" and loaded.spec.metric == "euclidean"
+    # issue 16: unit descriptors, and the threshold is a distance between unit vectors
+    assert loaded.spec.arch == "dlib_resnet" and loaded.spec.metric == "cosine"
     assert loaded.spec.threshold == 0.55 and loaded.spec.input_size == 150
+    assert torch.load(path, weights_only=True)["threshold_units"] == "unit"
     chips = _chips(2, seed=3)
     emb = Embedder.from_checkpoint(path).embed_images([Image.fromarray(c) for c in chips])
     model, mean = _port(synthetic_dat)
     with torch.no_grad():
         direct = model(_to_input(chips, mean)).numpy()
-    np.testing.assert_allclose(emb, direct, atol=2e-5)
-    assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0)  # euclidean: rows stay raw
+    assert not np.allclose(np.linalg.norm(direct, axis=1), 1.0, atol=1e-3)  # dlib's raw
+    np.testing.assert_allclose(emb, l2_normalise(direct), atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def _write_pre_issue16_checkpoint(dat, path, *, face_align=None, threshold=0.6):
+    """A dlib checkpoint as imgsim wrote it before issue 16: metric euclidean (raw
+    descriptors), dlib's raw threshold, no threshold_units field."""
+    from dataclasses import replace
+
+    ckpt = import_face_resnet(dat, face_align=face_align)
+    spec = replace(ckpt.spec, metric="euclidean", threshold=threshold).to_dict()
+    torch.save({"format": "imgsim.checkpoint/1", "spec": spec, "state_dict": ckpt.state_dict,
+                "config": ckpt.config, "metrics": {}, "extra": {}}, path)
+    return path
+
+
+def test_a_pre_issue16_dlib_checkpoint_loads_with_unit_rows_and_a_converted_threshold(
+        synthetic_dat, tmp_path):
+    from PIL import Image
+
+    path = _write_pre_issue16_checkpoint(synthetic_dat, tmp_path / "old.pt", threshold=0.6)
+    loaded = load_checkpoint(path)
+    assert loaded.spec.metric == "cosine"
+    assert loaded.spec.threshold == pytest.approx(DLIB_UNIT_THRESHOLD)
+    emb = Embedder.from_checkpoint(path).embed_images([Image.fromarray(c) for c in _chips(2)])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    other = _write_pre_issue16_checkpoint(synthetic_dat, tmp_path / "o.pt", threshold=0.5)
+    assert load_checkpoint(other).spec.threshold == pytest.approx(unit_threshold(0.5))
+    # a checkpoint saved again records its units, and is not converted twice
+    again = save_checkpoint(tmp_path / "again.pt", loaded)
+    assert load_checkpoint(again).spec.threshold == loaded.spec.threshold
+
+
+def test_agreeing_unit_threshold_reproduces_raw_verdicts_for_equal_norms():
+    rng = np.random.default_rng(0)
+    a = l2_normalise(rng.normal(size=(300, 16))) * 0.8
+    b = l2_normalise(a + rng.normal(0, 0.2, size=(300, 16))) * 0.8
+    thr, agree = agreeing_unit_threshold(a, b, 0.3)
+    assert agree == 1.0  # d_unit = d_raw / 0.8 exactly: a monotone map
+    assert thr == pytest.approx(0.3 / 0.8, abs=0.02)
+
+
+def test_import_dlib_cli_thresholds(synthetic_dat, tmp_path):
+    out = tmp_path / "m.pt"
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(synthetic_dat),
+                        "--face-align", "none"]) == 0
+    assert load_checkpoint(out).spec.threshold == pytest.approx(DLIB_UNIT_THRESHOLD)
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(synthetic_dat),
+                        "--face-align", "none", "--dlib-threshold", "0.5"]) == 0
+    assert load_checkpoint(out).spec.threshold == pytest.approx(unit_threshold(0.5))
+    assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(synthetic_dat),
+                        "--threshold", "0.4", "--dlib-threshold", "0.5"]) == 2
+
+
+def test_imgsim_embed_rows_of_the_real_dlib_checkpoint_have_norm_1(tmp_path):
+    from PIL import Image
+
+    pytest.importorskip("dlib", reason="dlib-bin (dev extra) runs dlib5's HOG detector")
+    dat = _real_dat()
+    ckpt = tmp_path / "dlib.pt"
+    assert imgsim_main(["import-dlib", "--output", str(ckpt), "--dat", str(dat)]) == 0
+    paths = []
+    for i, chip in enumerate(_chips(3, seed=21)):  # no face: dlib5 falls back to the fixed crop
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(chip).resize((250, 250)).save(paths[-1])
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    out = tmp_path / "out.npy"
+    assert imgsim_main(["embed", "--checkpoint", str(ckpt), "--list", str(listing),
+                        "--output", str(out), "--num-workers", "0"]) == 0
+    rows = np.load(out)
+    assert rows.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+
+
+def _lfw_root():
+    from training.evaluation.lfw import resolve_lfw_root
+    from training.settings import data_root
+
+    try:
+        root = resolve_lfw_root(data_root())
+    except FileNotFoundError:
+        pytest.skip("LFW is not under $IMGSIM_DATA (needed for the same-verdicts check)")
+    if not (root / "pairsDevTest.txt").is_file():
+        pytest.skip("LFW View 1 pairsDevTest.txt is not under $IMGSIM_DATA")
+    return root
+
+
+def test_converted_threshold_gives_the_same_verdicts_on_real_lfw_pairs(tmp_path):
+    """pairsDevTest (not the calibration set): 40 genuine + 40 impostor pairs, lfw-fixed chips,
+    raw descriptors at dlib's 0.6 vs the old checkpoint loaded now (unit rows, converted
+    threshold). The conversion is not exact (benchmarks/dlib_unit_threshold.py measured
+    SAME_VERDICTS_DEV_TEST on the whole of pairsDevTest), so at most 1 pair in 80 may differ."""
+    from training.evaluation.lfw import IMAGES_DIR, read_lfw_pairs
+
+    root = _lfw_root()
+    pairs = read_lfw_pairs(root / "pairsDevTest.txt", root / IMAGES_DIR)
+    pick = np.r_[0:40, 500:540]
+    a = [pairs.paths_a[i] for i in pick]
+    b = [pairs.paths_b[i] for i in pick]
+    old = _write_pre_issue16_checkpoint(_real_dat(), tmp_path / "old.pt", face_align="lfw-fixed")
+    emb = Embedder.from_checkpoint(old)
+    ua, ub = emb.embed_paths(a), emb.embed_paths(b)
+    model, _ = _port(_real_dat())  # raw descriptors of the same chips, dlib's way
+    raw = Embedder(model, replace_metric(emb.spec))
+    ra, rb = raw.embed_paths(a), raw.embed_paths(b)
+    raw_same = np.linalg.norm(ra - rb, axis=1) <= 0.6
+    unit_same = np.linalg.norm(ua - ub, axis=1) <= emb.spec.threshold
+    assert np.linalg.norm(ua, axis=1) == pytest.approx(1.0, abs=1e-5)
+    assert (raw_same != unit_same).sum() <= 3
+    assert (raw_same == pairs.same[pick]).mean() > 0.9  # the raw verdicts are good ones
+
+
+def replace_metric(spec):
+    from dataclasses import replace
+
+    return replace(spec, metric="euclidean", threshold=0.6)
 
 
 def test_import_dlib_cli(synthetic_dat, tmp_path, capsys):
@@ -253,7 +377,7 @@ def test_training_can_start_from_an_imported_checkpoint(synthetic_dat, tmp_path)
                             val_max_images=12, tensorboard=False, name="tuned"))
     tuned, before = load_checkpoint(out), load_checkpoint(start)
     assert tuned.spec.arch == "dlib_resnet" and tuned.spec.face_align == "lfw-fixed"
-    assert tuned.spec.metric == "euclidean" and tuned.spec.name == "tuned"
+    assert tuned.spec.metric == "cosine" and tuned.spec.name == "tuned"
     assert tuned.spec.threshold is not None  # calibrated anew
     moved = [k for k in before.state_dict
              if not torch.equal(before.state_dict[k], tuned.state_dict[k])]

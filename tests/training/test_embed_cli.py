@@ -19,6 +19,31 @@ def test_embed_writes_one_normalised_row_per_line_in_order(tmp_path, digits_dir,
     np.testing.assert_allclose(got, expected, atol=1e-5)  # same order as the list
 
 
+def test_embed_rows_have_norm_1_for_a_metric_euclidean_model_too(tmp_path, digits_dir,
+                                                                 tiny_checkpoint):
+    """issue 16: one L2-normalised row per line for every checkpoint; a raw-output model's
+    Embedder (its Verify threshold is in raw units) still gives raw rows."""
+    from dataclasses import replace
+
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    raw = save_checkpoint(tmp_path / "raw.pt",
+                          replace(ckpt, spec=replace(ckpt.spec, metric="euclidean")))
+    paths = sorted(digits_dir.glob("*/*.png"))[::53][:4]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    out = tmp_path / "out.npy"
+    assert main(["embed", "--checkpoint", str(raw), "--list", str(listing),
+                 "--output", str(out), "--num-workers", "0"]) == 0
+    got = np.load(out)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    direct = Embedder.from_checkpoint(raw).embed_paths(paths)
+    assert not np.allclose(np.linalg.norm(direct, axis=1), 1, atol=1e-3)
+    np.testing.assert_allclose(got, direct / np.linalg.norm(direct, axis=1, keepdims=True),
+                               atol=1e-5)
+
+
 def test_embed_missing_file_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
     listing = tmp_path / "list.txt"
     listing.write_text("/nope/missing.png\n")

@@ -9,6 +9,7 @@ from training.checkpoint import Checkpoint, file_sha256
 from training.dlib.model import dlib_spec, state_dict_from_dlib
 from training.dlib.network import read_network
 from training.dlib.paths import models_dir
+from training.dlib.threshold import DLIB_UNIT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ def find_face_model(path: str | Path | None = None) -> Path:
 
 
 def import_face_resnet(dat: str | Path | None = None, *, name: str = "dlib_face_resnet_v1",
-                       threshold: float = 0.6, face_align: str | None = "dlib5") -> Checkpoint:
-    """Read the .dat, fold its affine layers into the convs and wrap it as a Checkpoint."""
+                       threshold: float = DLIB_UNIT_THRESHOLD, face_align: str | None = "dlib5") -> Checkpoint:
+    """Read the .dat, fold its affine layers into the convs and wrap it as a Checkpoint
+    (L2-normalised descriptors; ``threshold`` between unit vectors)."""
     path = find_face_model(dat)
     net = read_network(path)
     state = state_dict_from_dlib(net)

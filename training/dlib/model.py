@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.dlib.network import DlibFormatError, DlibNet, check_face_resnet
+from training.dlib.threshold import DLIB_UNIT_THRESHOLD, unit_threshold
 from training.models.backbones import MODEL_BUILDERS
 from training.models.spec import ModelSpec
 
@@ -57,12 +60,14 @@ class ResidualBlock(nn.Module):
 class DlibFaceResNet(nn.Module):
     """dlib_face_recognition_resnet_model_v1 as a PyTorch module.
 
-    forward: (n, 3, 150, 150) float32, (rgb - mean) / 256 -> (n, 128) float32, not normalised
-    (compare descriptors by Euclidean distance; dlib's own threshold is 0.6).
+    forward: (n, 3, 150, 150) float32, (rgb - mean) / 256 -> (n, 128) float32, L2-normalised
+    when ``normalize`` (imported checkpoints since issue 16: ``metric = "cosine"``), else dlib's
+    raw descriptors (dlib compares those by Euclidean distance with threshold 0.6).
     """
 
-    def __init__(self, embedding_dim: int = 128) -> None:
+    def __init__(self, embedding_dim: int = 128, *, normalize: bool = False) -> None:
         super().__init__()
+        self.normalize = normalize
         self.stem = nn.Conv2d(3, 32, 7, stride=2, padding=0)
         blocks, ch = [], 32
         for out_ch, down in BLOCKS:
@@ -77,7 +82,8 @@ class DlibFaceResNet(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        z = self.fc(self.features(x))
+        return F.normalize(z, dim=1) if self.normalize else z
 
 
 def _fold(con, affine) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,20 +116,33 @@ def state_dict_from_dlib(net: DlibNet) -> dict[str, torch.Tensor]:
     return state
 
 
-def dlib_spec(net: DlibNet, *, name: str = "dlib_face_resnet_v1", threshold: float = 0.6,
+def dlib_spec(net: DlibNet, *, name: str = "dlib_face_resnet_v1",
+              threshold: float = DLIB_UNIT_THRESHOLD,
               face_align: str | None = "dlib5") -> ModelSpec:
     """A ModelSpec reproducing dlib's input normalisation: (rgb - mean) / 256 on 0..255 pixels
-    equals (x - mean / 255) / (256 / 255) on our 0..1 tensors."""
+    equals (x - mean / 255) / (256 / 255) on our 0..1 tensors. ``metric = "cosine"``: the
+    descriptors are L2-normalised and ``threshold`` is a distance between unit vectors
+    (dlib's raw 0.6 converted: training.dlib.threshold)."""
     return ModelSpec(arch=ARCH, embedding_dim=128, input_size=net.input_size[0],
                      mean=tuple(m / 255.0 for m in net.input_mean), std=(256.0 / 255.0,) * 3,
-                     metric="euclidean", threshold=threshold, name=name, face_align=face_align)
+                     metric="cosine", threshold=threshold, name=name, face_align=face_align)
+
+
+def upgrade_raw_spec(spec: ModelSpec) -> ModelSpec:
+    """A dlib checkpoint written before issue 16 (``metric = "euclidean"``: raw descriptors,
+    threshold in raw units) -> the same model with unit descriptors and the converted
+    threshold, so that Verify and eval decide as before (within training.dlib.threshold)."""
+    if spec.arch != ARCH or spec.metric != "euclidean":
+        return spec
+    thr = None if spec.threshold is None else unit_threshold(spec.threshold)
+    return replace(spec, metric="cosine", threshold=thr)
 
 
 def build_dlib_resnet(spec: ModelSpec) -> nn.Module:
     if spec.input_size != 150 or spec.in_channels != 3:
         raise ValueError(f"{ARCH} takes 150x150 RGB input, spec says {spec.input_size}x"
                          f"{spec.input_size} with {spec.in_channels} channels")
-    return DlibFaceResNet(spec.embedding_dim)
+    return DlibFaceResNet(spec.embedding_dim, normalize=spec.normalize)
 
 
 MODEL_BUILDERS[ARCH] = build_dlib_resnet
