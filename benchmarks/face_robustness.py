@@ -27,8 +27,13 @@ log = logging.getLogger("face_robustness")
 
 
 def degrade(image: Image.Image, row: str) -> Image.Image:
-    """The photo as a user might send it. Downscaling keeps the aspect (250 -> 96 or 64 px)."""
+    """The photo as a user might send it. Downscaling keeps the aspect (250 -> 96 or 64 px);
+    "96px+grey" applies both, in that order."""
     image = image.convert("RGB")
+    if "+" in row:
+        for part in row.split("+"):
+            image = degrade(image, part)
+        return image
     if row == "shipped":
         return image
     if row in ("96px", "64px"):
