@@ -101,8 +101,8 @@ class Catalogue:
             live = core.lives.get(name)
             out.append(CollectionInfo(
                 name, int(counts.get(name, 0)), live is not None,
-                live.version.manifest.version if live is not None else "",
-                int(live.version.index.ntotal) if live is not None else 0,
+                live.version_name if live is not None else "",
+                live.count() if live is not None else 0,
                 described.get(name) or ""))
         return out
 

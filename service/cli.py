@@ -79,6 +79,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--extra-index-root", action="append", dest="extra_index_roots",
                    help="serve another collection from this index root (repeatable)")
     s.add_argument("--catalog", dest="catalog_url", help=f"default {DEFAULT_CATALOG}")
+    s.add_argument("--vector-store", metavar="SPEC",
+                   help="faiss (default: the index versions under --index-root, in this "
+                        "process), milvus:FILE (Milvus Lite) or milvus:http://host:19530 (a "
+                        "Milvus server that stateless replicas share); env IMGSIM_VECTOR_STORE")
+    s.add_argument("--collection", action="append", dest="collections",
+                   help="with a vector store other than faiss: a catalogue collection to "
+                        "serve (repeatable, the first is the default; default: every "
+                        "collection the store has published)")
     s.add_argument("--host", help="bind address (0.0.0.0 for all; default 127.0.0.1)")
     s.add_argument("--port", type=int_in(0, 65535), help="default 50051 (0: any free port)")
     s.add_argument("--max-workers", type=int, help="gRPC handler threads")
@@ -281,9 +289,11 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in (
         "checkpoint", "index_root", "catalog_url", "host", "port", "max_workers", "max_batch",
         "max_wait_ms", "face", "watch_seconds", "require_api_key", "tls_cert", "tls_key",
-        "metrics_port", "log_format", "http_port")}
+        "metrics_port", "log_format", "http_port", "vector_store")}
     if args.extra_index_roots:
         flags["extra_index_roots"] = tuple(args.extra_index_roots)
+    if args.collections:
+        flags["collections"] = tuple(args.collections)
     cfg = load_serve_config(args.config, defaults={"index_root": DEFAULT_INDEX_ROOT,
                                                    "catalog_url": DEFAULT_CATALOG,
                                                    "http_port": DEFAULT_HTTP_PORT}, **flags)

@@ -9,11 +9,16 @@ from indexer.versions import IndexVersion
 from service.batching import BatchObserver
 from service.errors import NotFound
 from service.live_index import LiveIndex, SwapObserver
+from service.store_index import StoreIndex
 from service.validation import check_collection, check_version_name
+
+Served = LiveIndex | StoreIndex
 
 
 class CollectionRegistry:
     """Live indexes by collection name; the first one given is the default collection.
+    ``stored``: collections served from a vector store (no FAISS index on disk), after
+    ``versions``.
 
     ``on_swap(collection, outcome, version)`` hears of every swap, refused and failed one (the
     core clears its catalogue cache and reports to its observer there)."""
@@ -21,8 +26,9 @@ class CollectionRegistry:
     def __init__(self, versions: Sequence[IndexVersion], *, checkpoint_sha256: str, dim: int,
                  max_batch: int, max_wait_ms: float, max_queue: int,
                  on_batch: BatchObserver | None = None,
-                 on_swap: SwapObserver | None = None) -> None:
-        self.lives: dict[str, LiveIndex] = {}
+                 on_swap: SwapObserver | None = None,
+                 stored: Sequence[StoreIndex] = ()) -> None:
+        self.lives: dict[str, Served] = {}
         for v in versions:
             live = LiveIndex(v, checkpoint_sha256=checkpoint_sha256, dim=dim,
                              max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -32,13 +38,22 @@ class CollectionRegistry:
                 self.close()
                 raise ValueError(f"collection {live.collection!r} is served twice")
             self.lives[live.collection] = live
+        for live in stored:
+            if live.collection in self.lives:
+                for other in stored:
+                    other.close()
+                self.close()
+                raise ValueError(f"collection {live.collection!r} is served twice")
+            self.lives[live.collection] = live
+        if not self.lives:
+            raise ValueError("no collection to serve")
         self.default = next(iter(self.lives))
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.lives)
 
-    def __iter__(self) -> Iterator[LiveIndex]:
+    def __iter__(self) -> Iterator[Served]:
         return iter(self.lives.values())
 
     def name(self, collection: str) -> str:
@@ -46,7 +61,7 @@ class CollectionRegistry:
         :class:`InvalidInput` before any lookup quotes it."""
         return check_collection(collection) or self.default
 
-    def live(self, collection: str = "") -> LiveIndex:
+    def live(self, collection: str = "") -> Served:
         name = self.name(collection)
         live = self.lives.get(name)
         if live is None:
@@ -54,7 +69,7 @@ class CollectionRegistry:
                            f"(this server serves {', '.join(map(repr, self.lives))})")
         return live
 
-    def find(self, collection: str) -> LiveIndex | None:
+    def find(self, collection: str) -> Served | None:
         """The live index of ``collection`` ("" for the default), None if it is not served."""
         return self.lives.get(self.name(collection))
 
@@ -69,7 +84,7 @@ class CollectionRegistry:
         in-flight searches finish on the old one."""
         root = Path(root).resolve()
         for live in self.lives.values():
-            if live.root.resolve() == root:
+            if not live.pushes_filters and live.root.resolve() == root:
                 return live.swap(version)[1]
         raise NotFound(f"no served collection has its index under {root}")
 

@@ -28,6 +28,12 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     extra_index_roots: tuple[str, ...] = ()  # more collections, one index root each
+    # where vectors are searched: faiss (index versions under index_root, in this process) or
+    # milvus:FILE (Milvus Lite) / milvus:http://host:19530 (shared by stateless replicas)
+    vector_store: str = "faiss"
+    # with a store other than faiss: the catalogue collections to serve (first: the default);
+    # empty: every catalogue collection the store has published
+    collections: tuple[str, ...] = ()
     # gRPC
     max_workers: int = 64  # handler threads: requests waiting on a batch hold one each
     max_concurrent_rpcs: int = 512  # beyond this, RESOURCE_EXHAUSTED
@@ -81,6 +87,15 @@ class ServeConfig:
                              f"{self.http_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both tls_cert and tls_key")
+        from indexer.stores import parse_store_spec  # light: no faiss, no pymilvus
+
+        name, arg = parse_store_spec(self.vector_store)  # ValueError listing the valid names
+        if name != "faiss" and not arg:
+            raise ValueError(f"vector_store {self.vector_store!r} needs a file (Milvus Lite) "
+                             "or URI: milvus:var/milvus.db or milvus:http://host:19530")
+        if name != "faiss" and self.extra_index_roots:
+            raise ValueError("extra_index_roots are FAISS index roots; with vector_store "
+                             f"{self.vector_store!r} name the collections to serve instead")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
 
@@ -93,13 +108,14 @@ class ServeConfig:
 
 
 # Settings every process shares (training.settings.CommonSettings) keep their common name too.
-_COMMON_ENV = {"catalog_url": "IMGSIM_CATALOG_URL", "index_root": "IMGSIM_INDEX_ROOT"}
+_COMMON_ENV = {"catalog_url": "IMGSIM_CATALOG_URL", "index_root": "IMGSIM_INDEX_ROOT",
+               "vector_store": "IMGSIM_VECTOR_STORE"}
 
 
 def serve_env_names(name: str) -> list[str]:
-    """``IMGSIM_SERVE_<NAME>`` (documented); the catalogue URL and the index root, which the
-    index commands read too, also as ``IMGSIM_CATALOG_URL``/``IMGSIM_INDEX_ROOT`` (the serve
-    name wins)."""
+    """``IMGSIM_SERVE_<NAME>`` (documented); the catalogue URL, the index root and the vector
+    store, which the index commands read too, also as ``IMGSIM_CATALOG_URL``/
+    ``IMGSIM_INDEX_ROOT``/``IMGSIM_VECTOR_STORE`` (the serve name wins)."""
     return [ENV_PREFIX + name.upper(), *([_COMMON_ENV[name]] if name in _COMMON_ENV else [])]
 
 
@@ -127,7 +143,8 @@ def load_serve_config(file: str | Path | None = None, *, env: Mapping[str, str] 
 
 
 # How each setting that names a file or database is given, for error messages.
-_FLAGS = {"checkpoint": "--checkpoint", "index_root": "--index-root", "catalog_url": "--catalog"}
+_FLAGS = {"checkpoint": "--checkpoint", "index_root": "--index-root", "catalog_url": "--catalog",
+          "collections": "--collection"}
 
 
 def how_to_set(name: str) -> str:

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from indexer.stores import VectorStore
 from indexer.versions import IndexVersion
-from service.collection_registry import CollectionRegistry
+from service.collection_registry import CollectionRegistry, Served
 from service.domain import (  # noqa: F401  (re-exported: the servicers' import path)
     MAX_K,
     ChangeResult,
@@ -57,6 +58,7 @@ from service.live_index import LiveIndex
 from service.mutations import Changes
 from service.searcher import Searcher
 from service.store import CatalogEntry, EntryCache, ensure_service_tables
+from service.store_index import StoreIndex
 from service.verifier import Verifier, cosine_from_vectors  # noqa: F401  (re-exported)
 from training.models.embedder import Embedder
 
@@ -67,12 +69,15 @@ class SimilarityCore:
     """Embeds images with the model and answers from the live index of each served collection.
 
     ``index`` is the default collection's version; ``extra_indexes`` serve more collections
-    (one index root each)."""
+    (one index root each). With a ``store`` (Milvus), ``stored_collections`` are served from it
+    instead (``index`` None; ``index_root`` holds their blobs and catalogued files)."""
 
-    def __init__(self, embedder: Embedder, index: IndexVersion, sessions: sessionmaker[Session],
-                 *, default_threshold: float | None = None,
+    def __init__(self, embedder: Embedder, index: IndexVersion | None,
+                 sessions: sessionmaker[Session], *, default_threshold: float | None = None,
                  extra_indexes: Sequence[IndexVersion] = (), options: CoreOptions | None = None,
-                 observer: CoreObserver | None = None) -> None:
+                 observer: CoreObserver | None = None, store: VectorStore | None = None,
+                 stored_collections: Sequence[str] = (),
+                 index_root: str | Path = "var/index") -> None:
         self.options = o = options or CoreOptions()
         self.embedder = embedder
         self.sessions = sessions
@@ -80,10 +85,24 @@ class SimilarityCore:
         on_batch = observer.on_batch if observer is not None else None
         self._observer = observer
         self.entries = EntryCache(ttl=o.catalog_cache_seconds)
+        self.store = store
+        stored = []
+        try:
+            for name in stored_collections:
+                stored.append(StoreIndex(
+                    store, name, root=index_root, sessions=sessions,
+                    checkpoint_sha256=embedder.checkpoint_sha256, dim=embedder.dim,
+                    max_batch=o.search_max_batch, max_wait_ms=o.search_max_wait_ms,
+                    max_queue=o.max_queue, observer=on_batch, on_swap=self._swapped))
+        except BaseException:
+            for live in stored:
+                live.close()
+            raise
         self.registry = CollectionRegistry(
-            (index, *extra_indexes), checkpoint_sha256=embedder.checkpoint_sha256,
+            [v for v in (index, *extra_indexes) if v is not None],
+            checkpoint_sha256=embedder.checkpoint_sha256,
             dim=embedder.dim, max_batch=o.search_max_batch, max_wait_ms=o.search_max_wait_ms,
-            max_queue=o.max_queue, on_batch=on_batch, on_swap=self._swapped)
+            max_queue=o.max_queue, on_batch=on_batch, on_swap=self._swapped, stored=stored)
         self.pipeline = ImagePipeline(
             embedder, max_pixels=o.max_pixels, formats=o.formats, face=o.face,
             decode_workers=o.decode_workers, max_batch=o.max_batch, max_wait_ms=o.max_wait_ms,
@@ -106,7 +125,7 @@ class SimilarityCore:
 
     # -- collections and versions ---------------------------------------------------------
     @property
-    def lives(self) -> dict[str, LiveIndex]:
+    def lives(self) -> dict[str, Served]:
         return self.registry.lives
 
     @property
@@ -129,7 +148,7 @@ class SimilarityCore:
     def collection_name(self, c: str) -> str:
         return self.registry.name(c)
 
-    def live(self, collection: str = "") -> LiveIndex:
+    def live(self, collection: str = "") -> Served:
         return self.registry.live(collection)
 
     def reload(self, collection: str = "", version: str | None = None) -> tuple[str, str, str]:
@@ -212,12 +231,11 @@ class SimilarityCore:
     # -- DescribeIndex --------------------------------------------------------------------
     def describe(self, collection: str = "") -> IndexInfo:
         live = self.live(collection)
-        v = live.version
-        m = v.manifest
-        return IndexInfo(live.collection, self.embedder.model_version, m.version, m.factory,
-                         self.embedder.spec.metric, m.dimension, int(v.index.ntotal),
-                         m.recall_at_10, self.threshold, m.checkpoint_sha256, m.created_at,
-                         dict(m.search_params), self._face_info(), self.collections)
+        v = live.served()
+        return IndexInfo(live.collection, self.embedder.model_version, v.version, v.factory,
+                         self.embedder.spec.metric, v.dimension, v.count, v.recall_at_10,
+                         self.threshold, v.checkpoint_sha256,
+                         v.created_at, v.search_params, self._face_info(), self.collections)
 
     def _face_info(self) -> str:
         return self.embedder.spec.face_step()  # the checkpoint's, for indexing and queries
@@ -226,3 +244,5 @@ class SimilarityCore:
         """Stop the batchers and watchers (queued work finishes first)."""
         self.registry.close()
         self.pipeline.close()
+        if self.store is not None:
+            self.store.close()

@@ -118,6 +118,21 @@ class ChangeResult:
 
 
 @dataclass(frozen=True)
+class ServedVersion:
+    """What serves a collection now, whatever holds it (a FAISS version, a store's alias)."""
+
+    version: str
+    factory: str
+    dimension: int
+    count: int
+    recall_at_10: float | None
+    checkpoint_sha256: str
+    created_at: str
+    search_params: dict
+    location: str = ""
+
+
+@dataclass(frozen=True)
 class IndexInfo:
     collection: str
     model_version: str

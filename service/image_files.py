@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import NotFound
-from service.live_index import LiveIndex, index_root_of
+from service.live_index import LiveIndex
 from service.store import BlobStore, CatalogEntry, blob_root
 
 
@@ -17,7 +17,7 @@ class ImageFiles:
         self._blob_dir = blob_dir
 
     def blob_dir(self, live: LiveIndex) -> Path:
-        return blob_root(index_root_of(live.version), live.collection, self._blob_dir)
+        return blob_root(live.root, live.collection, self._blob_dir)
 
     def blobs(self, live: LiveIndex) -> BlobStore:
         return BlobStore(self.blob_dir(live))

@@ -21,6 +21,7 @@ from indexer.catalog import DEFAULT_COLLECTION
 from indexer.search import SearchAnswer, SearchJob, reconstruct, search_batch
 from indexer.versions import IndexVersion, current_version_name, load_index_version
 from service.batching import BatchObserver, MicroBatcher
+from service.domain import ServedVersion
 from service.errors import FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def index_root_of(version: IndexVersion) -> Path:
 
 
 class LiveIndex:
+    pushes_filters = False  # filters become catalogue ids, searched by indexer.search
+
     def __init__(self, version: IndexVersion, *, checkpoint_sha256: str, dim: int,
                  max_batch: int = 64, max_wait_ms: float = 0.0, max_queue: int = 4096,
                  observer: BatchObserver | None = None,
@@ -67,6 +70,20 @@ class LiveIndex:
     @property
     def version(self) -> IndexVersion:
         return self._version
+
+    @property
+    def version_name(self) -> str:
+        return self._version.manifest.version
+
+    def count(self) -> int:
+        return int(self._version.index.ntotal)
+
+    def served(self) -> ServedVersion:
+        v = self._version
+        m = v.manifest
+        return ServedVersion(m.version, m.factory, m.dimension, int(v.index.ntotal),
+                             m.recall_at_10, m.checkpoint_sha256, m.created_at,
+                             dict(m.search_params), str(v.path))
 
     # -- searching (indexer.search: the one search path) ----------------------------------
     def _search_batch(self, jobs: list[SearchJob]) -> list[SearchAnswer]:

@@ -20,15 +20,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import DEFAULT_COLLECTION, ImageRow
+from indexer.catalog import DEFAULT_COLLECTION, ImageRow, upsert_images
 from indexer.faults import AFTER_INDEX_PUBLISH, fault_point
 from indexer.incremental import (
     add_to_index,
@@ -37,6 +38,7 @@ from indexer.incremental import (
     publish_changes,
     remove_from_index,
 )
+from indexer.stores import Items
 from indexer.versions import (
     IndexVersion,
     current_version_name,
@@ -44,7 +46,7 @@ from indexer.versions import (
     publish_lock,
     read_manifest,
 )
-from service.collection_registry import CollectionRegistry
+from service.collection_registry import CollectionRegistry, Served
 from service.domain import ChangeResult, CoreOptions, UpsertItem
 from service.embedding_front import EmbeddingFront
 from service.errors import (
@@ -58,7 +60,7 @@ from service.errors import (
 )
 from service.image_files import ImageFiles
 from service.live_index import LiveIndex
-from service.store import BlobStore, EntryCache, entries_by_keys
+from service.store import BlobStore, CatalogEntry, EntryCache, entries_by_keys
 from service.validation import check_count, check_key, check_keys, check_label, check_metadata
 
 log = logging.getLogger(__name__)
@@ -188,15 +190,82 @@ def _drop_blobs(sessions: sessionmaker[Session], live: LiveIndex, blobs: BlobSto
                       blobs.root)
 
 
+@dataclass
+class _Pending:
+    """What a change's plan (run inside its catalogue transaction) leaves to publish: for a
+    FAISS collection the changed copy of the served version, for a store collection the
+    vectors to write and ids to delete, and what undoes them; ``after_commit`` runs under the
+    locks once the change is committed and served."""
+
+    session: Session
+    version: IndexVersion | None = None  # FAISS
+    upserted: dict[int, str] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+    add: Items | None = None  # store
+    undo_add: Items | None = None  # the previous vectors of updated ids
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return self.version is not None or self.add is not None or bool(self.deleted)
+
+
 class Changes:
     """Upsert and Delete on the served collections (one job: change catalogue, index and
-    CURRENT together), built from the core's parts."""
+    CURRENT, or the vector store, together), built from the core's parts."""
 
     def __init__(self, *, collections: CollectionRegistry, front: EmbeddingFront,
                  files: ImageFiles, sessions: sessionmaker[Session], entries: EntryCache,
                  options: CoreOptions) -> None:
         self._collections, self._front, self._files = collections, front, files
         self._sessions, self._entries, self._options = sessions, entries, options
+
+    @contextmanager
+    def _change(self, live: Served, deadline: float | None) -> Iterator[_Pending]:
+        """The one publish sequence of Upsert and Delete. The body plans the change in the
+        catalogue transaction and stages it on the :class:`_Pending` (or stages nothing:
+        nothing to do). Then, still in the transaction: the change is recorded, published
+        (a new index version; a store's writes), the fault point passed, the transaction
+        committed; a failure anywhere after the publish restores the parent (the served
+        version again; the store's previous rows). Then the change is served and the catalogue
+        cache cleared."""
+        published = False
+        pending: _Pending | None = None
+        with _publishing(live, deadline):
+            try:
+                with self._sessions.begin() as s:
+                    if live.pushes_filters:
+                        _lock(s, live, deadline)
+                    else:
+                        _serve_current(s, live, deadline)
+                    pending = _Pending(s)
+                    yield pending
+                    if not pending.staged:
+                        return
+                    if live.pushes_filters:
+                        published = True  # a write may land even if it raises
+                        _write_store(live, pending)
+                    else:
+                        _record_change(pending.version, upserted=pending.upserted,
+                                       deleted=pending.deleted)
+                        publish_changes(live.root, pending.version,
+                                        keep=self._options.keep_versions, session=s)
+                        published = True
+                    fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
+            except BaseException:
+                if published:
+                    if live.pushes_filters:
+                        _undo_store(live, pending)
+                    else:
+                        _restore(live, self._options.keep_versions)
+                raise
+            if pending is None or not pending.staged:
+                return
+            if pending.version is not None:
+                live.replace(pending.version)
+            self._entries.clear()
+            for hook in pending.after_commit:
+                hook()
 
     def upsert(self, items: Iterable[UpsertItem], *, deadline: float | None = None,
                abandoned: Callable[[], bool] | None = None) -> ChangeResult:
@@ -211,73 +280,40 @@ class Changes:
                                           names=names)
         blobs = self._files.blobs(live)
         written: list[Path] = []
-        published = False
+        changed: list[int] = []
+        inserted = 0
         try:
-            with _publishing(live, deadline):
-                try:
-                    with self._sessions.begin() as s:
-                        _serve_current(s, live, deadline)
-                        existing = entries_by_keys(s, [it.key for it in batch],
-                                                   collection=live.collection)
-                        ids = np.array([e.id for e in existing.values()], np.int64)
-                        _, present = live.reconstruct(ids)
-                        indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
-                        changed, rows, replaced = [], [], []
-                        for n, it in enumerate(batch):
-                            e = existing.get(it.key)
-                            sha = _sha(it.data)
-                            if (e is not None and e.id in indexed and e.sha256 == sha
-                                    and e.label == it.label and e.metadata == dict(it.metadata)):
-                                continue
-                            fmt = Image.open(io.BytesIO(it.data)).format or "img"
-                            path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
-                            if new:
-                                written.append(path)
-                            where, storage = blobs.location(path, index_root=live.root)
-                            if e is not None and (e.path, e.storage) != (where, storage):
-                                replaced.append(e.file(live.root))
-                            changed.append(n)
-                            rows.append({"key": it.key, "path": where, "storage": storage,
-                                         "label": it.label, "sha256": sha,
-                                         "meta": dict(it.metadata)})
-                        inserted = sum(batch[n].key not in existing for n in changed)
-                        if not changed:
-                            v = live.version
-                            return ChangeResult(v.manifest.version, int(v.index.ntotal),
-                                                unchanged=len(batch))
-                        if abandoned is not None and abandoned():
-                            raise ClientGone("the call ended before the change was applied")
-                        version = clone_version(live.version)
-                        try:
-                            ids = add_to_index(s, version, rows, vectors[changed],
-                                               collection=live.collection)
-                        except (TypeError, ValueError) as e:
-                            raise FailedPrecondition(f"cannot change this index: {e}") from e
-                        _record_change(version, upserted=dict(zip(ids, [r["sha256"] for r in rows],
-                                                                  strict=True)))
-                        publish_changes(live.root, version, keep=self._options.keep_versions,
-                                        session=s)
-                        published = True
-                        fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
-                except BaseException:
-                    if published:
-                        _restore(live, self._options.keep_versions)
-                    raise
-                live.replace(version)
-                self._entries.clear()
-                written = []  # committed: referenced now
-                _drop_blobs(self._sessions, live, blobs, replaced)
+            with self._change(live, deadline) as change:
+                s = change.session
+                existing, changed, rows, replaced = _plan_upsert(s, live, batch, blobs, written)
+                inserted = sum(batch[n].key not in existing for n in changed)
+                if not changed:
+                    return ChangeResult(live.version_name, live.count(), unchanged=len(batch))
+                if abandoned is not None and abandoned():
+                    raise ClientGone("the call ended before the change was applied")
+                if live.pushes_filters:
+                    _stage_store_upsert(change, live, rows, vectors[changed])
+                else:
+                    change.version = clone_version(live.version)
+                    try:
+                        ids = add_to_index(s, change.version, rows, vectors[changed],
+                                           collection=live.collection)
+                    except (TypeError, ValueError) as e:
+                        raise FailedPrecondition(f"cannot change this index: {e}") from e
+                    change.upserted = dict(zip(ids, [r["sha256"] for r in rows], strict=True))
+                change.after_commit.append(lambda: written.clear())  # referenced now
+                change.after_commit.append(
+                    lambda: _drop_blobs(self._sessions, live, blobs, replaced))
         except BaseException:
             for p in written:
                 p.unlink(missing_ok=True)
             raise
+        version = live.version_name
         log.info("upsert into %s: %d inserted, %d updated, %d unchanged -> %s", live.collection,
-                 inserted, len(changed) - inserted, len(batch) - len(changed),
-                 version.manifest.version, extra={"collection": live.collection,
-                                                  "index_version": version.manifest.version})
-        return ChangeResult(version.manifest.version, int(version.index.ntotal), inserted=inserted,
+                 inserted, len(changed) - inserted, len(batch) - len(changed), version,
+                 extra={"collection": live.collection, "index_version": version})
+        return ChangeResult(version, live.count(), inserted=inserted,
                             updated=len(changed) - inserted, unchanged=len(batch) - len(changed))
-
 
     def delete(self, keys: Sequence[str], *, collection: str = "",
                ignore_missing: bool = False, deadline: float | None = None) -> ChangeResult:
@@ -289,44 +325,136 @@ class Changes:
                                f"{self._options.max_upsert_items}")
         check_keys(keys)
         live = self._collections.live(collection)
-        published = False
-        with _publishing(live, deadline):
-            try:
-                with self._sessions.begin() as s:
-                    _serve_current(s, live, deadline)
-                    found = entries_by_keys(s, keys, collection=live.collection)
-                    missing = tuple(k for k in keys if k not in found)
-                    if missing and not ignore_missing:
-                        raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
-                                       f"{live.collection!r} (nothing deleted): "
-                                       f"{', '.join(map(repr, missing[:5]))}"
-                                       f"{' ...' if len(missing) > 5 else ''}")
-                    if not found:
-                        v = live.version
-                        return ChangeResult(v.manifest.version, int(v.index.ntotal), missing=missing)
-                    version = clone_version(live.version)
-                    try:
-                        n = remove_from_index(s, version, list(found), collection=live.collection)
-                    except (TypeError, ValueError) as e:
-                        raise FailedPrecondition(f"cannot change this index: {e}") from e
-                    _record_change(version, deleted=[e.id for e in found.values()])
-                    publish_changes(live.root, version, keep=self._options.keep_versions,
-                                        session=s)
-                    published = True
-                    fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not committed
-            except BaseException:
-                if published:
-                    _restore(live, self._options.keep_versions)
-                raise
-            live.replace(version)
-            self._entries.clear()
-            _drop_blobs(self._sessions, live, self._files.blobs(live),
-                        [e.file(live.root) for e in found.values()])
-        log.info("delete from %s: %d removed -> %s", live.collection, n, version.manifest.version,
-                 extra={"collection": live.collection, "index_version": version.manifest.version})
-        return ChangeResult(version.manifest.version, int(version.index.ntotal), deleted=n,
-                            missing=missing)
+        n = 0
+        with self._change(live, deadline) as change:
+            s = change.session
+            found = entries_by_keys(s, keys, collection=live.collection)
+            missing = tuple(k for k in keys if k not in found)
+            if missing and not ignore_missing:
+                raise NotFound(f"{len(missing)} of {len(keys)} keys are not in collection "
+                               f"{live.collection!r} (nothing deleted): "
+                               f"{', '.join(map(repr, missing[:5]))}"
+                               f"{' ...' if len(missing) > 5 else ''}")
+            if not found:
+                return ChangeResult(live.version_name, live.count(), missing=missing)
+            if live.pushes_filters:
+                n = _stage_store_delete(change, live, list(found.values()))
+            else:
+                change.version = clone_version(live.version)
+                try:
+                    n = remove_from_index(s, change.version, list(found),
+                                          collection=live.collection)
+                except (TypeError, ValueError) as e:
+                    raise FailedPrecondition(f"cannot change this index: {e}") from e
+                change.deleted = [e.id for e in found.values()]
+            change.after_commit.append(lambda: _drop_blobs(
+                self._sessions, live, self._files.blobs(live),
+                [e.file(live.root) for e in found.values()]))
+        version = live.version_name
+        log.info("delete from %s: %d removed -> %s", live.collection, n, version,
+                 extra={"collection": live.collection, "index_version": version})
+        return ChangeResult(version, live.count(), deleted=n, missing=missing)
 
+
+def _plan_upsert(s: Session, live: Served, batch: Sequence[UpsertItem], blobs: BlobStore,
+                 written: list[Path]) -> tuple[dict, list[int], list[dict], list[Path]]:
+    """Which items change something (a new key, other bytes, label or metadata, or a row
+    missing from the index), with their catalogue rows; their images stored as blobs (new
+    files appended to ``written``). Returns (existing entries by key, changed item numbers,
+    their rows, files the change stops referencing)."""
+    existing = entries_by_keys(s, [it.key for it in batch], collection=live.collection)
+    ids = np.array([e.id for e in existing.values()], np.int64)
+    _, present = live.reconstruct(ids)
+    indexed = {int(i) for i, p in zip(ids, present, strict=True) if p}
+    changed, rows, replaced = [], [], []
+    for n, it in enumerate(batch):
+        e = existing.get(it.key)
+        sha = _sha(it.data)
+        if (e is not None and e.id in indexed and e.sha256 == sha
+                and e.label == it.label and e.metadata == dict(it.metadata)):
+            continue
+        fmt = Image.open(io.BytesIO(it.data)).format or "img"
+        path, sha, new = blobs.put(it.data, ext=_EXT.get(fmt, fmt.lower()))
+        if new:
+            written.append(path)
+        where, storage = blobs.location(path, index_root=live.root)
+        if e is not None and (e.path, e.storage) != (where, storage):
+            replaced.append(e.file(live.root))
+        changed.append(n)
+        rows.append({"key": it.key, "path": where, "storage": storage, "label": it.label,
+                     "sha256": sha, "meta": dict(it.metadata)})
+    return existing, changed, rows, replaced
+
+
+# -- a collection served from a vector store (Milvus): the store is written, not a version --
+
+def _lock(s: Session, live: Served, deadline: float | None) -> None:
+    """The collection's lock across hosts (PostgreSQL): replicas' writers take turns."""
+    try:
+        lock_collection(s, live.collection, timeout=_lock_timeout(deadline))
+    except TimeoutError as e:
+        raise _busy(e, deadline) from e
+
+
+def _stage_store_upsert(change: _Pending, live: Served, rows: list[dict],
+                        vectors: np.ndarray) -> None:
+    """Catalogue rows upserted in the change's transaction (ids assigned); the store's rows of
+    updated ids kept, so that a failed commit can put them back."""
+    images = upsert_images(change.session, rows, collection=live.collection)
+    ids = np.array([im.id for im in images], np.int64)
+    change.add = Items(ids, vectors, [r["label"] for r in rows], [r["meta"] for r in rows])
+    change.upserted = {int(i): r["sha256"] for i, r in zip(ids, rows, strict=True)}
+    before = live.store.stored_attributes(live.collection, ids.tolist())
+    if before:
+        kept = np.array(sorted(before), np.int64)
+        vecs, _ = live.reconstruct(kept)
+        change.undo_add = Items(kept, vecs, [before[int(i)][0] for i in kept],
+                                [before[int(i)][1] for i in kept])
+
+
+def _stage_store_delete(change: _Pending, live: Served, found: list[CatalogEntry]) -> int:
+    ids = [e.id for e in found]
+    change.session.execute(sa_delete(ImageRow).where(ImageRow.id.in_(ids)))
+    before = live.store.stored_attributes(live.collection, ids)
+    if before:
+        kept = np.array(sorted(before), np.int64)
+        vecs, _ = live.reconstruct(kept)
+        change.undo_add = Items(kept, vecs, [before[int(i)][0] for i in kept],
+                                [before[int(i)][1] for i in kept])
+    change.deleted = ids
+    return len(ids)
+
+
+def _write_store(live: Served, change: _Pending) -> None:
+    try:
+        if change.deleted:
+            live.store.remove(live.collection, change.deleted)
+        if change.add is not None:
+            live.store.add(live.collection, change.add)
+    except ServiceError:
+        raise
+    except Exception as e:  # the store's own errors: nothing committed, try again
+        raise Unavailable(f"vector store {live.store.backend}: {e}; nothing was applied, "
+                          "retry later") from e
+
+
+def _undo_store(live: Served, change: _Pending | None) -> None:
+    """The catalogue rolled back after the store was written: put the store's previous rows
+    back (new ids removed, updated and deleted ones rewritten). A crash before this leaves
+    drift that `imgsim store check --repair` reports and repairs."""
+    if change is None:
+        return
+    try:
+        if change.add is not None:
+            previous = set(change.undo_add.ids.tolist()) if change.undo_add is not None else set()
+            new = [int(i) for i in change.add.ids if int(i) not in previous]
+            if new:
+                live.store.remove(live.collection, new)
+        if change.undo_add is not None:
+            live.store.add(live.collection, change.undo_add)
+    except Exception:
+        log.exception("%s: could not undo a failed change in the vector store (`imgsim store "
+                      "check --repair` will)", live.collection)
 
 
 def _record_change(version: IndexVersion, *, upserted: dict[int, str] | None = None,

@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.search import SearchJob
+from indexer.stores import StoreFilter, StoreQuery
 from service.batching import wait_result
 from service.collection_registry import CollectionRegistry
 from service.domain import CoreOptions, Hit, SearchQuery, SearchResult
@@ -69,6 +70,13 @@ class Searcher:
         with self._sessions() as s:
             for q in queries:
                 allowed = excluded = None
+                if self._collections.live(q.collection).pushes_filters:
+                    # a vector store filters on its copies of labels and metadata itself
+                    ids = ids_by_keys(s, q.exclude_keys, collection=q.collection) \
+                        if q.exclude_keys else {}
+                    jobs.append(StoreFilter(q.labels, dict(q.metadata), tuple(ids.values()),
+                                            q.max_distance))
+                    continue
                 if q.labels or q.metadata:
                     allowed = np.array(matching_ids(s, collection=q.collection, labels=q.labels,
                                                     metadata=q.metadata), np.int64)
@@ -79,8 +87,9 @@ class Searcher:
                 jobs.append((allowed, excluded))
         vecs = self._front.vectors([q.query for q in queries], deadline=deadline, names=names)
         futures = [self._collections.live(q.collection).batcher.submit(
-            SearchJob(v, q.k, allowed, excluded), deadline=deadline)
-            for q, v, (allowed, excluded) in zip(queries, vecs, jobs, strict=True)]
+            StoreQuery(v, q.k, job) if isinstance(job, StoreFilter)
+            else SearchJob(v, q.k, *job), deadline=deadline)
+            for q, v, job in zip(queries, vecs, jobs, strict=True)]
         answers = [wait_result(f, deadline, what="search") for f in futures]
         entries = self._entries.get(self._sessions,
                                     np.concatenate([a.ids[a.ids >= 0] for a in answers]))

@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from imgsim.v1 import similarity_pb2 as pb
 from imgsim.v1 import similarity_pb2_grpc as pb_grpc
-from indexer.catalog import open_catalog
+from indexer.catalog import DEFAULT_COLLECTION, open_catalog
+from indexer.catalog import collections as catalog_collections
+from indexer.stores import open_vector_store, parse_store_spec
 from indexer.versions import load_index_version
 from service.auth import Authenticator
 from service.catalogue_servicer import register_catalog_service
@@ -53,6 +55,8 @@ SERVICER_REGISTRARS: list[ServicerRegistrar] = [_similarity, register_job_servic
 
 
 def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> SimilarityCore:
+    if parse_store_spec(cfg.vector_store)[0] != "faiss":
+        return _load_store_core(cfg, observer=observer)
     embedder = Embedder.from_checkpoint(cfg.checkpoint)
     sessions = open_catalog(cfg.catalog_url)
     for root in (cfg.index_root, *cfg.extra_index_roots):  # a change killed mid-publish
@@ -61,6 +65,41 @@ def load_core(cfg: ServeConfig, *, observer: CoreObserver | None = None) -> Simi
     return SimilarityCore(embedder, load_index_version(cfg.index_root),
                           sessions, extra_indexes=extra,
                           options=cfg.core_options(), observer=observer)
+
+
+def _load_store_core(cfg: ServeConfig, *, observer: CoreObserver | None) -> SimilarityCore:
+    """A core over a shared vector store (Milvus): no FAISS index is loaded; the collections
+    are ``cfg.collections``, else every catalogue collection the store has published."""
+    store = open_vector_store(cfg.vector_store)  # OSError: unreachable, ValueError: no pymilvus
+    try:
+        embedder = Embedder.from_checkpoint(cfg.checkpoint)
+        sessions = open_catalog(cfg.catalog_url)
+        names = list(cfg.collections)
+        if not names:
+            with sessions() as s:
+                names = [c.name for c in catalog_collections(s)]
+            names = [n for n in names if _published(store, n)]
+            names.sort(key=lambda n: n != DEFAULT_COLLECTION)  # the default one first
+        missing = [n for n in names if not _published(store, n)]
+        if missing or not names:
+            raise ValueError(
+                f"vector store {cfg.vector_store} has no published version of "
+                f"{', '.join(map(repr, missing)) if missing else 'any catalogue collection'}; "
+                "fill it with `imgsim reindex --vector-store ...` or `imgsim store publish`")
+        return SimilarityCore(embedder, None, sessions, options=cfg.core_options(),
+                              observer=observer, store=store, stored_collections=names,
+                              index_root=cfg.index_root)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _published(store, collection: str) -> bool:
+    try:
+        store.describe(collection)
+    except LookupError:
+        return False
+    return True
 
 
 def _set_threads(cfg: ServeConfig) -> None:
@@ -158,12 +197,12 @@ class Server:
 
     def _loaded(self, core: SimilarityCore) -> None:
         for name, live in core.lives.items():
-            self.metrics.track_index(name, lambda live=live: live.version.index.ntotal)
+            self.metrics.track_index(name, live.count)
         core.watch(self.cfg.watch_seconds)
         self.core = core
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s with model %s on port %d%s",
-                 ", ".join(f"{c}@{lv.version.manifest.version}" for c, lv in core.lives.items()),
+                 ", ".join(f"{c}@{lv.version_name}" for c, lv in core.lives.items()),
                  core.embedder.model_version, self.port, " (TLS)" if self.cfg.tls_cert else "",
                  extra={"port": self.port, "model_version": core.embedder.model_version})
         self.ready.set()

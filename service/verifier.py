@@ -55,7 +55,7 @@ class Verifier:
         if not enrolled:
             raise NotFound(f"identity {identity!r} has no enrolled images in collection "
                            f"{live.collection!r}")
-        version = live.version.manifest.version
+        version = live.version_name
         vecs, present = live.reconstruct(np.array([i for i, _ in enrolled], np.int64))
         if not present.any():
             raise NotFound(f"identity {identity!r} is catalogued but none of its images is in "

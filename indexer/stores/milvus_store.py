@@ -114,11 +114,20 @@ class MilvusStore:
 
     def __init__(self, uri: str, *, index: MilvusIndexConfig = MilvusIndexConfig(),
                  read_consistency: str = "Bounded", token: str = "", describe_ttl: float = 1.0,
-                 **_: Any) -> None:
-        from pymilvus import MilvusClient
+                 connect_timeout: float = 10.0, **_: Any) -> None:
+        try:
+            from pymilvus import MilvusClient
+            from pymilvus.exceptions import MilvusException
+        except ImportError as e:
+            raise ValueError(f"the milvus vector store needs pymilvus (pip install "
+                             f"'imgsim[milvus]'): {e}") from None
 
         self.uri, self.index_config, self.read_consistency = uri, index, read_consistency
-        self.client = MilvusClient(uri, token=token) if token else MilvusClient(uri)
+        try:
+            self.client = MilvusClient(uri, token=token, timeout=connect_timeout)
+        except MilvusException as e:  # unreachable server, a Lite file in a missing folder
+            raise OSError(f"cannot open Milvus at {uri}: "
+                          f"{getattr(e, 'message', None) or e}") from None
         self._wrote: set[str] = set()  # collections this client wrote since its last read
         self._lock = threading.Lock()
         self._described: dict[str, StoreDescription] = {}
@@ -310,12 +319,14 @@ class MilvusStore:
                 out[i] = StoreHits(d, ids, desc.version)
         return out  # type: ignore[return-value]
 
-    def describe(self, collection: str) -> StoreDescription:
-        """What the alias names now: looked up at most every ``describe_ttl`` seconds (searches
-        name the alias, which Milvus resolves itself; only the version reported may lag)."""
+    def describe(self, collection: str, *, fresh: bool = False) -> StoreDescription:
+        """What the alias names now: looked up at most every ``describe_ttl`` seconds unless
+        ``fresh`` (searches name the alias, which Milvus resolves itself; only the version
+        reported may lag)."""
         cached = self._described.get(collection)
         now = time.monotonic()
-        if cached is not None and now - self._described_at.get(collection, 0.0) < self.describe_ttl:
+        if (not fresh and cached is not None
+                and now - self._described_at.get(collection, 0.0) < self.describe_ttl):
             return cached
         name = self.serving(collection)
         if cached is None or not cached.location.endswith("#" + name):
