@@ -110,6 +110,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep each image's preprocessed pixels here (C x size x size bytes "
                         "per distinct image) and reuse them: the next reindex with a model "
                         "of the same preprocessing decodes nothing")
+    from indexer.stores.cli import add_store_argument
+
+    add_store_argument(r)
     stage = r.add_mutually_exclusive_group()
     stage.add_argument("--shard", default=None, metavar="I/N",
                        help="only embed (and, after --prepare, add) worker I's part of N")
@@ -214,7 +217,11 @@ def _reindex(args: argparse.Namespace) -> int:
                            num_workers=args.num_workers, memory_budget_mb=args.memory_budget_mb,
                            target_recall=args.target_recall, tuning_queries=args.tuning_queries,
                            seed=args.seed, keep_versions=args.keep_versions,
-                           keep_work=args.keep_work, pixel_cache=args.pixel_cache)
+                           keep_work=args.keep_work, pixel_cache=args.pixel_cache,
+                           vector_store=args.vector_store)
+    from indexer.stores import parse_store_spec
+
+    into_store = parse_store_spec(args.vector_store)[0] != "faiss"
     if args.status:
         print(json.dumps(rx.status(cfg), indent=2))
     elif args.prepare:
@@ -224,6 +231,10 @@ def _reindex(args: argparse.Namespace) -> int:
         plan = rx.run_shard(cfg, i, n)
         print(f"shard {i}/{n} done: chunks {list(rx.shard_chunks(plan.num_chunks, i, n))} "
               f"under {plan.work}")
+    elif into_store:
+        d = rx.merge_into_store(cfg) if args.merge else rx.reindex(cfg)
+        print(f"published {d.location}: {d.backend}:{d.index_type} {d.search_params} "
+              f"count={d.count} recall@10={d.recall_at_10}")
     else:
         path = rx.merge(cfg) if args.merge else rx.reindex(cfg)
         print(f"published {path}")

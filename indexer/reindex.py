@@ -90,6 +90,9 @@ class ReindexConfig:
     keep_work: bool = False  # keep the work directory (embeddings) after publishing
     pixel_cache: str | None = None  # directory of preprocessed pixels (indexer.pixel_cache)
     progress: bool = True
+    # where the new version goes: faiss (a version under index_root) or a vector store spec
+    # (milvus:FILE_OR_URI: a new Milvus collection, then the alias moved; see merge_into_store)
+    vector_store: str = "faiss"
 
     def indexing(self, factory: str | None = None) -> IndexingConfig:
         return IndexingConfig(factory=factory or self.factory,
@@ -358,15 +361,11 @@ def _merge_shards(plan: Plan) -> tuple[faiss.Index, str, int] | None:
 
 
 # -- merge + publish --------------------------------------------------------------------------
-def merge(cfg: ReindexConfig) -> Path:
-    """Build the index from the finished chunks (or merge IVF shards), catch up with catalogue
-    changes since the plan, tune, then, under the publish lock, catch up once more with what
-    changed while building, publish and record; returns the version directory."""
-    t0 = time.perf_counter()
-    embedder = _embedder(cfg)
-    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+def _caught_up(cfg: ReindexConfig, embedder: Embedder, plan: Plan, Session
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int], dict]:
+    """The finished chunks' vectors with the catalogue's changes since the plan applied ->
+    (vectors, ids, new vectors, new ids, ids gone, the catalogue now as {id: sha256})."""
     vectors, ids = load_vectors(plan), plan.ids  # NaN rows: no face (dropped below)
-    Session = open_catalog(cfg.catalog_url)
     with Session() as session:
         planned = dict(zip(plan.ids.tolist(), plan.sha256.tolist(), strict=True))
         gone, new, known = _catalogue_changes(session, planned, cfg.collection)
@@ -379,7 +378,18 @@ def merge(cfg: ReindexConfig) -> Path:
     vectors, ids = drop_faceless(np.concatenate([vectors[keep], new_vectors]),
                                  np.concatenate([ids[keep], new_ids]))
     with_face = ~np.isnan(new_vectors).any(axis=1)  # counted in the line above
-    new_vectors, new_ids = new_vectors[with_face], new_ids[with_face]
+    return vectors, ids, new_vectors[with_face], new_ids[with_face], gone, known
+
+
+def merge(cfg: ReindexConfig) -> Path:
+    """Build the index from the finished chunks (or merge IVF shards), catch up with catalogue
+    changes since the plan, tune, then, under the publish lock, catch up once more with what
+    changed while building, publish and record; returns the version directory."""
+    t0 = time.perf_counter()
+    embedder = _embedder(cfg)
+    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+    Session = open_catalog(cfg.catalog_url)
+    vectors, ids, new_vectors, new_ids, gone, known = _caught_up(cfg, embedder, plan, Session)
     icfg = cfg.indexing()
     merged = _merge_shards(plan)
     if merged is not None:
@@ -430,6 +440,57 @@ def merge(cfg: ReindexConfig) -> Path:
     return path
 
 
+def merge_into_store(cfg: ReindexConfig):
+    """:func:`merge` into a vector store (``cfg.vector_store``, e.g. Milvus): the finished
+    chunks, caught up with the catalogue, published as a new store version (a new Milvus
+    collection filled, indexed, its recall@10 measured against exact search, then the alias
+    moved) and recorded in the catalogue's ``index_versions``. Returns its
+    :class:`~indexer.stores.StoreDescription`.
+
+    The publish runs under the index root's publish lock and the collection's lock, the ones
+    servers' Upserts and Deletes take to write the store: a write meanwhile would go to the
+    collection the alias is about to leave. They wait for the publish (index build and tuning
+    included) and then write to the new collection."""
+    from indexer.catalog import images_by_ids
+    from indexer.publish import ModelIdentity
+    from indexer.stores import Items, open_vector_store
+
+    embedder = _embedder(cfg)
+    plan = make_plan(cfg, checkpoint_sha256=embedder.checkpoint_sha256)
+    Session = open_catalog(cfg.catalog_url)
+    store = open_vector_store(cfg.vector_store)
+    try:
+        vectors, ids, _, _, _, known = _caught_up(cfg, embedder, plan, Session)
+        with publish_lock(cfg.index_root), Session.begin() as session:
+            lock_collection(session, cfg.collection)
+            gone, new, _ = _catalogue_changes(session, known, cfg.collection)
+            if gone or new:
+                log.info("catching up before publishing: %d removed, %d added or changed "
+                         "while embedding", len(gone), len(new))
+                keep = ~np.isin(ids, np.array(gone, np.int64))
+                caught, caught_ids = drop_faceless(
+                    _embed_rows(embedder, new, cfg), np.array([r[0] for r in new], np.int64))
+                vectors = np.concatenate([vectors[keep], caught])
+                ids = np.concatenate([ids[keep], caught_ids])
+            order = np.argsort(ids, kind="stable")
+            vectors, ids = vectors[order], ids[order]
+            rows = images_by_ids(session, ids.tolist())
+            model_row(session, embedder, cfg.checkpoint)  # the version's model, by checkpoint
+            desc = store.publish(cfg.collection,
+                                 Items(ids, vectors, [rows[int(i)].label for i in ids],
+                                       [rows[int(i)].meta or {} for i in ids]),
+                                 model=ModelIdentity.of_embedder(embedder), session=session,
+                                 keep=cfg.keep_versions)
+            fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
+    finally:
+        store.close()
+    if not cfg.keep_work:
+        shutil.rmtree(plan.work, ignore_errors=True)
+    log.info("reindexed %s into %s: %d images -> %s", cfg.collection, cfg.vector_store,
+             desc.count, desc.location)
+    return desc
+
+
 def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np.ndarray:
     """(n, d) float32 embeddings of catalogue rows (id, path, sha256, storage)."""
     if not rows:
@@ -452,10 +513,11 @@ def _catalogue_changes(session, known: dict[int, str], collection: str
     return gone, new, {i: r[2] for i, r in current.items()}
 
 
-def reindex(cfg: ReindexConfig) -> Path:
-    """The whole reindex in this process: plan, embed (resuming), build, publish."""
+def reindex(cfg: ReindexConfig):
+    """The whole reindex in this process: plan, embed (resuming), build, publish; returns the
+    version directory (FAISS) or the store's description of the new version."""
     run_shard(cfg, 0, 1)
-    return merge(cfg)
+    return merge(cfg) if cfg.vector_store == "faiss" else merge_into_store(cfg)
 
 
 def status(cfg: ReindexConfig) -> dict:
