@@ -23,17 +23,18 @@ pytest.importorskip("milvus_lite")
 QUOTED = 'x" or id >= 0 or "'
 
 
-def publish_into_milvus(ws: Path, uri: str) -> None:
+def publish_into_milvus(ws: Path, uri: str, *, catalog: str | None = None) -> None:
     """The FAISS version's vectors into a new Milvus collection (no re-embedding)."""
     from imgsim.cli import main
 
     assert main(["store", "publish", "--vector-store", f"milvus:{uri}", "--catalog",
-                 f"sqlite:///{ws / 'cat.db'}", "--index-root", str(ws / "idx")]) == 0
+                 catalog or f"sqlite:///{ws / 'cat.db'}", "--index-root", str(ws / "idx")]) == 0
 
 
 def store_config(ws: Path, checkpoint: Path, spec: str, **kw) -> ServeConfig:
-    return ServeConfig(checkpoint=str(checkpoint), index_root=str(ws / "idx"),
-                       catalog_url=f"sqlite:///{ws / 'cat.db'}", vector_store=spec, **kw)
+    kw.setdefault("catalog_url", f"sqlite:///{ws / 'cat.db'}")
+    return ServeConfig(checkpoint=str(checkpoint), index_root=str(ws / "idx"), vector_store=spec,
+                       **kw)
 
 
 @pytest.fixture(scope="module")
