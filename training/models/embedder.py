@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from training.data.folders import ImagePaths
 from training.data.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
 from training.face.haar import FaceNotFoundError
+from training.face.stages import FACE_STAGES
 from training.models.spec import ModelSpec
 from training.progress import ProgressBar
 from training.progress import progress as progress_bar
@@ -81,11 +83,14 @@ class Embedder:
         """(n, C, H, W) preprocessed -> (n, d) float32."""
         # channels-last is the convolutions' fast layout on the CPU (oneDNN) and on tensor
         # cores: 1.2-2x the throughput of every backbone we ship (benchmarks/embed_layout_bench.py)
+        t0 = time.perf_counter()
         batch = batch.to(self.device)
         if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        out = self.model(batch).float()
-        return out.cpu().numpy().astype(np.float32, copy=False)
+        out = self.model(batch).float().cpu().numpy().astype(np.float32, copy=False)
+        if self.spec.face_align:  # the face path's last stage (detect and align count theirs)
+            FACE_STAGES.add("embed", time.perf_counter() - t0, len(batch))
+        return out
 
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """(n, C, H, W) uint8 from :attr:`pixels` -> (n, d) float32, normalised as a batch."""

@@ -12,7 +12,7 @@ METRICS = ("cosine", "euclidean")
 # fixed chip for the aligners), "require" refuses it (training.face.FaceNotFoundError).
 FACE_ON_MISS = ("fallback", "require")
 # The face steps (training.face.FACE_ALIGNERS) that detect a face, and so can miss one.
-DETECTING_FACE_STEPS = frozenset({"dlib5", "haar5", "haar-crop"})
+DETECTING_FACE_STEPS = frozenset({"dlib5", "haar5", "mtcnn5", "haar-crop"})
 
 
 @dataclass(frozen=True)
