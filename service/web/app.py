@@ -19,6 +19,7 @@ from service.web import catalogue, jobs, similarity
 from service.web import schemas as s
 from service.web.context import WebContext
 from service.web.errors import error_body, install_handlers
+from service.web.search_route import SearchEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,13 @@ _NO_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": Fals
 
 class ApiMiddleware:
     """Pure ASGI (no per-request task): refuses bodies over the limit with 413 before the app
-    parses them, and records each request under its route in the server's metrics."""
+    parses them, records each request under its route in the server's metrics, and hands the
+    hot routes (``lean``: (method, path) -> ASGI app) to their plain handlers, past FastAPI."""
 
-    def __init__(self, app, ctx: WebContext) -> None:
+    def __init__(self, app, ctx: WebContext, *, lean: dict[tuple[str, str], object] | None = None
+                 ) -> None:
         self.app, self.ctx = app, ctx
+        self.lean = lean or {}
         self._threads_set = False
 
     def _limit(self, path: str) -> int:
@@ -56,6 +60,7 @@ class ApiMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        app = self.lean.get((scope["method"], scope["path"]), self.app)
         if not self._threads_set:  # routes block on batches in threads: as many as gRPC's
             anyio.to_thread.current_default_thread_limiter().total_tokens = self.ctx.max_threads
             self._threads_set = True
@@ -115,7 +120,7 @@ class ApiMiddleware:
             await send(msg)
 
         try:
-            await self.app(scope, counting_receive, guarded_send)
+            await app(scope, counting_receive, guarded_send)
         finally:
             self._observe(scope, status[0] or 500, t0)
 
@@ -174,7 +179,8 @@ def create_app(ctx: WebContext, *, grpc_port: int = 0, title: str = "imgsim") ->
                             headers=CONSOLE_HEADERS)
 
     app.mount("/console", ConsoleFiles(directory=str(STATIC)), name="console")
-    return ApiMiddleware(app, ctx)
+    search = SearchEndpoint(lambda request, queries: similarity.run_search(ctx, request, queries))
+    return ApiMiddleware(app, ctx, lean={("POST", search.path): search})
 
 
 class ConsoleFiles(StaticFiles):

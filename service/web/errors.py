@@ -65,16 +65,19 @@ def service_error_response(e: ServiceError) -> JSONResponse:
     return error_response(status, code.name, str(e) if status != 500 else INTERNAL_MESSAGE)
 
 
+def log_service_error(method: str, path: str, status: int, e: ServiceError) -> None:
+    # as the gRPC adapter does: a client's error is a warning under its own code
+    log.warning("HTTP %s %s %d %s", method, path, status, e,
+                extra={"method": f"HTTP {method} {path}", "code": grpc_status(e).name})
+
+
 def install_handlers(app) -> None:
     """JSON bodies for every error: domain errors, FastAPI's own (404 route, 422 validation)."""
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, e: ServiceError) -> JSONResponse:
         resp = service_error_response(e)
-        # as the gRPC adapter does: a client's error is a warning under its own code
-        log.warning("HTTP %s %s %d %s", request.method, request.url.path, resp.status_code, e,
-                    extra={"method": f"HTTP {request.method} {request.url.path}",
-                           "code": grpc_status(e).name})
+        log_service_error(request.method, request.url.path, resp.status_code, e)
         return resp
 
     @app.exception_handler(RequestValidationError)

@@ -46,6 +46,16 @@ def form_image(upload: UploadFile | None, key: str, collection: str) -> ImageInp
     return ImageInput(data=data, key=key or None, collection=collection)
 
 
+def run_search(ctx: WebContext, request: Request,
+               queries: list[SearchQuery]) -> list[SearchResult]:
+    """Search and batch search, both doors (the FastAPI routes and ``SearchEndpoint``)."""
+    core, c = ctx.caller(request)
+    c.read_refs(*(q.query for q in queries))
+    c.require("read", [q.collection for q in queries])
+    names = ["query"] if len(queries) == 1 else None
+    return core.batch_search(queries, deadline=c.deadline, names=names)
+
+
 def router(ctx: WebContext) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["similarity"])
 
@@ -66,14 +76,14 @@ def router(ctx: WebContext) -> APIRouter:
             res = core.verify(a, b, threshold=threshold, deadline=c.deadline)
         return verify_out(res)
 
-    def run_search(request: Request, queries: list[SearchQuery]) -> list[SearchResult]:
-        core, c = ctx.caller(request)
-        c.read_refs(*(q.query for q in queries))
-        c.require("read", [q.collection for q in queries])
-        names = ["query"] if len(queries) == 1 else None
-        return core.batch_search(queries, deadline=c.deadline, names=names)
-
-    @r.post("/search", response_model=s.SearchOut, summary="Search by an uploaded image or a key")
+    # served by service.web.search_route.SearchEndpoint in the full app (the same answers,
+    # less CPU); this route documents the form and serves the FastAPI app on its own
+    @r.post("/search", response_model=s.SearchOut, summary="Search by an uploaded image or a key",
+            description="A multipart (or urlencoded) form; or the image itself as the body "
+                        "(`Content-Type: image/png`, `image/jpeg`, ...), with the other fields "
+                        "as query parameters (`?k=5&label=3`).",
+            openapi_extra={"requestBody": {"content": {"image/*": {"schema": {
+                "type": "string", "format": "binary"}}}}})
     def search(request: Request,
                image: Annotated[UploadFile | None, File(description="query image")] = None,
                key: Annotated[str, Form(description="or: key of a catalogued query")] = "",
@@ -88,14 +98,14 @@ def router(ctx: WebContext) -> APIRouter:
         q = SearchQuery(form_image(image, key, query_collection or collection), k, collection,
                         tuple(label or ()), parse_meta(meta), max_distance,
                         tuple(exclude_key or ()))
-        return search_out(run_search(request, [q])[0])
+        return search_out(run_search(ctx, request, [q])[0])
 
     @r.post("/search/batch", response_model=s.BatchSearchOut, summary="Several searches")
     def batch_search(request: Request, body: s.BatchSearchIn) -> dict:
         qs = [SearchQuery(q.query.input(f"query {i}"), q.k, q.collection, tuple(q.labels),
                           dict(q.metadata), q.max_distance, tuple(q.exclude_keys))
               for i, q in enumerate(body.queries)]
-        return {"results": [search_out(x) for x in run_search(request, qs)]}
+        return {"results": [search_out(x) for x in run_search(ctx, request, qs)]}
 
     @r.post("/verify", response_model=s.VerifyOut,
             summary="Two uploaded images (or keys), or one against an enrolled identity")
