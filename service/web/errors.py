@@ -1,7 +1,8 @@
 """Domain errors -> HTTP status codes and a JSON error body, through the gRPC adapter's table.
 
 A service error has one gRPC status (``service.servicer.STATUS_OF``); each gRPC status has the
-HTTP code people expect (Google's API design guide mapping), so HTTP and gRPC always agree."""
+HTTP code people expect (Google's API design guide mapping, except FAILED_PRECONDITION: 409
+Conflict, as most HTTP APIs answer a state conflict), so HTTP and gRPC always agree."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 HTTP_OF_GRPC: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    # the resource's state forbids the call (cancel a finished job, a model whose index
+    # another model published): a conflict, not a bad request (retrying it unchanged fails)
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,

@@ -169,7 +169,7 @@ def test_deadline_header_answers_504(web, digits_dir):
 
 
 @pytest.mark.parametrize("exc, status, code", [
-    (InvalidInput, 400, "INVALID_ARGUMENT"), (FailedPrecondition, 400, "FAILED_PRECONDITION"),
+    (InvalidInput, 400, "INVALID_ARGUMENT"), (FailedPrecondition, 409, "FAILED_PRECONDITION"),
     (Unauthenticated, 401, "UNAUTHENTICATED"), (PermissionDenied, 403, "PERMISSION_DENIED"),
     (NotFound, 404, "NOT_FOUND"), (Overloaded, 429, "RESOURCE_EXHAUSTED"),
     (Unavailable, 503, "UNAVAILABLE"), (DeadlineExceeded, 504, "DEADLINE_EXCEEDED")])

@@ -57,7 +57,7 @@ def test_a_tsne_job_runs_and_its_files_are_fetched_and_nothing_outside(web):
         assert c.get(f"/v1/jobs/{job['id']}/files/tsne.png").content == png.content
         for bad in ("../../cat.db", "..%2F..%2Fcat.db", "%2Fetc%2Fpasswd"):
             assert c.get(f"/v1/jobs/{job['id']}/files/{bad}").status_code in (400, 404)
-        assert "already" in error(c.post(f"/v1/jobs/{job['id']}/cancel"), 400,
+        assert "already" in error(c.post(f"/v1/jobs/{job['id']}/cancel"), 409,
                                   "FAILED_PRECONDITION")
         assert c.get("/v1/jobs", params={"kind": "verify"}).json()["jobs"] == []
         assert c.get("/v1/jobs", params={"state": "succeeded"}).json()["jobs"][0]["id"] \
