@@ -94,6 +94,15 @@ def _load_store_core(cfg: ServeConfig, *, observer: CoreObserver | None) -> Simi
         raise
 
 
+def _size(live) -> float:
+    """A collection's vector count for /metrics; NaN while a store does not answer (a scrape
+    must not fail with it)."""
+    try:
+        return float(live.count())
+    except Exception:
+        return float("nan")
+
+
 def _published(store, collection: str) -> bool:
     try:
         store.describe(collection)
@@ -197,7 +206,7 @@ class Server:
 
     def _loaded(self, core: SimilarityCore) -> None:
         for name, live in core.lives.items():
-            self.metrics.track_index(name, live.count)
+            self.metrics.track_index(name, lambda live=live: _size(live))
         core.watch(self.cfg.watch_seconds)
         self.core = core
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
