@@ -134,7 +134,7 @@ def mtcnn_detector(side: int | None = 128):
     those per image, in one batch."""
     from training.face.mtcnn import MTCNN
 
-    net = MTCNN(side=side, top_k=2)
+    net = MTCNN(side=side)
 
     def many(images: list[np.ndarray]) -> list[list[tuple[int, int, int, int]]]:
         return [[_to_dlib_box(b) for b in d.boxes] for d in net(images)]

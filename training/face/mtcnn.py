@@ -127,9 +127,9 @@ class MTCNN:
     ``top_k``: how many of each image's best R-Net boxes O-Net scores (None: all).
     __call__(list of (H, W, 3) uint8 RGB) -> list of Detections, in the images' coordinates."""
 
-    def __init__(self, *, side: int | None = 160, min_face: int = 20,
+    def __init__(self, *, side: int | None = 128, min_face: int = 20,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-                 factor: float = 0.709, top_k: int | None = 3) -> None:
+                 factor: float = 0.709, top_k: int | None = 2) -> None:
         self.side, self.min_face, self.thresholds, self.factor = side, min_face, thresholds, factor
         self.top_k = top_k
         self.pnet, self.rnet, self.onet = _load(PNet(), "pnet"), _load(RNet(), "rnet"), _load(ONet(), "onet")

@@ -1,0 +1,193 @@
+"""Benchmark (issue 16): the whole photo path, decode -> detect -> align -> embed, ours (MTCNN,
+and dlib's HOG as the option) vs face_recognition's calls (HOG upsample 1, dlib's 5-point
+model, dlib's descriptor via dlib-bin), side by side on the same LFW photos: images/s, and
+View 2 accuracy with per-fold thresholds as shipped and degraded, detection rate per row and
+accuracy on the pairs where a detector found no face.
+
+Per-image embeddings are cached per (pipeline, row) under --cache, so rows can be computed in
+pieces (the face_recognition side runs at ~20 images/s on this box)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.face_robustness import degrade, subset
+from training.checkpoint import load_checkpoint
+from training.evaluation.lfw import load_view2, view2_accuracy
+from training.face.aligners import FixedAligner, LandmarkAligner, find_landmarks_file
+from training.face.chips import face_chip
+from training.models.embedder import Embedder
+from training.settings import data_root
+
+log = logging.getLogger("face_pipeline")
+PIPELINES = ("ours-mtcnn", "ours-hog", "face_recognition")
+
+
+class Pipelines:
+    """The three paths, each: list of encoded photos -> ((n, 128) unit rows, (n,) face found)."""
+
+    def __init__(self, checkpoint: str) -> None:
+        import dlib
+
+        self.dlib = dlib
+        ckpt = load_checkpoint(checkpoint)
+        # chips are cut here (to see the misses); the embedder is the checkpoint's otherwise
+        self.embedder = Embedder(ckpt.build(), replace(ckpt.spec, face_align=None))
+        self.aligners = {"ours-mtcnn": LandmarkAligner(detector="mtcnn"),
+                         "ours-hog": LandmarkAligner(detector="dlib-hog")}
+        self.fixed = FixedAligner()
+        # face_recognition 1.3.0 cannot be imported here (its models package needs
+        # pkg_resources); its calls are made directly: face_locations(img) = detector(img, 1),
+        # face_encodings(img, model="small") = pose_predictor_5_point +
+        # compute_face_descriptor(num_jitters=1). On a miss the whole image is the box.
+        self.hog = dlib.get_frontal_face_detector()
+        self.sp = dlib.shape_predictor(str(find_landmarks_file()))
+        self.frec = dlib.face_recognition_model_v1(
+            str(find_landmarks_file().parent / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def run(self, name: str, photos: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos]
+        if name == "face_recognition":
+            return self._face_recognition(images)
+        aligned = self.aligners[name].align_many(images)  # batched where the detector is
+        emb = self.embedder.embed_images([chip for chip, _ in aligned], batch_size=64)
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True), np.array([f for _, f in aligned])
+
+    def _face_recognition(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        emb, found = np.zeros((len(images), 128), np.float32), np.zeros(len(images), bool)
+        for i, image in enumerate(images):
+            rgb = np.asarray(image)
+            dets = self.hog(rgb, 1)
+            found[i] = len(dets) > 0
+            det = max(dets, key=lambda d: d.area()) if len(dets) else \
+                self.dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+            emb[i] = np.array(self.frec.compute_face_descriptor(rgb, self.sp(rgb, det), 1))
+        return emb, found
+
+
+def encoded(path: str, row: str) -> bytes:
+    """The photo as the user sends it: degraded, then JPEG-encoded (q95; jpeg30's own q30)."""
+    if row == "shipped":
+        return Path(path).read_bytes()
+    image = degrade(Image.open(path), row)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=30 if "jpeg30" in row else 95)
+    return buf.getvalue()
+
+
+def cached_embeddings(pipes: Pipelines, name: str, row: str, paths: list[str], cache: Path,
+                      chunk: int, budget_s: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of ``paths`` through pipeline ``name``, computed where the cache lacks them
+    (saved after every chunk); rows not computed within ``budget_s`` stay NaN."""
+    file = cache / f"{name}__{row}.npz"
+    have: dict[str, tuple[np.ndarray, bool]] = {}
+    if file.exists():
+        z = np.load(file)
+        have = {p: (e, bool(f)) for p, e, f in zip(z["paths"], z["emb"], z["found"], strict=True)}
+    todo = [p for p in paths if p not in have]
+    t0 = time.perf_counter()
+    for i in range(0, len(todo), chunk):
+        if budget_s is not None and time.perf_counter() - t0 > budget_s:
+            log.info("%s %s: budget spent, %d images left", name, row, len(todo) - i)
+            break
+        part = todo[i:i + chunk]
+        emb, found = pipes.run(name, [encoded(p, row) for p in part])
+        have.update({p: (e, bool(f)) for p, e, f in zip(part, emb, found, strict=True)})
+        keys = sorted(have)
+        np.savez(file, paths=np.array(keys), emb=np.stack([have[k][0] for k in keys]),
+                 found=np.array([have[k][1] for k in keys]))
+        log.info("%s %s: %d/%d cached", name, row, len(have), len(paths))
+    nan = (np.full(128, np.nan, np.float32), False)
+    return (np.stack([have.get(p, nan)[0] for p in paths]),
+            np.array([have.get(p, nan)[1] for p in paths]))
+
+
+def speed(pipes: Pipelines, paths: list[str], rounds: int) -> dict[str, float]:
+    """images/s of each path on the same encoded photos, in alternating rounds (best round)."""
+    photos = [Path(p).read_bytes() for p in paths]
+    best = dict.fromkeys(PIPELINES, 0.0)
+    for name in PIPELINES:
+        pipes.run(name, photos[:8])  # warm-up: model loading, first-call allocations
+    for _ in range(rounds):
+        for name in PIPELINES:
+            t0 = time.perf_counter()
+            pipes.run(name, photos)
+            best[name] = max(best[name], len(photos) / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", default="var/issue16/dlib.pt", help="imgsim import-dlib output")
+    p.add_argument("--data", default=str(data_root()))
+    p.add_argument("--cache", default="runs/face_pipeline")
+    p.add_argument("--rows", default="shipped,96px,64px,grey,jpeg30")
+    p.add_argument("--limit", type=int, default=None, help="pairs per fold (default: all 600)")
+    p.add_argument("--speed-images", type=int, default=256, help="0: skip the speed table")
+    p.add_argument("--speed-rounds", type=int, default=2)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="per (pipeline, row): stop computing after this long (the cache keeps it)")
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    pipes = Pipelines(args.checkpoint)
+    pairs = load_view2(args.data)
+    print(f"machine: {os.cpu_count()} CPUs, torch threads {args.threads}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    if args.speed_images:
+        paths = pairs.unique_paths()[:: max(1, len(pairs.unique_paths()) // args.speed_images)]
+        paths = paths[:args.speed_images]
+        rate = speed(pipes, paths, args.speed_rounds)
+        print(f"\nfull path (decode -> detect -> align -> embed), {len(paths)} LFW View 2 photos "
+              f"as shipped, best of {args.speed_rounds} alternating rounds, load average after "
+              f"{os.getloadavg()[0]:.2f}\n")
+        print("| pipeline | images/s | x face_recognition |\n|---|---|---|")
+        for name in PIPELINES:
+            print(f"| {name} | {rate[name]:.1f} | {rate[name] / rate['face_recognition']:.1f}x |")
+
+    pairs = subset(pairs, list(range(1, 11)), args.limit)
+    paths = pairs.unique_paths()
+    row_of = {q: i for i, q in enumerate(paths)}
+    ia = np.array([row_of[q] for q in pairs.paths_a])
+    ib = np.array([row_of[q] for q in pairs.paths_b])
+    print(f"\naccuracy: View 2, 10 folds, {len(pairs)} pairs ({len(paths)} images), "
+          f"{'all 600' if args.limit is None else args.limit} pairs per fold\n")
+    print("| row | pipeline | pairs | detected | accuracy | pairs with a miss | accuracy on them |")
+    print("|---|---|---|---|---|---|---|")
+    for row in args.rows.split(","):
+        for name in PIPELINES:
+            emb, found = cached_embeddings(pipes, name, row, paths, cache, args.chunk,
+                                           args.budget_s)
+            done = ~np.isnan(emb[:, 0])
+            ok = done[ia] & done[ib]
+            if not ok.any() or len(set(pairs.fold[ok].tolist())) < 2:
+                print(f"| {row} | {name} | 0 | - | - | - | - |")
+                continue
+            dist = np.linalg.norm(emb[ia[ok]] - emb[ib[ok]], axis=1)
+            acc = view2_accuracy(dist, pairs.same[ok], pairs.fold[ok])
+            miss = ~(found[ia[ok]] & found[ib[ok]])
+            thr = float(np.mean(acc["thresholds"]))
+            on_miss = f"{100 * ((dist[miss] <= thr) == pairs.same[ok][miss]).mean():.2f}%" \
+                if miss.any() else "-"
+            print(f"| {row} | {name} | {ok.sum()} | {100 * found[done].mean():.2f}% | "
+                  f"{100 * acc['accuracy_mean']:.2f}% ± {100 * acc['accuracy_std']:.2f} | "
+                  f"{miss.sum()} | {on_miss} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

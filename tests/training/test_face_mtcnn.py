@@ -1,0 +1,88 @@
+"""The batched MTCNN detector and the mtcnn5 face step on real LFW photos: it finds faces,
+small photos included, batches give the one-by-one boxes, and a face-less image is flagged
+(fallback) or refused (require) and counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import shared_data
+from training.face import FaceNotFoundError, get_face_aligner
+from training.face.aligners import dlib_hog_detector
+from training.face.mtcnn import MTCNN
+from training.face.stages import FACE_STAGES
+
+# every 997th photo of LFW deep-funneled (12 people), sorted by path
+STRIDE, COUNT = 997, 12
+
+
+@pytest.fixture(scope="module")
+def lfw_photos() -> list[Image.Image]:
+    root = shared_data("lfw") / "lfw-deepfunneled"
+    paths = sorted(root.glob("*/*.jpg"))[::STRIDE][:COUNT]
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNN:
+    return MTCNN()
+
+
+def test_finds_the_face_in_every_lfw_photo_near_the_centre(lfw_photos, mtcnn):
+    found = mtcnn([np.asarray(im) for im in lfw_photos])
+    for d in found:
+        assert len(d) >= 1
+        k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
+        l, t, r, b = d.boxes[k]  # the largest (a background face may score higher)
+        assert 60 < (l + r) / 2 < 190 and 60 < (t + b) / 2 < 190  # LFW centres the face
+        assert 50 < r - l < 200
+        # landmarks: eyes above the nose above the mouth, inside the box
+        eyes, nose, mouth = d.points[k, :2], d.points[k, 2], d.points[k, 3:]
+        assert eyes[:, 1].max() < nose[1] < mouth[:, 1].min()
+        assert (l <= d.points[k, :, 0]).all() and (d.points[k, :, 0] <= r).all()
+
+
+def test_batch_gives_the_one_by_one_boxes(lfw_photos, mtcnn):
+    rgbs = [np.asarray(im) for im in lfw_photos]
+    # mixed sizes in one batch: each size is its own pyramid group
+    rgbs[3] = np.asarray(lfw_photos[3].resize((96, 96), Image.BICUBIC))
+    batch = mtcnn(rgbs)
+    for rgb, d in zip(rgbs, batch, strict=True):
+        one = mtcnn([rgb])[0]
+        assert len(one) == len(d)
+        np.testing.assert_allclose(one.boxes, d.boxes, atol=1e-2)
+        np.testing.assert_allclose(one.points, d.points, atol=1e-2)
+
+
+def test_64px_photos_found_where_one_hog_scale_misses(lfw_photos, mtcnn):
+    small = [np.asarray(im.resize((64, 64), Image.BICUBIC)) for im in lfw_photos]
+    pytest.importorskip("dlib", reason="the HOG comparison needs dlib-bin")
+    single, upsampled = dlib_hog_detector(upsample=0), dlib_hog_detector(upsample=1)
+    assert sum(bool(single(x)) for x in small) == 0  # a 64 px photo's face is under HOG's 80 px
+    assert sum(bool(upsampled(x)) for x in small) >= 4
+    # ours resizes every photo to a 128 px shorter side before its pyramid: it finds them all,
+    # boxes back in the 64 px photo's frame
+    found = mtcnn(small)
+    assert all(len(d) for d in found)
+    assert all(15 < d.boxes[0, 2] - d.boxes[0, 0] < 45 for d in found)
+
+
+def test_aligner_chips_lfw_photos_and_flags_none(lfw_photos):
+    aligner = get_face_aligner("mtcnn5")
+    out = aligner.align_many(lfw_photos[:4])
+    assert [found for _, found in out] == [True] * 4
+    assert all(chip.size == (150, 150) for chip, _ in out)
+
+
+def test_blank_image_is_flagged_with_fallback_and_refused_with_require():
+    blank = Image.new("RGB", (200, 160), (120, 120, 120))
+    before = FACE_STAGES.snapshot()[1]
+    chip, found = get_face_aligner("mtcnn5", on_miss="fallback").align_many([blank])[0]
+    assert not found and chip.size == (150, 150)  # the fixed LFW crop
+    with pytest.raises(FaceNotFoundError):
+        get_face_aligner("mtcnn5", on_miss="require")(blank)
+    after = FACE_STAGES.snapshot()[1]
+    assert after["fallback"] == before["fallback"] + 1
+    assert after["refused"] == before["refused"] + 1
