@@ -83,6 +83,12 @@ def test_search_answers_as_the_faiss_path_with_filters_pushed_down(cores, digits
                                    [h.distance for h in want.hits], rtol=1e-4, atol=1e-4)
     assert all(h.label in ("4", "7") for h in milvus.search(q, 10, labels=("4", "7")).hits)
     assert len(milvus.search(q, 10, max_distance=far).hits) == 6
+    # catalogued keys as queries and identities read their vectors from the store
+    key = "3/" + digit(digits_dir, "3", 2).stem
+    assert keys(milvus.search(ImageInput(key=key), 3)) == keys(faiss_core.search(ImageInput(key=key), 3))
+    got, want = milvus.verify_identity(q, "7"), faiss_core.verify_identity(q, "7")
+    assert (got.nearest_key, got.enrolled_images) == (want.nearest_key, want.enrolled_images)
+    assert got.distance == pytest.approx(want.distance, abs=1e-4)
     # one batch, several filters: each query gets its own
     a, b = milvus.batch_search([SearchQuery(q, 5, labels=("1",)), SearchQuery(q, 5, labels=("2",))])
     assert {h.label for h in a.hits} == {"1"} and {h.label for h in b.hits} == {"2"}
