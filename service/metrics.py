@@ -6,6 +6,9 @@ import logging
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+
+from training.face.stages import FACE_STAGES, FaceStageStats
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class Metrics:
         self.swaps = Counter("imgsim_index_swaps", "index version swaps by outcome",
                              ["collection", "outcome"], registry=r)
         self.in_flight = Gauge("imgsim_in_flight_requests", "RPCs being handled", registry=r)
+        r.register(FaceStageCollector(FACE_STAGES))
         self._http = None
 
     # -- observers the core calls ---------------------------------------------------------
@@ -61,3 +65,28 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class FaceStageCollector:
+    """The face path's stages (detect, align, embed) as counters, read from the process-wide
+    FaceStageStats when scraped: seconds and images per stage, images without a face by what
+    the face step did ("fallback": embedded the fixed crop, "refused": INVALID_ARGUMENT).
+    Process-wide: servers sharing a process report the same totals."""
+
+    def __init__(self, stats: FaceStageStats) -> None:
+        self.stats = stats
+
+    def collect(self):
+        stages, misses = self.stats.snapshot()
+        seconds = CounterMetricFamily("imgsim_face_stage_seconds",
+                                      "time spent in each face stage", labels=["stage"])
+        images = CounterMetricFamily("imgsim_face_stage_images",
+                                     "images through each face stage", labels=["stage"])
+        for name, t in stages.items():
+            seconds.add_metric([name], t.seconds)
+            images.add_metric([name], t.images)
+        missed = CounterMetricFamily("imgsim_face_misses", "images in which no face was found, "
+                                     "by what the face step did", labels=["outcome"])
+        for outcome, n in misses.items():
+            missed.add_metric([outcome], n)
+        return [seconds, images, missed]
