@@ -66,11 +66,12 @@ class Searcher:
                                f"{self._options.max_items}")
         names = list(names) if names is not None else [f"query {i}" for i in range(len(queries))]
         queries = [self.check_query(q, n) for q, n in zip(queries, names, strict=True)]
+        lives = [self._collections.live(q.collection) for q in queries]  # one lookup each
         jobs = []
         with self._sessions() as s:
-            for q in queries:
+            for q, live in zip(queries, lives, strict=True):
                 allowed = excluded = None
-                if self._collections.live(q.collection).pushes_filters:
+                if live.pushes_filters:
                     # a vector store filters on its copies of labels and metadata itself
                     ids = ids_by_keys(s, q.exclude_keys, collection=q.collection) \
                         if q.exclude_keys else {}
@@ -86,10 +87,10 @@ class Searcher:
                                         np.int64)
                 jobs.append((allowed, excluded))
         vecs = self._front.vectors([q.query for q in queries], deadline=deadline, names=names)
-        futures = [self._collections.live(q.collection).batcher.submit(
-            StoreQuery(v, q.k, job) if isinstance(job, StoreFilter)
-            else SearchJob(v, q.k, *job), deadline=deadline)
-            for q, v, job in zip(queries, vecs, jobs, strict=True)]
+        futures = [live.batcher.submit(
+            StoreQuery(v, q.k, job) if live.pushes_filters else SearchJob(v, q.k, *job),
+            deadline=deadline)
+            for q, live, v, job in zip(queries, lives, vecs, jobs, strict=True)]
         answers = [wait_result(f, deadline, what="search") for f in futures]
         entries = self._entries.get(self._sessions,
                                     np.concatenate([a.ids[a.ids >= 0] for a in answers]))
