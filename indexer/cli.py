@@ -110,9 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep each image's preprocessed pixels here (C x size x size bytes "
                         "per distinct image) and reuse them: the next reindex with a model "
                         "of the same preprocessing decodes nothing")
-    from indexer.stores.cli import add_store_argument
-
-    add_store_argument(r)
+    # (indexer.stores.cli's add_store_argument, spelled here: that module imports this one)
+    r.add_argument("--vector-store", default=os.environ.get("IMGSIM_VECTOR_STORE", "faiss"),
+                   metavar="SPEC",
+                   help="where the new version goes: faiss (an index version under "
+                        "--index-root; default), milvus:FILE (Milvus Lite) or "
+                        "milvus:http://host:19530: a new Milvus collection, then the alias "
+                        "moved (env IMGSIM_VECTOR_STORE)")
     stage = r.add_mutually_exclusive_group()
     stage.add_argument("--shard", default=None, metavar="I/N",
                        help="only embed (and, after --prepare, add) worker I's part of N")
