@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.context import JobCancelled, JobContext, JobDefaults
+from service.jobs.inputs import inputs_root, release_inputs
 from service.jobs.params import parse_params
 from service.jobs.registry import get_kind, load_builtin_kinds
 from service.jobs.report import HtmlReport, job_title
@@ -113,6 +114,7 @@ class JobWorker:
             if row is None:
                 return None
             job_id, kind_name, raw = row.id, row.kind, dict(row.params or {})
+            created_at = row.created_at
         log.info("job %d (%s) started", job_id, kind_name)
         out_dir = Path(self.cfg.artifacts_root) / str(job_id)
         ctx = JobContext(job_id, kind_name, out_dir, defaults=self.cfg.defaults,
@@ -134,6 +136,11 @@ class JobWorker:
             err = f"{type(e).__name__}: {e}"
             self._finish(job_id, JobState.FAILED, ctx, message="failed",
                          error=err + "\n" + traceback.format_exc(limit=8))
+        try:  # images uploaded for this job only (service.jobs.inputs)
+            release_inputs(self.sessions, inputs_root(self.cfg.artifacts_root), raw,
+                           created_at=created_at)
+        except Exception:
+            log.warning("job %d: could not release its uploaded inputs", job_id, exc_info=True)
         return job_id
 
     def run_until_empty(self) -> list[int]:

@@ -14,6 +14,7 @@ from service.browse import Catalogue
 from service.core import SimilarityCore
 from service.errors import InvalidInput, Unavailable
 from service.jobs.core import JobsCore
+from service.jobs.inputs import DEFAULT_MAX_AGE_SECONDS, inputs_root
 from service.servicer import Caller
 
 # the header a client sets to bound a call, like a gRPC deadline (seconds)
@@ -34,6 +35,8 @@ class WebContext:
     max_upsert_bytes: int = 256 * 1024 * 1024   # an upsert's body (the Upsert stream limit)
     metrics: object | None = None
     max_threads: int = 64  # routes running at once (they block on batches), as gRPC's workers
+    # images uploaded for jobs and named by no unfinished job are removed after this long
+    inputs_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     _catalogues: dict[int, Catalogue] = field(default_factory=dict)
 
     def require_core(self) -> SimilarityCore:
@@ -72,7 +75,7 @@ class WebContext:
 
     @property
     def inputs_dir(self) -> Path:
-        return Path(self.artifacts_root) / "inputs"
+        return inputs_root(self.artifacts_root)
 
 
 def deadline_of(request: Request) -> float | None:

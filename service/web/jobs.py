@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import threading
+import time
 import typing
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +22,7 @@ from fastapi.responses import FileResponse
 from service.errors import InvalidInput
 from service.jobs.artifacts import artifact_file, job_folder
 from service.jobs.core import JobInfo
+from service.jobs.inputs import sweep_inputs, touch
 from service.jobs.params import param_help
 from service.jobs.registry import load_builtin_kinds
 from service.jobs.servicer import MAX_KIND_CHARS, MAX_PARAMS_JSON_CHARS
@@ -32,6 +36,8 @@ ARTIFACT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'; img
                                                "data:; style-src 'unsafe-inline'",
                     "X-Content-Type-Options": "nosniff"}
 
+
+log = logging.getLogger(__name__)
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -68,8 +74,32 @@ def kind_out(kind) -> dict:
     return {"name": kind.name, "help": kind.help, "params": params}
 
 
+class InputsSweep:
+    """The age-based sweep of uploaded job inputs, run by the upload route (uploads are what
+    fills the folder) at most once a ``interval_seconds``."""
+
+    def __init__(self, root: Path, max_age_seconds: float, interval_seconds: float = 60.0) -> None:
+        self.root, self.max_age, self.interval = root, max_age_seconds, interval_seconds
+        self._last = float("-inf")
+        self._lock = threading.Lock()
+
+    def maybe(self, sessions) -> int:
+        now = time.monotonic()
+        if now - self._last < self.interval or not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            self._last = now
+            return sweep_inputs(sessions, self.root, max_age_seconds=self.max_age)
+        except Exception:  # the upload succeeded; the sweep tries again next time
+            log.warning("the sweep of job inputs failed", exc_info=True)
+            return 0
+        finally:
+            self._lock.release()
+
+
 def router(ctx: WebContext) -> APIRouter:
     r = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+    sweep = InputsSweep(ctx.inputs_dir, ctx.inputs_max_age_seconds)
 
     @r.get("/kinds", response_model=s.JobKindsOut, summary="Job kinds and their parameters")
     def kinds(request: Request) -> dict:
@@ -107,7 +137,7 @@ def router(ctx: WebContext) -> APIRouter:
     @r.post("/inputs", response_model=s.JobInputOut,
             summary="Store an image on the server for a job's parameters (e.g. verify's a, b)")
     def job_input(request: Request, image: Annotated[UploadFile, File()]) -> dict:
-        ctx.require_jobs(request, "write")
+        jobs = ctx.require_jobs(request, "write")
         core = ctx.require_core()
         data = image.file.read()
         if not data:
@@ -126,6 +156,8 @@ def router(ctx: WebContext) -> APIRouter:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
+        touch(folder)  # uploaded now: the sweep's age starts again
+        sweep.maybe(jobs.sessions)
         return {"path": str(path.resolve()), "sha256": sha, "bytes": len(data)}
 
     return r
