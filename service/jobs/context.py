@@ -27,6 +27,9 @@ class JobDefaults:
     index_root: str | None = None
     catalog_url: str | None = None
     data_root: str | None = None
+    # the index roots of the other collections served beside index_root's (a job's
+    # 'collection' parameter picks one by its manifest)
+    index_roots: tuple[str, ...] = ()
 
 
 # (progress in [0, 1], message, artifacts) -> cancel requested?

@@ -77,7 +77,8 @@ def register_job_service(grpc_server: grpc.Server, server: HostServer) -> str:
         grpc_server, cfg.catalog_url, worker_threads=threads, authenticator=server.authenticator,
         metrics=getattr(server, "metrics", None),
         defaults=JobDefaults(checkpoint=cfg.checkpoint, index_root=cfg.index_root,
-                             catalog_url=cfg.catalog_url, data_root=str(data_root())))
+                             catalog_url=cfg.catalog_url, data_root=str(data_root()),
+                             index_roots=tuple(getattr(cfg, "extra_index_roots", ()))))
     hooks = getattr(server, "stop_hooks", None)
     if hooks is not None:
         hooks.append(lambda: runtime.stop(wait=False))

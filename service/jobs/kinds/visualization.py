@@ -23,19 +23,36 @@ def _checkpoint(checkpoint: str, ctx: JobContext) -> str:
 
 
 def embedding_source(ctx: JobContext, *, checkpoint: str, images: str, index_root: str,
-                     catalog_url: str, max_images: int, seed: int):
-    """Embeddings of an image folder (embedded with the checkpoint) or of an index version."""
+                     catalog_url: str, max_images: int, seed: int, collection: str = ""):
+    """Embeddings of an image folder (embedded with the checkpoint) or of an index version
+    (of ``collection``: the index root among the worker's whose manifest names it)."""
     from training.visualization.embeddings import from_folder
 
     if images:
         ctx.progress(0.05, f"embedding {images}")
         return from_folder(_checkpoint(checkpoint, ctx), images, max_images=max_images,
                            seed=seed)
-    root = index_root or ctx.defaults.index_root
     url = catalog_url or ctx.defaults.catalog_url
+    root = index_root or (collection_root(collection, ctx) if collection
+                          else ctx.defaults.index_root)
     if not root or not url:
         raise ValueError("give 'images' (a folder) or an index ('index_root' and 'catalog_url')")
-    return from_index(root, url).sample(max_images, seed=seed)
+    return from_index(root, url, collection=collection).sample(max_images, seed=seed)
+
+
+def collection_root(collection: str, ctx: JobContext) -> str:
+    """The worker's index root (its default or one of its others) serving ``collection``."""
+    from indexer.versions import read_manifest
+
+    roots = [r for r in (ctx.defaults.index_root, *ctx.defaults.index_roots) if r]
+    for root in roots:
+        try:
+            if read_manifest(root).collection == collection:
+                return root
+        except (OSError, ValueError):
+            continue
+    raise ValueError(f"no index of collection {collection!r} among the worker's index roots "
+                     f"({', '.join(roots) or 'none'}); give 'index_root'")
 
 
 # -- t-SNE ----------------------------------------------------------------------------------
@@ -46,6 +63,9 @@ class TsneParams:
     index_root: str = param("", "index whose stored vectors are mapped (default: the worker's)")
     catalog_url: str = param(
         "", "catalogue of that index, for keys, paths and labels (default: the worker's)")
+    collection: str = param(
+        "", "collection mapped (default: the index's own); without 'index_root', its index is "
+            "the worker's that serves it")
     perplexity: float = param(
         30.0, "t-SNE perplexity: about how many neighbours each point keeps close")
     sample: int = param(1000, "points in the map (a random sample)")
@@ -64,7 +84,7 @@ def run_tsne(p: TsneParams, ctx: JobContext) -> None:
 
     data = embedding_source(ctx, checkpoint=p.checkpoint, images=p.images,
                             index_root=p.index_root, catalog_url=p.catalog_url,
-                            max_images=p.sample, seed=p.seed)
+                            max_images=p.sample, seed=p.seed, collection=p.collection)
     ctx.progress(0.3, f"t-SNE of {len(data.labels)} points")
     pts = tsne_2d(data.vectors, perplexity=p.perplexity, seed=p.seed)
     rng = np.random.default_rng(p.seed)

@@ -216,11 +216,13 @@ for (const side of ["a", "b"]) {
 }
 $("verify-form").addEventListener("submit", (ev) => { ev.preventDefault(); runVerify(); });
 
+function verifyCollection() { return $("verify-collection").value || state.defaultCollection; }
+
 async function imageBlob(side) {
   if (state.verifyFiles[side]) return state.verifyFiles[side];
   const key = $("verify-key-" + side).value.trim();
   if (!key) throw new Error(`image ${side.toUpperCase()} is missing`);
-  const r = await api(`/v1/collections/${encodeURIComponent(state.defaultCollection)}/bytes?key=${encodeURIComponent(key)}`, { raw: true });
+  const r = await api(`/v1/collections/${encodeURIComponent(verifyCollection())}/bytes?key=${encodeURIComponent(key)}`, { raw: true });
   return r.blob();
 }
 
@@ -233,7 +235,8 @@ async function runVerify() {
     if (state.verifyFiles[side]) fd.append(side, state.verifyFiles[side]);
     else if ($("verify-key-" + side).value.trim()) fd.append(side + "_key", $("verify-key-" + side).value.trim());
   }
-  if (identity) fd.append("identity", identity);
+  if (identity) { fd.append("identity", identity); fd.append("identity_collection", verifyCollection()); }
+  fd.append("collection", verifyCollection());
   let r;
   try { r = await api("/v1/verify", { method: "POST", body: fd }); } catch (e) {
     $("verify-result").hidden = false; showError($("verify-verdict"), e); $("verify-verdict").className = "verdict"; return;
@@ -464,13 +467,16 @@ async function showReport(job, art) {
 async function loadMapJobs() {
   let jobs;
   try { jobs = (await api("/v1/jobs?kind=tsne&state=succeeded&limit=50")).jobs; } catch (e) { showError($("map-status"), e); return; }
-  $("map-job").replaceChildren(...jobs.map((j) => el("option", { value: String(j.id), text: `job ${j.id} (${j.params.sample} points, perplexity ${j.params.perplexity})` })));
+  $("map-job").replaceChildren(...jobs.map((j) => el("option", { value: String(j.id), text: `job ${j.id} (${j.params.collection || state.defaultCollection}: ${j.params.sample} points, perplexity ${j.params.perplexity})` })));
 }
 $("map-open").addEventListener("click", () => { if ($("map-job").value) openMap(Number($("map-job").value)); });
 $("map-run").addEventListener("click", async () => {
   const status = $("map-status");
   try {
-    const job = await api("/v1/jobs", { method: "POST", json: { kind: "tsne", params: { sample: Number($("map-sample").value), perplexity: Number($("map-perplexity").value) } } });
+    const params = { sample: Number($("map-sample").value), perplexity: Number($("map-perplexity").value) };
+    const collection = $("map-collection").value;
+    if (collection && collection !== state.defaultCollection) params.collection = collection;
+    const job = await api("/v1/jobs", { method: "POST", json: { kind: "tsne", params } });
     const done = await waitJob(job.id, (j) => { status.textContent = `job ${j.id}: ${j.state} ${Math.round(100 * j.progress)}% ${j.message}`; });
     if (done.state !== "succeeded") { status.textContent = `job ${done.id} ${done.state}: ${done.error}`; return; }
     await loadMapJobs(); $("map-job").value = String(done.id);
@@ -511,7 +517,8 @@ async function openMap(jobId) {
   const colour = (l) => PALETTE[labels.indexOf(l) % PALETTE.length];
   const NS = "http://www.w3.org/2000/svg";
   const tip = $("map-tip");
-  const collection = job.params.index_root ? "" : state.defaultCollection;
+  // the thumbnails of a map of another index than a served collection's are not served
+  const collection = job.params.collection || (job.params.index_root ? "" : state.defaultCollection);
   svg.replaceChildren(...pts.map((p) => {
     const c = document.createElementNS(NS, "circle");
     c.setAttribute("cx", sx(p.x).toFixed(1)); c.setAttribute("cy", sy(p.y).toFixed(1)); c.setAttribute("r", "4.5");
