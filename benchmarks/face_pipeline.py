@@ -13,6 +13,7 @@ import argparse
 import io
 import logging
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.face_robustness import degrade, subset
-from training.checkpoint import load_checkpoint
-from training.evaluation.lfw import load_view2, view2_accuracy
-from training.face.aligners import FixedAligner, LandmarkAligner, find_landmarks_file
-from training.face.chips import face_chip
-from training.models.embedder import Embedder
-from training.settings import data_root
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from face_robustness import degrade, subset  # noqa: E402
+
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.evaluation.lfw import load_view2, view2_accuracy  # noqa: E402
+from training.face.aligners import FixedAligner, LandmarkAligner, find_landmarks_file  # noqa: E402
+from training.models.embedder import Embedder  # noqa: E402
+from training.settings import data_root  # noqa: E402
 
 log = logging.getLogger("face_pipeline")
 PIPELINES = ("ours-mtcnn", "ours-hog", "face_recognition")
@@ -137,6 +139,8 @@ def main() -> None:
     p.add_argument("--speed-rounds", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=None,
                    help="per (pipeline, row): stop computing after this long (the cache keeps it)")
+    p.add_argument("--pipelines", default=",".join(PIPELINES),
+                   help="which of the pipelines get accuracy rows (their caches fill in pieces)")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -170,7 +174,7 @@ def main() -> None:
     print("| row | pipeline | pairs | detected | accuracy | pairs with a miss | accuracy on them |")
     print("|---|---|---|---|---|---|---|")
     for row in args.rows.split(","):
-        for name in PIPELINES:
+        for name in args.pipelines.split(","):
             emb, found = cached_embeddings(pipes, name, row, paths, cache, args.chunk,
                                            args.budget_s)
             done = ~np.isnan(emb[:, 0])
