@@ -152,6 +152,13 @@ def test_shape_predictor_port_matches_dlib_on_a_written_model(tmp_path):
     for box in [(60, 50, 190, 180), (-20, 10, 120, 160), (100, 120, 260, 270)]:
         expected = np.array([[p.x, p.y] for p in theirs(img, dlib.rectangle(*box)).parts()])
         np.testing.assert_array_equal(ours(img, box), expected)
+    # the batched call: mixed sizes, a grey image, boxes partly outside, all in one
+    grey = np.asarray(Image.fromarray(_photo(h=200, w=300, seed=6)).convert("L"))
+    images = [img, grey, img[:180, :220]]
+    boxes = [(60, 50, 190, 180), (40, 30, 200, 190), (-20, 10, 120, 160)]
+    for got, im, box in zip(ours.many(images, boxes), images, boxes, strict=True):
+        expected = np.array([[p.x, p.y] for p in theirs(im, dlib.rectangle(*box)).parts()])
+        np.testing.assert_array_equal(got, expected)
     cache = tmp_path / "cache"
     cached = ShapePredictor.load(path, cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 1

@@ -206,21 +206,23 @@ class LandmarkAligner:
         """(chip, found) per image, detected in one batch. found False: no face, the chip is
         the fixed-crop fallback (with ``fallback``; else FaceNotFoundError is raised)."""
         rgbs = [_rgb(im) for im in images]
-        out = []
-        for image, rgb, boxes in zip(images, rgbs, self.detect_many(rgbs), strict=True):
-            if not boxes:
-                if not self.fallback:
-                    FACE_STAGES.miss("refused")
-                    raise FaceNotFoundError("no face found in the image")
+        found = self.detect_many(rgbs)
+        hits = [k for k, boxes in enumerate(found) if boxes]
+        if len(hits) < len(images):
+            if not self.fallback:
+                FACE_STAGES.miss("refused")
+                raise FaceNotFoundError("no face found in the image")
+            for _ in range(len(images) - len(hits)):
                 FACE_STAGES.miss("fallback")
-                log.debug("no face found: using the fixed crop")
-                out.append((self._fixed(image), False))
-                continue
-            with FACE_STAGES.timed("align"):
-                lm = self.landmarks(rgb, boxes[0])
-                chip = Image.fromarray(face_chip(rgb, lm, size=self.size, padding=self.padding))
-            out.append((chip, True))
-        return out
+            log.debug("no face found in %d of %d images: using the fixed crop",
+                      len(images) - len(hits), len(images))
+        out: list[tuple[Image.Image, bool]] = [(None, False)] * len(images)
+        with FACE_STAGES.timed("align", len(hits)):
+            marks = self._predictor.many([rgbs[k] for k in hits], [found[k][0] for k in hits])
+            for k, lm in zip(hits, marks, strict=True):
+                chip = face_chip(rgbs[k], lm, size=self.size, padding=self.padding)
+                out[k] = (Image.fromarray(chip), True)
+        return [o if o[1] else (self._fixed(images[k]), False) for k, o in enumerate(out)]
 
 
 def _haar_aligner(**kwargs) -> LandmarkAligner:
