@@ -348,7 +348,7 @@ def test_import_dlib_cli(synthetic_dat, tmp_path, capsys):
     assert imgsim_main(["import-dlib", "--output", str(out), "--dat", str(synthetic_dat),
                         "--on-miss", "require"]) == 0
     spec = load_checkpoint(out).spec
-    assert (spec.face_align, spec.face_on_miss, spec.requires_face) == ("dlib5", "require", True)
+    assert (spec.face_align, spec.face_on_miss, spec.requires_face) == ("mtcnn5", "require", True)
     assert imgsim_main(["import-dlib", "--output", str(out), "--dat",
                         str(tmp_path / "missing.dat")]) == 2
     assert "not found" in capsys.readouterr().err

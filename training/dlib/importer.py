@@ -31,7 +31,7 @@ def find_face_model(path: str | Path | None = None) -> Path:
 
 
 def import_face_resnet(dat: str | Path | None = None, *, name: str = "dlib_face_resnet_v1",
-                       threshold: float = DLIB_UNIT_THRESHOLD, face_align: str | None = "dlib5") -> Checkpoint:
+                       threshold: float = DLIB_UNIT_THRESHOLD, face_align: str | None = "mtcnn5") -> Checkpoint:
     """Read the .dat, fold its affine layers into the convs and wrap it as a Checkpoint
     (L2-normalised descriptors; ``threshold`` between unit vectors)."""
     path = find_face_model(dat)

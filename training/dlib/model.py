@@ -118,7 +118,7 @@ def state_dict_from_dlib(net: DlibNet) -> dict[str, torch.Tensor]:
 
 def dlib_spec(net: DlibNet, *, name: str = "dlib_face_resnet_v1",
               threshold: float = DLIB_UNIT_THRESHOLD,
-              face_align: str | None = "dlib5") -> ModelSpec:
+              face_align: str | None = "mtcnn5") -> ModelSpec:
     """A ModelSpec reproducing dlib's input normalisation: (rgb - mean) / 256 on 0..255 pixels
     equals (x - mean / 255) / (256 / 255) on our 0..1 tensors. ``metric = "cosine"``: the
     descriptors are L2-normalised and ``threshold`` is a distance between unit vectors

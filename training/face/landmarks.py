@@ -148,7 +148,7 @@ class ShapePredictor:
         pixels = [_as_rgb(np.asarray(im)) for im in images]
         hw = np.array([im.shape[:2] for im in pixels], np.int64)
         offset = np.concatenate([[0], np.cumsum(hw[:, 0] * hw[:, 1])[:-1]])
-        flat = np.concatenate([im.reshape(-1, 3) for im in pixels])  # (all pixels, 3) uint8
+        flat = np.concatenate([im.ravel() for im in pixels])  # every image's RGB bytes, in a row
         b = np.array(boxes, np.float64).reshape(-1, 4)
         scale = (b[:, 2:4] - b[:, 0:2])[:, None, :]  # (0,0) -> tl corner, (1,1) -> br corner
         shift = b[:, None, 0:2] + 0.5  # the box's top left, and + 0.5 to round by floor
@@ -164,7 +164,9 @@ class ShapePredictor:
             inside = (x >= 0) & (x < hw[:, None, 1]) & (y >= 0) & (y < hw[:, None, 0])
             at = np.where(inside, offset[:, None] + y * hw[:, None, 1] + x, 0)
             # dlib's get_pixel_intensity: the integer mean of the RGB pixel; 0 outside the image
-            values = np.where(inside, flat[at].sum(-1, dtype=np.int32) // 3, 0).astype(np.float32)
+            at = 3 * at  # 1-D gathers of each channel: a fancy row gather of (n, p, 3) cost 5x more
+            total = flat[at].astype(np.int32) + flat[at + 1] + flat[at + 2]
+            values = np.where(inside, total // 3, 0).astype(np.float32)
             trees, n_splits = c.idx1.shape
             p = values.shape[1]
             base = np.arange(trees) * n_splits  # flat indexing: 1-D gathers are the fast ones
