@@ -188,6 +188,7 @@ def main() -> None:
           f"{'all 600' if args.limit is None else args.limit} pairs per fold\n")
     print("| row | pipeline | pairs | detected | accuracy | pairs with a miss | accuracy on them |")
     print("|---|---|---|---|---|---|---|")
+    verdicts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for row in args.rows.split(","):
         for name in args.pipelines.split(","):
             emb, found = cached_embeddings(pipes, name, row, paths, cache, args.chunk,
@@ -201,11 +202,33 @@ def main() -> None:
             acc = view2_accuracy(dist, pairs.same[ok], pairs.fold[ok])
             miss = ~(found[ia[ok]] & found[ib[ok]])
             thr = float(np.mean(acc["thresholds"]))
+            verdicts[row, name] = (ok, dist <= thr, ~miss)
             on_miss = f"{100 * ((dist[miss] <= thr) == pairs.same[ok][miss]).mean():.2f}%" \
                 if miss.any() else "-"
             print(f"| {row} | {name} | {ok.sum()} | {100 * found[done].mean():.2f}% | "
                   f"{100 * acc['accuracy_mean']:.2f}% ± {100 * acc['accuracy_std']:.2f} | "
                   f"{miss.sum()} | {on_miss} |", flush=True)
+    cross(verdicts, pairs.same, args.rows.split(","))
+
+
+def cross(verdicts, same: np.ndarray, rows: list[str], ours: str = "ours-mtcnn",
+          theirs: str = "face_recognition") -> None:
+    """Accuracy of both pipelines on the pairs where either of them found no face in an image
+    (each with its own mean fold threshold)."""
+    print(f"\npairs where {ours} or {theirs} found no face in an image\n")
+    print(f"| row | pairs | {ours} on them | {theirs} on them |\n|---|---|---|---|")
+    for row in rows:
+        if (row, ours) not in verdicts or (row, theirs) not in verdicts:
+            continue
+        (ok_a, says_a, found_a), (ok_b, says_b, found_b) = verdicts[row, ours], verdicts[row, theirs]
+        if not (ok_a.all() and ok_b.all()):  # both need every pair computed
+            continue
+        miss = ~(found_a & found_b)
+        if not miss.any():
+            print(f"| {row} | 0 | - | - |")
+            continue
+        print(f"| {row} | {miss.sum()} | {100 * (says_a[miss] == same[miss]).mean():.2f}% | "
+              f"{100 * (says_b[miss] == same[miss]).mean():.2f}% |")
 
 
 if __name__ == "__main__":
