@@ -170,6 +170,10 @@ def bench_writes(name: str, store, collection: str, items: Items, row: dict, arg
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--vectors", default=None,
+                   help="an (N, d) float32 .npy of real embeddings instead of clustered vectors "
+                        "(e.g. index_bench.py's LFW + CUB cache): --queries rows are held out "
+                        "as queries, the rest indexed; --n and --dim are taken from the file")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--queries", type=int, default=500)
@@ -191,8 +195,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     guard_memory(args.max_rss_gb)
     rng = np.random.default_rng(0)
-    xb, centres = clustered(args.n, args.dim, args.clusters, rng)
-    xq, _ = clustered(args.queries, args.dim, args.clusters, rng, centres)
+    if args.vectors:
+        x = np.load(args.vectors).astype(np.float32)
+        perm = rng.permutation(len(x))
+        xq, xb = x[perm[:args.queries]], np.ascontiguousarray(x[np.sort(perm[args.queries:])])
+        args.n, args.dim = xb.shape
+    else:
+        xb, centres = clustered(args.n, args.dim, args.clusters, rng)
+        xq, _ = clustered(args.queries, args.dim, args.clusters, rng, centres)
     ids = np.arange(args.n, dtype=np.int64) * 2 + 1
     labels = np.array([str(i % 10) for i in range(args.n)])
     items = Items(ids, xb, labels.tolist(), [{"n": str(i % 7)} for i in range(args.n)])
@@ -274,7 +284,9 @@ def print_table(rows: list[dict], args) -> None:
     def f(v, fmt="{:.0f}"):
         return "" if v is None else fmt.format(v)
 
-    print(f"\n{args.n:,} x {args.dim} clustered ({args.clusters} clusters), {args.queries} "
+    what = (f"real embeddings from {args.vectors}" if args.vectors
+            else f"clustered ({args.clusters} clusters)")
+    print(f"\n{args.n:,} x {args.dim} {what}, {args.queries} "
           f"held-out queries, k={K}, target recall {args.target_recall}\n")
     print("| backend | index (search params) | recall@10 | single q/s | batch-64 q/s | "
           "filtered q/s (1 label of 10) | insert/s | publish s (switch s) | memory MB | "

@@ -101,6 +101,12 @@ def test_unfiltered_search_finds_the_exact_neighbours(store):
         assert hits.ids[0] == want[0]
         np.testing.assert_allclose(hits.distances[0], dist[0], rtol=1e-3, atol=1e-4)
         assert np.all(np.diff(hits.distances) >= -1e-5) and hits.version == desc.version
+    # one batch with different k per query: each gets its own k, the same hits as alone
+    mixed = [StoreQuery(q.vector, k) for q, k in zip(qs, [1, 3, 10, 7] * len(qs), strict=False)]
+    for q, hits in zip(mixed, s.search("c", mixed), strict=True):
+        alone = s.search("c", [q])[0]
+        assert len(hits.ids) == q.k
+        np.testing.assert_array_equal(hits.ids, alone.ids)
 
 
 @pytest.mark.parametrize("value", HOSTILE)
