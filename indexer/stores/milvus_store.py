@@ -169,10 +169,28 @@ class MilvusStore:
         (Created with the collection, Milvus Lite 3.2 builds HNSW in the background after
         each flush, and searches meanwhile scan every row with a copy per query: 200 tuning
         queries on 27k x 128 took 34 s and one run grew to 20 GB.)"""
+        from pymilvus.exceptions import MilvusException
+
         params = self.client.prepare_index_params()
         params.add_index(VECTOR, index_type=index_type, metric_type="L2", params=build)
-        self.client.create_index(name, params)
+        try:
+            self.client.create_index(name, params)
+        except MilvusException:
+            # A long build (HNSW on 1M rows: 200 s) can outlive the gRPC connection (Milvus
+            # Lite sends GOAWAY "too_many_pings"); pymilvus then resends create_index, which
+            # fails with "index already exists" although the first call built it. The index
+            # being there is success; anything else is an error.
+            if not self._has_vector_index(name, index_type):
+                raise
+            log.info("create_index on %s was retried after the first call built it", name)
         self.client.load_collection(name)
+
+    def _has_vector_index(self, name: str, index_type: str) -> bool:
+        try:
+            info = self.client.describe_index(name, VECTOR)
+        except Exception:  # noqa: BLE001 - no index (or no collection): not built
+            return False
+        return bool(info) and str(info.get("index_type", "")).upper() == index_type.upper()
 
     def _insert(self, name: str, items: Items, *, upsert: bool = False) -> None:
         write = self.client.upsert if upsert else self.client.insert

@@ -192,6 +192,40 @@ def test_milvus_publish_moves_the_alias_and_records_the_version(milvus_uri, tmp_
     store.close()
 
 
+def test_milvus_publish_survives_a_create_index_resent_after_it_built(milvus_uri):
+    """A 1M-row HNSW build outlived its gRPC connection; pymilvus resent create_index and the
+    resend failed with "index already exists", killing a publish whose index was built."""
+    from pymilvus.exceptions import MilvusException
+
+    from indexer.stores.milvus_store import MilvusIndexConfig, MilvusStore
+
+    store = MilvusStore(milvus_uri, index=MilvusIndexConfig(flat_below=100))
+    real = store.client.create_index
+    calls = []
+
+    def build_then_fail_like_the_resend(name, params, **kw):
+        calls.append(name)
+        real(name, params, **kw)
+        raise MilvusException(code=35, message="index already exists for field 'vector'; "
+                                               "call drop_index first")
+
+    store.client.create_index = build_then_fail_like_the_resend
+    items = _data(2)
+    desc = store.publish("resent", items)
+    assert calls and desc.index_type == "HNSW" and desc.recall_at_10 >= 0.9
+    hits = store.search("resent", [StoreQuery(items.vectors[5], 1)])[0]
+    assert hits.ids[0] == items.ids[5]
+
+    def fail_without_building(name, params, **kw):  # a real error still stops the publish
+        raise MilvusException(code=1100, message="invalid index params")
+
+    store.client.create_index = fail_without_building
+    with pytest.raises(MilvusException, match="invalid index params"):
+        store.publish("resent", _data(3))
+    assert store.search("resent", [StoreQuery(items.vectors[5], 1)])[0].ids[0] == items.ids[5]
+    store.close()
+
+
 def test_store_check_reports_and_repairs_drift(milvus_uri, tmp_path):
     from indexer.catalog import ImageRow, open_catalog, upsert_images
     from indexer.stores.check import check_store, repair_store
