@@ -53,7 +53,7 @@ from service.errors import (  # noqa: F401  (re-exported: the foundation's impor
     Unavailable,
 )
 from service.image_files import ImageFiles
-from service.images import ImagePipeline
+from service.images import Embedded, ImagePipeline
 from service.live_index import LiveIndex
 from service.mutations import Changes
 from service.searcher import Searcher
@@ -211,12 +211,17 @@ class SimilarityCore:
     # -- Embed ----------------------------------------------------------------------------
     def embed(self, images: Sequence[ImageInput], *, deadline: float | None = None) -> np.ndarray:
         """(n, d) float32 embeddings (L2-normalised rows for cosine models)."""
+        return self.embed_faces(images, deadline=deadline).vectors
+
+    def embed_faces(self, images: Sequence[ImageInput], *,
+                    deadline: float | None = None) -> Embedded:
+        """:meth:`embed`, with what the face step did with each inline image."""
         if not images:
             raise InvalidInput("no images")
         if len(images) > self.options.max_items:
             raise InvalidInput(f"{len(images)} images in one call; the limit is "
                                f"{self.options.max_items}")
-        return self.front.vectors(images, deadline=deadline)
+        return self.front.vectors_and_faces(images, deadline=deadline)
 
     # -- Upsert / Delete ------------------------------------------------------------------
     def upsert(self, items: Iterable[UpsertItem], *, deadline: float | None = None,

@@ -53,6 +53,12 @@ class ImageInput:
     collection: str = ""
 
 
+# What the face step did with an inline image (``bool | None``, see service.images.Embedded),
+# by the names of imgsim.v1.FaceOutcome: the HTTP API's strings and the gRPC enum's values
+FACE_OUTCOMES = {None: "FACE_OUTCOME_UNSPECIFIED", True: "FACE_OUTCOME_FOUND",
+                 False: "FACE_OUTCOME_NOT_FOUND"}
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     same: bool
@@ -65,6 +71,10 @@ class VerifyResult:
     mean_distance: float = 0.0
     nearest_key: str = ""
     index_version: str = ""
+    # what the face step did with each inline image (see service.images.Embedded): None
+    # without a face step or for a catalogued image, True found, False no face (fallback)
+    face_a: bool | None = None
+    face_b: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class SearchResult:
     hits: list[Hit]
     index_version: str
     model_version: str
+    query_face: bool | None = None  # the face step on the query image, as VerifyResult.face_a
 
 
 @dataclass(frozen=True)

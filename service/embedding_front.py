@@ -12,7 +12,7 @@ from service.collection_registry import CollectionRegistry
 from service.domain import ImageInput
 from service.errors import InvalidInput, NotFound
 from service.image_files import ImageFiles
-from service.images import ImagePipeline
+from service.images import Embedded, ImagePipeline
 from service.store import entries_by_keys
 from service.validation import check_key
 from training.models.embedder import Embedder
@@ -43,8 +43,15 @@ class EmbeddingFront:
     def vectors(self, images: Sequence[ImageInput], *, deadline: float | None = None,
                 names: Sequence[str] | None = None) -> np.ndarray:
         """(n, d) float32: inline images embedded together (micro-batched), keys looked up."""
+        return self.vectors_and_faces(images, deadline=deadline, names=names).vectors
+
+    def vectors_and_faces(self, images: Sequence[ImageInput], *, deadline: float | None = None,
+                          names: Sequence[str] | None = None) -> Embedded:
+        """:meth:`vectors`, with what the face step did with each inline image (see
+        :class:`~service.images.Embedded`; None for a catalogued image, embedded at ingest)."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         out = np.zeros((len(images), self.dim), np.float32)
+        faces: list[bool | None] = [None] * len(images)
         inline = []
         for i, im in enumerate(images):
             if im.data is not None and im.key is not None:
@@ -60,9 +67,12 @@ class EmbeddingFront:
             out[keyed] = self._key_vectors([images[i] for i in keyed], [names[i] for i in keyed],
                                            deadline=deadline)
         if inline:
-            out[inline] = self.pipeline.embed([images[i].data for i in inline], deadline=deadline,
-                                              names=[names[i] for i in inline])
-        return out
+            done = self.pipeline.embed_faces([images[i].data for i in inline],
+                                             deadline=deadline, names=[names[i] for i in inline])
+            out[inline] = done.vectors
+            for i, found in zip(inline, done.faces, strict=True):
+                faces[i] = found
+        return Embedded(out, faces)
 
     def _key_vectors(self, images: Sequence[ImageInput], names: Sequence[str], *,
                      deadline: float | None) -> np.ndarray:

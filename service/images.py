@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from service.batching import BatchObserver, MicroBatcher, wait_result
-from service.errors import InvalidInput
+from service.errors import DeadlineExceeded, InvalidInput
 from service.face import check_face_matches_spec
 from service.limits import DEFAULT_FORMATS
 from training.data.transforms import ImageDecodeError, decode_image
@@ -23,13 +26,56 @@ log = logging.getLogger(__name__)
 NO_FACE = "no face found in the image (this model's checkpoint requires a face)"
 
 
+class PixelBudget:
+    """Bounds the decoded pixels held between decoding and the batched face step (a queued
+    decoded photo is full size, up to ``max_pixels``): ``take`` blocks while the budget is
+    spent (one image always fits), until the deadline."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cv = threading.Condition()
+
+    def take(self, n: int, deadline: float | None) -> None:
+        with self._cv:
+            while self.used > 0 and self.used + n > self.limit:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded("deadline exceeded waiting to decode the image "
+                                           "(the face step's queue is full)")
+                self._cv.wait(left)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._cv:
+            self.used -= n
+            self._cv.notify_all()
+
+
+def _cancel_queued(job: Future) -> None:
+    if not job.cancelled() and job.exception() is None:
+        job.result().cancel()
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings of inline images and what the face step did with each: None (the model has
+    no detecting face step), True (a face was found and aligned), False (no face: the step's
+    fallback crop was embedded; a model that requires a face refuses the image instead)."""
+
+    vectors: np.ndarray
+    faces: list[bool | None]
+
+
 class ImagePipeline:
     """Encoded bytes -> (n, d) float32 embeddings, the model's own preprocessing in between.
 
-    Decoding and the transform (with the checkpoint's face step, if its spec has one: the
-    same as indexing, see ``Embedder``) run in a pool of ``decode_workers`` threads
-    (which also bounds how many decoded images are in memory at once); the forward pass runs
-    in a :class:`MicroBatcher`, so images of concurrent requests share batches.
+    Decoding runs in a pool of ``decode_workers`` threads. For a model with a detecting face
+    step (``spec.face_align``, the same step as indexing, see ``Embedder``) the decoded images
+    of concurrent requests then share face batches (one MTCNN and one landmark call each, in
+    a :class:`MicroBatcher`; the decoded pixels waiting for it are bounded by a
+    :class:`PixelBudget` of ``4 * max_pixels``); otherwise the pool also runs the transform.
+    The forward pass runs in a second MicroBatcher, so images of concurrent requests share
+    batches there too.
     """
 
     def __init__(self, embedder: Embedder, *, max_pixels: int = 40_000_000,
@@ -44,6 +90,12 @@ class ImagePipeline:
         self.batcher: MicroBatcher[torch.Tensor, np.ndarray] = MicroBatcher(
             self._forward, name="embed", max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, observer=observer)
+        self.face_batcher: MicroBatcher[Image.Image, tuple] | None = None
+        if embedder.face_step is not None:
+            self._budget = PixelBudget(4 * max_pixels)
+            self.face_batcher = MicroBatcher(
+                embedder.face_pixels, name="face", max_batch=max_batch,
+                max_wait_ms=max_wait_ms, max_queue=max_queue, observer=observer)
 
     def _forward(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
         return list(self.embedder.embed_pixels(torch.stack(pixels)))
@@ -71,22 +123,68 @@ class ImagePipeline:
         except FaceNotFoundError as e:  # the spec's face step found none and requires one
             raise InvalidInput(NO_FACE) from e
 
+    def _decode_then_queue(self, data: bytes, deadline: float | None) -> Future:
+        """Decode (in a pool thread), then queue the image for the face step at once: its
+        pixels count against the budget until the face step is done with it (done or
+        cancelled), image by image, so a request's later images never wait on its earlier."""
+        img = self.decode(data)
+        n = img.width * img.height
+        self._budget.take(n, deadline)
+        try:
+            queued = self.face_batcher.submit(img, deadline=deadline)
+        except BaseException:
+            self._budget.give(n)
+            raise
+        queued.add_done_callback(lambda _: self._budget.give(n))
+        return queued
+
     def embed(self, datas: Sequence[bytes], *, deadline: float | None = None,
               names: Sequence[str] | None = None) -> np.ndarray:
         """Encoded images -> (n, d) float32. Errors name the image (``names[i]``)."""
+        return self.embed_faces(datas, deadline=deadline, names=names).vectors
+
+    def embed_faces(self, datas: Sequence[bytes], *, deadline: float | None = None,
+                    names: Sequence[str] | None = None) -> Embedded:
+        """:meth:`embed`, with what the face step did with each image."""
         if not datas:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        jobs = [self._pool.submit(self.preprocess, d) for d in datas]
-        pixels = []
+            return Embedded(np.zeros((0, self.embedder.dim), np.float32), [])
+        if self.face_batcher is None:
+            jobs = [self._pool.submit(self.preprocess, d) for d in datas]
+            pixels = self._wait_all(jobs, deadline, names)
+            faces: list[bool | None] = [None] * len(datas)
+        else:
+            jobs = [self._pool.submit(self._decode_then_queue, d, deadline) for d in datas]
+            queued = []
+            try:
+                queued = self._wait_all(jobs, deadline, names)
+                done = [wait_result(f, deadline, what="the face step") for f in queued]
+            except BaseException:  # what is not run yet is not to be run (pixels go back)
+                for f in queued:
+                    f.cancel()
+                for job in jobs:  # also what a decode thread queues after this
+                    job.add_done_callback(_cancel_queued)
+                raise
+            for i, (px, _) in enumerate(done):
+                if px is None:  # no face, and the checkpoint requires one
+                    raise InvalidInput(f"{names[i]}: {NO_FACE}" if names else NO_FACE)
+            pixels, faces = [px for px, _ in done], [found for _, found in done]
+        return Embedded(np.stack(self.batcher.run_many(pixels, deadline=deadline)), faces)
+
+    @staticmethod
+    def _wait_all(jobs: list[Future], deadline: float | None,
+                  names: Sequence[str] | None) -> list:
+        out = []
         for i, job in enumerate(jobs):
             try:
-                pixels.append(wait_result(job, deadline, what="image decoding"))
+                out.append(wait_result(job, deadline, what="image decoding"))
             except InvalidInput as e:
                 for j in jobs[i + 1:]:
                     j.cancel()
                 raise InvalidInput(f"{names[i]}: {e}" if names else str(e)) from e
-        return np.stack(self.batcher.run_many(pixels, deadline=deadline))
+        return out
 
     def close(self) -> None:
         self.batcher.close()
+        if self.face_batcher is not None:
+            self.face_batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

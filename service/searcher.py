@@ -86,7 +86,9 @@ class Searcher:
                                                          collection=q.collection).values()),
                                         np.int64)
                 jobs.append((allowed, excluded))
-        vecs = self._front.vectors([q.query for q in queries], deadline=deadline, names=names)
+        got = self._front.vectors_and_faces([q.query for q in queries], deadline=deadline,
+                                            names=names)
+        vecs = got.vectors
         futures = [live.batcher.submit(
             StoreQuery(v, q.k, job) if live.pushes_filters else SearchJob(v, q.k, *job),
             deadline=deadline)
@@ -96,7 +98,7 @@ class Searcher:
                                     np.concatenate([a.ids[a.ids >= 0] for a in answers]))
         model_version = self._front.embedder.model_version
         results = []
-        for q, a in zip(queries, answers, strict=True):
+        for q, a, face in zip(queries, answers, got.faces, strict=True):
             hits: list[Hit] = []
             sims = similarity(a.distances, normalized=self._normalized)
             for i, d2, sim in zip(a.ids, a.distances, sims, strict=True):
@@ -107,5 +109,5 @@ class Searcher:
                 if q.max_distance is not None and dist > q.max_distance:
                     break  # hits are sorted by distance
                 hits.append(Hit(e.key, e.label, dist, len(hits) + 1, float(sim), e.metadata))
-            results.append(SearchResult(hits, a.version, model_version))
+            results.append(SearchResult(hits, a.version, model_version, face))
         return results

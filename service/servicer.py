@@ -20,6 +20,7 @@ from service.core import (
     UpsertItem,
     VerifyResult,
 )
+from service.domain import FACE_OUTCOMES
 from service.errors import (
     ClientGone,
     DeadlineExceeded,
@@ -65,18 +66,25 @@ def search_query(r: pb.SearchRequest) -> SearchQuery:
                        tuple(r.exclude_keys))
 
 
+def face_outcome(found: bool | None) -> int:
+    """The face step's outcome (see service.images.Embedded) as a pb.FaceOutcome."""
+    return pb.FaceOutcome.Value(FACE_OUTCOMES[found])
+
+
 def search_response(r: SearchResult) -> pb.SearchResponse:
     return pb.SearchResponse(
         hits=[pb.SearchHit(key=h.key, label=h.label, distance=h.distance, rank=h.rank,
                            similarity=h.similarity, metadata=h.metadata) for h in r.hits],
-        index_version=r.index_version, model_version=r.model_version)
+        index_version=r.index_version, model_version=r.model_version,
+        query_face=face_outcome(r.query_face))
 
 
 def verify_response(r: VerifyResult) -> pb.VerifyResponse:
     return pb.VerifyResponse(same=r.same, distance=r.distance, similarity=r.similarity,
                              threshold=r.threshold, model_version=r.model_version,
                              enrolled_images=r.enrolled_images, mean_distance=r.mean_distance,
-                             nearest_key=r.nearest_key, index_version=r.index_version)
+                             nearest_key=r.nearest_key, index_version=r.index_version,
+                             face_a=face_outcome(r.face_a), face_b=face_outcome(r.face_b))
 
 
 class Caller:
@@ -244,8 +252,10 @@ class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
             images = [image_input(r) for r in request.images]
             c.read_refs(*images)
             c.require("read")
-            vecs = core.embed(images, deadline=c.deadline)
-            return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in vecs],
+            got = core.embed_faces(images, deadline=c.deadline)
+            return pb.EmbedResponse(embeddings=[pb.Embedding(values=v, face=face_outcome(f))
+                                                for v, f in zip(got.vectors, got.faces,
+                                                                strict=True)],
                                     dimension=core.embedder.dim, metric=core.embedder.spec.metric,
                                     model_version=core.embedder.model_version)
 

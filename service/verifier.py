@@ -37,10 +37,13 @@ class Verifier:
     def verify(self, a: ImageInput, b: ImageInput, *, threshold: float | None = None,
                deadline: float | None = None) -> VerifyResult:
         thr = self._threshold(threshold)
-        va, vb = self._front.vectors([a, b], deadline=deadline, names=["image a", "image b"])
+        got = self._front.vectors_and_faces([a, b], deadline=deadline,
+                                            names=["image a", "image b"])
+        va, vb = got.vectors
         d = float(np.linalg.norm(va - vb))
         return VerifyResult(d <= thr, d, cosine_from_vectors(va, vb), thr,
-                            self._front.embedder.model_version)
+                            self._front.embedder.model_version, face_a=got.faces[0],
+                            face_b=got.faces[1])
 
     def verify_identity(self, image: ImageInput, identity: str, *, collection: str = "",
                         threshold: float | None = None,
@@ -60,7 +63,8 @@ class Verifier:
         if not present.any():
             raise NotFound(f"identity {identity!r} is catalogued but none of its images is in "
                            f"index version {version}")
-        q = self._front.vectors([image], deadline=deadline, names=["image a"])[0]
+        got = self._front.vectors_and_faces([image], deadline=deadline, names=["image a"])
+        q = got.vectors[0]
         vecs = vecs[present]
         keys = [k for (_, k), p in zip(enrolled, present, strict=True) if p]
         dists = np.linalg.norm(vecs - q[None], axis=1)
@@ -69,4 +73,5 @@ class Verifier:
                             cosine_from_vectors(q, vecs[best]), thr,
                             self._front.embedder.model_version,
                             enrolled_images=len(keys), mean_distance=float(dists.mean()),
-                            nearest_key=keys[best], index_version=version)
+                            nearest_key=keys[best], index_version=version,
+                            face_a=got.faces[0])

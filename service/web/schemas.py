@@ -13,6 +13,11 @@ from pydantic import BaseModel, Field
 from service.core import ImageInput
 from service.errors import InvalidInput
 
+FACE_DOC = ("for face models, what the face step did with the inline image: "
+             "FACE_OUTCOME_FOUND, FACE_OUTCOME_NOT_FOUND (no face: the checkpoint's fallback "
+             "crop was embedded, a weaker answer), FACE_OUTCOME_UNSPECIFIED (no face step, "
+             "or an image given by key)")
+
 
 class ImageRef(BaseModel):
     """An image inline (base64 of the encoded file) or by catalogue key."""
@@ -58,6 +63,7 @@ class SearchOut(BaseModel):
     hits: list[SearchHitOut]
     index_version: str
     model_version: str
+    query_face: str = Field("FACE_OUTCOME_UNSPECIFIED", description=FACE_DOC)
 
 
 class BatchSearchOut(BaseModel):
@@ -82,6 +88,8 @@ class VerifyOut(BaseModel):
     mean_distance: float = 0.0
     nearest_key: str = ""
     index_version: str = ""
+    face_a: str = Field("FACE_OUTCOME_UNSPECIFIED", description=FACE_DOC)
+    face_b: str = Field("FACE_OUTCOME_UNSPECIFIED", description=FACE_DOC)
 
 
 class EmbedIn(BaseModel):
@@ -90,6 +98,7 @@ class EmbedIn(BaseModel):
 
 class EmbedOut(BaseModel):
     embeddings: list[list[float]]
+    faces: list[str] = Field([], description="one per image; " + FACE_DOC)
     dimension: int
     metric: str
     model_version: str

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from service.core import ImageInput, SearchQuery, SearchResult, UpsertItem, VerifyResult
+from service.domain import FACE_OUTCOMES
 from service.errors import InvalidInput
 from service.web import schemas as s
 from service.web.context import WebContext
@@ -28,14 +29,16 @@ def parse_meta(pairs: list[str] | None) -> dict[str, str]:
 def search_out(r: SearchResult) -> dict:
     return {"hits": [{"key": h.key, "label": h.label, "distance": h.distance, "rank": h.rank,
                       "similarity": h.similarity, "metadata": h.metadata} for h in r.hits],
-            "index_version": r.index_version, "model_version": r.model_version}
+            "index_version": r.index_version, "model_version": r.model_version,
+            "query_face": FACE_OUTCOMES[r.query_face]}
 
 
 def verify_out(r: VerifyResult) -> dict:
     return {"same": r.same, "distance": r.distance, "similarity": r.similarity,
             "threshold": r.threshold, "model_version": r.model_version,
             "enrolled_images": r.enrolled_images, "mean_distance": r.mean_distance,
-            "nearest_key": r.nearest_key, "index_version": r.index_version}
+            "nearest_key": r.nearest_key, "index_version": r.index_version,
+            "face_a": FACE_OUTCOMES[r.face_a], "face_b": FACE_OUTCOMES[r.face_b]}
 
 
 def form_image(upload: UploadFile | None, key: str, collection: str) -> ImageInput:
@@ -136,8 +139,10 @@ def router(ctx: WebContext) -> APIRouter:
         images = [im.input(f"image {i}") for i, im in enumerate(body.images)]
         c.read_refs(*images)
         c.require("read")
-        vecs = core.embed(images, deadline=c.deadline)
-        return {"embeddings": vecs.tolist(), "dimension": core.embedder.dim,
+        got = core.embed_faces(images, deadline=c.deadline)
+        return {"embeddings": got.vectors.tolist(),
+                "faces": [FACE_OUTCOMES[f] for f in got.faces],
+                "dimension": core.embedder.dim,
                 "metric": core.embedder.spec.metric,
                 "model_version": core.embedder.model_version}
 

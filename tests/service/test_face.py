@@ -97,6 +97,87 @@ def test_index_build_and_queries_get_the_same_face_crop(tiny_checkpoint, digits_
         core.close()
 
 
+def test_replies_say_whether_a_face_was_found(tiny_checkpoint, digits_dir, tmp_path,
+                                              faces_in_all_but_threes, monkeypatch):
+    """With face_on_miss = fallback an image without a face is still answered, and every reply
+    says so (FACE_OUTCOME_NOT_FOUND), through the core, gRPC and HTTP alike; a catalogued
+    image (by key) and a model without a face step say nothing (UNSPECIFIED)."""
+    import base64
+
+    from imgsim.v1 import similarity_pb2 as pb
+    from tests.service.web.conftest import serve
+
+    ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "fallback")
+    _build(ckpt, digits_dir, tmp_path)
+    one, three = (digit(digits_dir, d).read_bytes() for d in ("1", "3"))
+    key = f"5/{digit(digits_dir, '5').stem}"
+    core = _core(ckpt, tmp_path)
+    try:
+        assert core.search(ImageInput(data=one), k=1).query_face is True
+        assert core.search(ImageInput(data=three), k=1).query_face is False
+        assert core.search(ImageInput(key=key), k=1).query_face is None
+        r = core.verify(ImageInput(data=one), ImageInput(data=three))
+        assert (r.face_a, r.face_b) == (True, False)
+        got = core.embed_faces([ImageInput(data=three), ImageInput(key=key),
+                                ImageInput(data=one)])
+        assert got.faces == [False, None, True] and np.isfinite(got.vectors).all()
+    finally:
+        core.close()
+    monkeypatch.setenv("IMGSIM_JOBS_ROOT", str(tmp_path / "jobs"))
+    served = serve(tmp_path, ckpt)
+    try:
+        with SimilarityClient(served.grpc_target) as c:
+            v = c.verify(one, three)
+            assert (v.face_a, v.face_b) == (pb.FACE_OUTCOME_FOUND, pb.FACE_OUTCOME_NOT_FOUND)
+            assert c.search(three, 2).query_face == pb.FACE_OUTCOME_NOT_FOUND
+            assert [e.face for e in c.embed_response([one, key]).embeddings] == \
+                [pb.FACE_OUTCOME_FOUND, pb.FACE_OUTCOME_UNSPECIFIED]
+        with served.client() as h:
+            b64 = {n: base64.b64encode(d).decode() for n, d in (("one", one), ("three", three))}
+            v = h.post("/v1/verify/json", json={"a": {"data": b64["three"]},
+                                                "b": {"data": b64["one"]}}).json()
+            assert (v["face_a"], v["face_b"]) == ("FACE_OUTCOME_NOT_FOUND", "FACE_OUTCOME_FOUND")
+            hits = h.post("/v1/search/batch", json={"queries": [
+                {"query": {"data": b64["one"]}, "k": 1},
+                {"query": {"key": key}, "k": 1}]}).json()["results"]
+            assert [x["query_face"] for x in hits] == ["FACE_OUTCOME_FOUND",
+                                                       "FACE_OUTCOME_UNSPECIFIED"]
+            e = h.post("/v1/embed", json={"images": [{"data": b64["three"]}]}).json()
+            assert e["faces"] == ["FACE_OUTCOME_NOT_FOUND"]
+    finally:
+        served.server.stop(0)
+    plain = ImagePipeline(Embedder.from_checkpoint(tiny_checkpoint))  # no face step
+    try:
+        assert plain.face_batcher is None and plain.embed_faces([three]).faces == [None]
+    finally:
+        plain.close()
+
+
+def test_a_request_larger_than_the_pixel_budget_still_goes_through(
+        tiny_checkpoint, digits_dir, tmp_path, faces_in_all_but_threes):
+    """Decoded images wait for the face step within a budget of 4 x max_pixels: a request of
+    more images than that fits is answered (each image frees its share once its face step is
+    done), and every pixel is given back, also after a bad image."""
+    import time
+
+    ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "fallback")
+    p = ImagePipeline(Embedder.from_checkpoint(ckpt), max_pixels=32 * 32)  # 4 digits' worth
+    files = [digit(digits_dir, str(d % 10), d // 10) for d in range(12)]
+    try:
+        got = p.embed_faces([f.read_bytes() for f in files], deadline=time.monotonic() + 60)
+        assert got.faces == [not f.parent.name == "3" for f in files]
+        assert got.vectors.shape == (12, p.embedder.dim) and p._budget.used == 0
+        with pytest.raises(InvalidInput, match="image 5: cannot decode image"):
+            p.embed_faces([f.read_bytes() for f in files[:5]] + [b"not an image"],
+                          names=[f"image {i}" for i in range(6)])
+        deadline = time.monotonic() + 10
+        while p._budget.used and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p._budget.used == 0
+    finally:
+        p.close()
+
+
 def test_require_skips_faceless_images_when_indexing_and_refuses_them_in_queries(
         tiny_checkpoint, digits_dir, tmp_path, faces_in_all_but_threes, caplog):
     ckpt = face_checkpoint(tiny_checkpoint, tmp_path / "face.pt", "require")
@@ -180,15 +261,10 @@ def test_an_old_checkpoint_without_a_face_step_embeds_the_whole_image(embedder, 
 def test_a_model_that_aligns_faces_itself(embedder, digits_dir):
     """spec.face_align names an aligner: its 'no face' (face_on_miss = require) is a clear
     INVALID_ARGUMENT."""
-    from training.face import FaceNotFoundError
-
     model = Embedder(embedder.model, replace(embedder.spec, face_align="haar5",
                                              face_on_miss="require"))
 
-    def aligner_finds_nothing(img):
-        raise FaceNotFoundError("no face found in the image")
-
-    model.pixels = aligner_finds_nothing  # the pipeline's preprocessing (uint8 pixels)
+    model.face_step.find_many = lambda images: [None] * len(images)  # finds no face
     p = ImagePipeline(model, face="require")
     try:
         with pytest.raises(InvalidInput, match="no face found"):

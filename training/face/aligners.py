@@ -202,27 +202,40 @@ class LandmarkAligner:
     def __call__(self, image: Image.Image) -> Image.Image:
         return self.align_many([image])[0][0]
 
-    def align_many(self, images: list[Image.Image]) -> list[tuple[Image.Image, bool]]:
-        """(chip, found) per image, detected in one batch. found False: no face, the chip is
-        the fixed-crop fallback (with ``fallback``; else FaceNotFoundError is raised)."""
+    def find_many(self, images: list[Image.Image]) -> list[Image.Image | None]:
+        """The aligned chip of each image's largest face, None where no face was found;
+        detection and landmarks each run once for the whole batch. Counts no misses: the
+        caller decides what a miss does (:meth:`align_many`, ``Embedder.face_pixels``)."""
         rgbs = [_rgb(im) for im in images]
         found = self.detect_many(rgbs)
         hits = [k for k, boxes in enumerate(found) if boxes]
-        if len(hits) < len(images):
-            if not self.fallback:
-                FACE_STAGES.miss("refused")
-                raise FaceNotFoundError("no face found in the image")
-            for _ in range(len(images) - len(hits)):
-                FACE_STAGES.miss("fallback")
-            log.debug("no face found in %d of %d images: using the fixed crop",
-                      len(images) - len(hits), len(images))
-        out: list[tuple[Image.Image, bool]] = [(None, False)] * len(images)
+        out: list[Image.Image | None] = [None] * len(images)
         with FACE_STAGES.timed("align", len(hits)):
             marks = self._predictor.many([rgbs[k] for k in hits], [found[k][0] for k in hits])
             for k, lm in zip(hits, marks, strict=True):
-                chip = face_chip(rgbs[k], lm, size=self.size, padding=self.padding)
-                out[k] = (Image.fromarray(chip), True)
-        return [o if o[1] else (self._fixed(images[k]), False) for k, o in enumerate(out)]
+                out[k] = Image.fromarray(face_chip(rgbs[k], lm, size=self.size,
+                                                   padding=self.padding))
+        return out
+
+    def fallback_for(self, image: Image.Image) -> Image.Image:
+        """What is embedded for an image without a face (with ``fallback``): the fixed crop."""
+        return self._fixed(image)
+
+    def align_many(self, images: list[Image.Image]) -> list[tuple[Image.Image, bool]]:
+        """(chip, found) per image, detected in one batch. found False: no face, the chip is
+        the fixed-crop fallback (with ``fallback``; else FaceNotFoundError is raised)."""
+        chips = self.find_many(images)
+        misses = sum(c is None for c in chips)
+        if misses:
+            if not self.fallback:
+                FACE_STAGES.miss("refused")
+                raise FaceNotFoundError("no face found in the image")
+            for _ in range(misses):
+                FACE_STAGES.miss("fallback")
+            log.debug("no face found in %d of %d images: using the fixed crop", misses,
+                      len(images))
+        return [(c, True) if c is not None else (self.fallback_for(im), False)
+                for c, im in zip(chips, images, strict=True)]
 
 
 def _haar_aligner(**kwargs) -> LandmarkAligner:

@@ -63,6 +63,38 @@ class Embedder:
         # one preprocessing pipeline (one face aligner, loaded once) for both entry points
         self.transform = T.Compose([self.pixels, NormalizePixels(spec)])
         self.checkpoint_sha256 = checkpoint_sha256
+        # the detecting face step inside self.pixels, split out so that a batch of images
+        # runs it at once (face_pixels); None when the spec has none
+        ops = self.pixels.transforms
+        at = next((i for i, op in enumerate(ops) if hasattr(op, "find_many")), None)
+        self.face_step = ops[at] if at is not None else None
+        if at is not None:
+            self._before_face, self._after_face = T.Compose(ops[:at]), T.Compose(ops[at + 1:])
+
+    def face_pixels(self, images: Sequence[Image.Image]
+                    ) -> list[tuple[torch.Tensor | None, bool | None]]:
+        """Decoded images -> (uint8 pixels of :attr:`pixels`, face found) each, the face step
+        run once for the whole batch (one detector call, one landmark call): the same pixels
+        as :attr:`pixels` gives image by image.
+
+        found: None without a detecting face step; True when a face was found; False when
+        none was, and then pixels are the step's fallback (the fixed crop; ``face_on_miss =
+        "fallback"``) or None (``"require"``: the caller refuses the image). Misses are
+        counted in FACE_STAGES by what was done."""
+        if self.face_step is None:
+            return [(self.pixels(im), None) for im in images]
+        ready = [self._before_face(im) for im in images]
+        out: list[tuple[torch.Tensor | None, bool | None]] = []
+        for im, chip in zip(ready, self.face_step.find_many(ready), strict=True):
+            if chip is not None:
+                out.append((self._after_face(chip), True))
+            elif self.face_step.fallback:
+                FACE_STAGES.miss("fallback")
+                out.append((self._after_face(self.face_step.fallback_for(im)), False))
+            else:
+                FACE_STAGES.miss("refused")
+                out.append((None, False))
+        return out
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> Embedder:

@@ -183,10 +183,15 @@ async function runSearch() {
   const t0 = performance.now();
   try {
     const r = await api("/v1/search", { method: "POST", body: fd });
-    info.textContent = `${r.hits.length} hits · index ${r.index_version} · ${Math.round(performance.now() - t0)} ms`;
+    info.textContent = `${r.hits.length} hits · index ${r.index_version} · ${Math.round(performance.now() - t0)} ms` + faceNote(r.query_face, "the query");
     out.replaceChildren(...r.hits.map((h) => hitCard(h, collection)));
     document.body.dataset.searchDone = String(Date.now());
   } catch (e) { showError(info, e); out.replaceChildren(); }
+}
+
+// a face model found no face in an uploaded image: it answered from its fallback crop
+function faceNote(outcome, what) {
+  return outcome === "FACE_OUTCOME_NOT_FOUND" ? ` · ⚠ no face found in ${what}: the model's fallback crop was compared, a weaker answer` : "";
 }
 
 function hitCard(h, collection) {
@@ -249,7 +254,8 @@ async function runVerify() {
   $("verify-bar").style.left = `${Math.min(100, 100 * r.distance / top)}%`;
   $("verify-thr").style.left = `${100 * r.threshold / top}%`;
   $("verify-numbers").textContent = `distance ${r.distance.toFixed(4)} ${r.same ? "≤" : ">"} calibrated threshold ${r.threshold.toFixed(4)} · cosine similarity ${r.similarity.toFixed(4)} · model ${r.model_version}`
-    + (identity ? ` · identity ${identity}: ${r.enrolled_images} enrolled images, nearest ${r.nearest_key}, mean distance ${r.mean_distance.toFixed(4)}` : "");
+    + (identity ? ` · identity ${identity}: ${r.enrolled_images} enrolled images, nearest ${r.nearest_key}, mean distance ${r.mean_distance.toFixed(4)}` : "")
+    + faceNote(r.face_a, "image A") + faceNote(r.face_b, "image B");
   if (identity) return;  // the heatmap explains a pair
   if ($("verify-explain").checked) explainPair(status).catch((e) => showError(status, e));
 }
