@@ -447,11 +447,12 @@ def merge_into_store(cfg: ReindexConfig):
     moved) and recorded in the catalogue's ``index_versions``. Returns its
     :class:`~indexer.stores.StoreDescription`.
 
-    The publish runs under the index root's publish lock and the collection's lock, the ones
-    servers' Upserts and Deletes take to write the store: a write meanwhile would go to the
-    collection the alias is about to leave. They wait for the publish (index build and tuning
-    included) and then write to the new collection."""
-    from indexer.catalog import images_by_ids
+    The new version is staged (filled, indexed, tuned: minutes at 1M rows) without any lock,
+    while servers go on writing the serving version. Then, under the index root's publish lock
+    and the collection's lock (the ones servers' Upserts and Deletes take to write the store),
+    what changed meanwhile is written into the staged version (images removed, added or
+    replaced, and labels or metadata changed) and the alias is moved: writers wait only for
+    that catch-up, and no write lands in the version the alias is leaving after it."""
     from indexer.publish import ModelIdentity
     from indexer.stores import Items, open_vector_store
 
@@ -461,27 +462,43 @@ def merge_into_store(cfg: ReindexConfig):
     store = open_vector_store(cfg.vector_store)
     try:
         vectors, ids, _, _, _, known = _caught_up(cfg, embedder, plan, Session)
-        with publish_lock(cfg.index_root), Session.begin() as session:
-            lock_collection(session, cfg.collection)
-            gone, new, _ = _catalogue_changes(session, known, cfg.collection)
-            if gone or new:
-                log.info("catching up before publishing: %d removed, %d added or changed "
-                         "while embedding", len(gone), len(new))
-                keep = ~np.isin(ids, np.array(gone, np.int64))
+        order = np.argsort(ids, kind="stable")
+        vectors, ids = vectors[order], ids[order]
+        with Session() as session:
+            seen = _attributes(session, cfg.collection)
+        # (an image deleted since _caught_up is removed again at commit: it is in ``gone``)
+        attrs = [seen.get(int(i), ("", {})) for i in ids]
+        items = Items(ids, vectors, [a[0] for a in attrs], [a[1] for a in attrs])
+        staged = store.stage(cfg.collection, items) if hasattr(store, "stage") else None
+        try:
+            with publish_lock(cfg.index_root), Session.begin() as session:
+                lock_collection(session, cfg.collection)
+                gone, new, _ = _catalogue_changes(session, known, cfg.collection)
+                if gone or new:
+                    log.info("catching up before publishing: %d removed, %d added or changed "
+                             "while embedding and staging", len(gone), len(new))
                 caught, caught_ids = drop_faceless(
                     _embed_rows(embedder, new, cfg), np.array([r[0] for r in new], np.int64))
-                vectors = np.concatenate([vectors[keep], caught])
-                ids = np.concatenate([ids[keep], caught_ids])
-            order = np.argsort(ids, kind="stable")
-            vectors, ids = vectors[order], ids[order]
-            rows = images_by_ids(session, ids.tolist())
-            model_row(session, embedder, cfg.checkpoint)  # the version's model, by checkpoint
-            desc = store.publish(cfg.collection,
-                                 Items(ids, vectors, [rows[int(i)].label for i in ids],
-                                       [rows[int(i)].meta or {} for i in ids]),
-                                 model=ModelIdentity.of_embedder(embedder), session=session,
-                                 keep=cfg.keep_versions)
-            fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
+                model_row(session, embedder, cfg.checkpoint)  # the version's model
+                model = ModelIdentity.of_embedder(embedder)
+                if staged is None:  # a store without staging: everything under the lock
+                    keep = ~np.isin(ids, np.array(gone, np.int64))
+                    all_ids = np.concatenate([ids[keep], caught_ids])
+                    now = _attributes(session, cfg.collection)
+                    desc = store.publish(cfg.collection, Items(
+                        all_ids, np.concatenate([vectors[keep], caught]),
+                        [now[int(i)][0] for i in all_ids], [now[int(i)][1] for i in all_ids]),
+                        model=model, session=session, keep=cfg.keep_versions)
+                else:
+                    add = _catch_up_rows(_attributes(session, cfg.collection), items, seen,
+                                         gone, caught_ids, caught)
+                    desc = store.commit(staged, add=add, remove=gone, model=model,
+                                        session=session, keep=cfg.keep_versions)
+                fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
+        except BaseException:
+            if staged is not None and not _serving(store, staged):
+                store.abandon(staged)
+            raise
     finally:
         store.close()
     if not cfg.keep_work:
@@ -489,6 +506,37 @@ def merge_into_store(cfg: ReindexConfig):
     log.info("reindexed %s into %s: %d images -> %s", cfg.collection, cfg.vector_store,
              desc.count, desc.location)
     return desc
+
+
+def _serving(store, staged) -> bool:
+    try:
+        return store.serving(staged.collection) == staged.name
+    except LookupError:
+        return False
+
+
+def _attributes(session, collection: str) -> dict[int, tuple[str, dict]]:
+    """{id: (label, metadata)} of every catalogued image of ``collection``."""
+    return {i: (label, dict(meta or {})) for i, label, meta in session.execute(
+        select(ImageRow.id, ImageRow.label, ImageRow.meta).where(
+            ImageRow.collection == collection))}
+
+
+def _catch_up_rows(now: dict[int, tuple[str, dict]], items, seen: dict[int, tuple[str, dict]],
+                   gone: list[int], caught_ids: np.ndarray, caught: np.ndarray):
+    """The rows a staged version must get at commit: the images added or replaced since it
+    was staged (new vectors), and those whose label or metadata changed (their vectors)."""
+    from indexer.stores import Items
+
+    skip = set(gone) | set(caught_ids.tolist())
+    changed = np.array([i for i in items.ids.tolist()
+                        if i not in skip and i in now and now[i] != seen.get(i)], np.int64)
+    if len(changed):
+        log.info("catching up before publishing: %d labels or metadata changed", len(changed))
+    add_ids = np.concatenate([caught_ids, changed])
+    vectors = np.concatenate([caught, items.vectors[np.searchsorted(items.ids, changed)]])
+    return Items(add_ids, vectors.astype(np.float32, copy=False),
+                 [now[int(i)][0] for i in add_ids], [now[int(i)][1] for i in add_ids])
 
 
 def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np.ndarray:

@@ -52,6 +52,23 @@ FILTERED_EF_PER_K = 16
 
 
 @dataclass(frozen=True)
+class StagedVersion:
+    """A filled, indexed, tuned Milvus collection that the alias does not name yet."""
+
+    collection: str  # the catalogue collection
+    name: str  # the Milvus collection
+    version: str
+    count: int
+    dim: int
+    index_type: str
+    build: dict
+    search_params: dict
+    recall: float
+    tuning_queries: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class MilvusIndexConfig:
     """Index chosen per version: FLAT (exact) below ``flat_below`` vectors, else HNSW with ``M``
     and ``ef_construction``; ``ef`` tuned to ``target_recall`` over ``ef_candidates``."""
@@ -204,11 +221,31 @@ class MilvusStore:
 
     def publish(self, collection: str, items: Items, *, model: Any = None,
                 session: Any = None, keep: int = 2) -> StoreDescription:
+        """Fill, index and tune a new version, then move the alias (:meth:`stage` then
+        :meth:`commit`)."""
+        return self.commit(self.stage(collection, items), model=model, session=session,
+                           keep=keep)
+
+    def stage(self, collection: str, items: Items) -> StagedVersion:
+        """A new version filled, indexed and its recall@10 measured, not yet served: the slow
+        part of a publish (minutes at 1M rows), which needs no lock; :meth:`commit` applies
+        what changed meanwhile and moves the alias, :meth:`abandon` drops it."""
         t0 = time.perf_counter()
         n, dim = items.vectors.shape
         version = _new_version()
         name = f"{alias_of(collection)}__{version}"
         index_type, build = self._create(name, dim, n)
+        try:
+            nq, search_params, recall = self._fill_and_tune(name, items, index_type, build)
+        except BaseException:
+            self._drop_quietly(name)
+            raise
+        return StagedVersion(collection, name, version, n, dim, index_type, build,
+                             search_params, recall, nq, time.perf_counter() - t0)
+
+    def _fill_and_tune(self, name: str, items: Items, index_type: str,
+                       build: dict) -> tuple[int, dict, float]:
+        n = len(items)
         cfg = self.index_config
         # held-out queries: inserted after recall is measured, so that they do not find
         # themselves (the way indexer.construct tunes FAISS)
@@ -231,31 +268,71 @@ class MilvusStore:
                 search_params = sp
                 if recall >= cfg.target_recall:
                     break
-        if nq:
             self._insert(name, items.take(held))
             self.client.flush(name)
-        seconds = time.perf_counter() - t0
+        return int(nq), search_params, recall
+
+    def commit(self, staged: StagedVersion, *, add: Items | None = None,
+               remove: Sequence[int] = (), model: Any = None, session: Any = None,
+               keep: int = 2) -> StoreDescription:
+        """Serve ``staged``: first write into it what changed since it was staged (``remove``
+        ids, then ``add`` rows, replacing by id), then move the alias (atomic), drop versions
+        beyond ``keep`` and record the version in the catalogue (with ``session``). Callers
+        hold the lock writers take, so that nothing is written to the old version between
+        the catch-up and the switch."""
+        collection, name = staged.collection, staged.name
+        count = staged.count
+        if len(remove):
+            ids = [int(i) for i in remove]
+            self.client.delete(name, ids=ids)
+            count -= len(ids)
+        if add is not None and len(add):
+            before = len(self._present(name, add.ids))
+            self._insert(name, add, upsert=True)
+            count += len(add) - before
+        if len(remove) or (add is not None and len(add)):
+            self.client.flush(name)
         t1 = time.perf_counter()
         self._switch(collection, name)
         switch_s = time.perf_counter() - t1
         for old in self.versions(collection)[:-keep] if keep > 0 else []:
             if old != name:
                 self.client.drop_collection(old)
-        desc = StoreDescription("milvus", collection, version, n, dim, index_type,
-                                search_params, round(recall, 4), f"{self.uri}#{name}",
-                                {"build": build, "tuning_queries": int(nq),
-                                 "target_recall": cfg.target_recall,
-                                 "build_seconds": round(seconds, 3),
-                                 "alias_switch_seconds": round(switch_s, 4)})
+        desc = StoreDescription("milvus", collection, staged.version, count, staged.dim,
+                                staged.index_type, staged.search_params,
+                                round(staged.recall, 4), f"{self.uri}#{name}",
+                                {"build": staged.build, "tuning_queries": staged.tuning_queries,
+                                 "target_recall": self.index_config.target_recall,
+                                 "build_seconds": round(staged.seconds, 3),
+                                 "alias_switch_seconds": round(switch_s, 4),
+                                 "caught_up_at_commit": len(remove) + (len(add) if add else 0)})
         with self._lock:
             self._described[collection] = desc
             self._described_at[collection] = time.monotonic()
             self._wrote.add(collection)
         if session is not None:
             self._record(session, desc, model)
-        log.info("published %s: %s %s recall@10 %.4f (%d vectors, %.1f s)", name, index_type,
-                 search_params, recall, n, seconds)
+        log.info("published %s: %s %s recall@10 %.4f (%d vectors, %.1f s)", name,
+                 staged.index_type, staged.search_params, staged.recall, count, staged.seconds)
         return desc
+
+    def abandon(self, staged: StagedVersion) -> None:
+        """Drop a staged version that will not be committed."""
+        self._drop_quietly(staged.name)
+
+    def _drop_quietly(self, name: str) -> None:
+        try:
+            self.client.drop_collection(name)
+        except Exception as e:  # noqa: BLE001 - the error that got us here matters more
+            log.warning("could not drop the unfinished Milvus collection %s: %s", name, e)
+
+    def _present(self, name: str, ids: np.ndarray) -> list[int]:
+        out: list[int] = []
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 1000):
+            out += [int(r["id"]) for r in self.client.query(
+                name, ids=ids[s:s + 1000], output_fields=["id"], consistency_level="Strong")]
+        return out
 
     def _switch(self, collection: str, name: str) -> None:
         alias = alias_of(collection)

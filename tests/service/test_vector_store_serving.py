@@ -209,6 +209,75 @@ def test_reindex_fills_a_new_milvus_collection_and_records_its_recall(golden, tm
         core.close()
 
 
+def test_reindex_stages_without_the_lock_and_catches_up_with_writes_meanwhile(
+        golden, tmp_path, tiny_checkpoint, digits_dir, monkeypatch):
+    """Filling and indexing the new Milvus collection holds no lock: servers' writes go on
+    (to the serving version) and are written into the new one at commit, under the lock, so
+    the new version agrees with the catalogue: an upserted image, a deleted one, a label
+    changed without new pixels."""
+    import threading
+
+    from indexer import reindex as rx
+    from indexer.catalog import open_catalog
+    from indexer.stores import open_vector_store
+    from indexer.stores.check import check_store
+    from indexer.stores.milvus_store import MilvusStore
+    from indexer.versions import publish_lock
+    from service.server import load_core
+
+    ws = tmp_path / "ws"
+    shutil.copytree(golden, ws)
+    spec = f"milvus:{ws / 'milvus.db'}"
+    publish_into_milvus(ws, str(ws / "milvus.db"))
+    core = load_core(store_config(ws, tiny_checkpoint, spec))
+    gone, relabel = digit(digits_dir, "2", 0), digit(digits_dir, "4", 1)
+    lock_free = []
+    real_stage = MilvusStore.stage
+
+    def stage_while_serving(self, collection, items):
+        staged = real_stage(self, collection, items)
+
+        def try_lock():  # another thread, as another writer would
+            try:
+                with publish_lock(ws / "idx", timeout=2):
+                    lock_free.append(True)
+            except TimeoutError:
+                lock_free.append(False)
+
+        t = threading.Thread(target=try_lock)
+        t.start()
+        t.join()
+        core.upsert([UpsertItem("new/7", fresh_image(digits_dir, "7", 2), "7"),
+                     UpsertItem(f"4/{relabel.stem}", relabel.read_bytes(), "relabelled",
+                                {"why": QUOTED})])
+        core.delete([f"2/{gone.stem}"])
+        return staged
+
+    monkeypatch.setattr(MilvusStore, "stage", stage_while_serving)
+    try:
+        desc = rx.reindex(rx.ReindexConfig(
+            checkpoint=str(tiny_checkpoint), index_root=str(ws / "idx"),
+            catalog_url=f"sqlite:///{ws / 'cat.db'}", vector_store=spec, num_workers=0,
+            progress=False, chunk_size=64))
+        assert lock_free == [True]  # staging held no lock
+        assert desc.extra["caught_up_at_commit"] == 3  # deleted, added, relabelled
+        store = open_vector_store(spec)
+        try:
+            with open_catalog(f"sqlite:///{ws / 'cat.db'}")() as s:
+                drift = check_store(s, store, "default")
+            assert drift.clean, drift.summary()
+            assert store.serving("default").endswith(desc.version)
+        finally:
+            store.close()
+        hit = core.search(ImageInput(data=fresh_image(digits_dir, "7", 2)), 1).hits[0]
+        assert hit.key == "new/7" and hit.distance < 1e-3
+        hit = core.search(ImageInput(data=relabel.read_bytes()), 1, labels=("relabelled",))
+        assert [h.key for h in hit.hits] == [f"4/{relabel.stem}"]
+        assert f"2/{gone.stem}" not in keys(core.search(ImageInput(data=gone.read_bytes()), 5))
+    finally:
+        core.close()
+
+
 def test_the_setting_comes_from_flags_env_and_toml(tmp_path):
     base = {"checkpoint": "c.pt", "index_root": "i", "catalog_url": "sqlite:///x.db"}
     assert load_serve_config(**base).vector_store == "faiss"
