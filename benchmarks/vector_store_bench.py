@@ -264,18 +264,22 @@ def alternating_overhead(store, index, xq: np.ndarray, args) -> dict:
     batches = [(xq[s:s + 64], qs[s:s + 64]) for s in range(0, len(xq), 64)]
     single, batched = [], []
     window = max(0.3, args.min_seconds / 4)
-    for _ in range(args.rounds):
+    def pair(raw_fn, store_fn, n: int, first_raw: bool) -> float:
+        if first_raw:
+            r = timed_rate(raw_fn, n, min_seconds=window)
+            return 1 - timed_rate(store_fn, n, min_seconds=window) / r
+        b = timed_rate(store_fn, n, min_seconds=window)
+        return 1 - b / timed_rate(raw_fn, n, min_seconds=window)
+
+    for rnd in range(args.rounds):  # which goes first alternates too (no order effect)
         with faiss_threads(1):
-            r = timed_rate(lambda i: index.search(xq[i:i + 1], K), len(xq), min_seconds=window)
-            b = timed_rate(lambda i: store.search("default", [qs[i]]), len(xq),
-                           min_seconds=window)
-        single.append(1 - b / r)
+            single.append(pair(lambda i: index.search(xq[i:i + 1], K),
+                               lambda i: store.search("default", [qs[i]]), len(xq),
+                               rnd % 2 == 0))
         with faiss_threads(2):
-            r = timed_rate(lambda i: index.search(batches[i][0], K), len(batches),
-                           min_seconds=window)
-            b = timed_rate(lambda i: store.search("default", batches[i][1]), len(batches),
-                           min_seconds=window)
-        batched.append(1 - b / r)
+            batched.append(pair(lambda i: index.search(batches[i][0], K),
+                                lambda i: store.search("default", batches[i][1]),
+                                len(batches), rnd % 2 == 0))
     return {"single": float(np.median(single)), "batched": float(np.median(batched)),
             "rounds": args.rounds}
 

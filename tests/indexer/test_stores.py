@@ -358,3 +358,14 @@ def test_store_commands_parse_without_torch_faiss_or_pymilvus():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_query_of_the_wrong_size_is_a_clear_error(tmp_path):
+    """The FAISS backend's single-query fast path calls FAISS directly; a bad query still gets
+    the explained error."""
+    s = open_vector_store("faiss", index_root=tmp_path)
+    items = _data()
+    s.publish("c", items)
+    with pytest.raises(ValueError, match=f"queries must be \\(n, {D}\\), got \\(1, {D + 1}\\)"):
+        s.search("c", [StoreQuery(np.zeros(D + 1, np.float32), 3)])
+    assert s.search("c", [StoreQuery(items.vectors[0], 1)])[0].ids[0] == items.ids[0]
