@@ -402,25 +402,29 @@ def _stage_store_upsert(change: _Pending, live: Served, rows: list[dict],
     updated ids kept, so that a failed commit can put them back."""
     images = upsert_images(change.session, rows, collection=live.collection)
     ids = np.array([im.id for im in images], np.int64)
-    change.add = Items(ids, vectors, [r["label"] for r in rows], [r["meta"] for r in rows])
+    change.add = Items(ids, vectors, [r["label"] for r in rows], [r["meta"] for r in rows],
+                       [r["sha256"] for r in rows])
     change.upserted = {int(i): r["sha256"] for i, r in zip(ids, rows, strict=True)}
-    before = live.store.stored_attributes(live.collection, ids.tolist())
-    if before:
-        kept = np.array(sorted(before), np.int64)
-        vecs, _ = live.reconstruct(kept)
-        change.undo_add = Items(kept, vecs, [before[int(i)][0] for i in kept],
-                                [before[int(i)][1] for i in kept])
+    change.undo_add = _stored_rows(live, ids.tolist())
+
+
+def _stored_rows(live: Served, ids: list[int]) -> Items | None:
+    """The store's rows of ``ids`` as they are (vector, label, metadata, content), to put back
+    if the change's commit fails; None when none is stored."""
+    before = live.store.stored_attributes(live.collection, ids)
+    if not before:
+        return None
+    kept = np.array(sorted(before), np.int64)
+    vecs, _ = live.reconstruct(kept)
+    contents = live.store.stored_contents(live.collection, kept.tolist())
+    return Items(kept, vecs, [before[int(i)][0] for i in kept], [before[int(i)][1] for i in kept],
+                 [contents.get(int(i), "") for i in kept])
 
 
 def _stage_store_delete(change: _Pending, live: Served, found: list[CatalogEntry]) -> int:
     ids = [e.id for e in found]
     change.session.execute(sa_delete(ImageRow).where(ImageRow.id.in_(ids)))
-    before = live.store.stored_attributes(live.collection, ids)
-    if before:
-        kept = np.array(sorted(before), np.int64)
-        vecs, _ = live.reconstruct(kept)
-        change.undo_add = Items(kept, vecs, [before[int(i)][0] for i in kept],
-                                [before[int(i)][1] for i in kept])
+    change.undo_add = _stored_rows(live, ids)
     change.deleted = ids
     return len(ids)
 

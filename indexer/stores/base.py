@@ -65,13 +65,16 @@ class StoreDescription:
 
 @dataclass(frozen=True)
 class Items:
-    """Vectors to store: ``ids`` (n,) int64 catalogue ids, ``vectors`` (n, d) float32, and the
-    catalogue's ``labels`` and ``metadata`` of each (copies, for filtering)."""
+    """Vectors to store: ``ids`` (n,) int64 catalogue ids, ``vectors`` (n, d) float32, the
+    catalogue's ``labels`` and ``metadata`` of each (copies, for filtering), and ``contents``:
+    the sha256 of the image each vector was embedded from ("" unknown), so that a check can
+    tell a vector of a since-replaced image from a current one."""
 
     ids: np.ndarray
     vectors: np.ndarray
     labels: Sequence[str] = ()
     metadata: Sequence[Mapping[str, Any]] = ()
+    contents: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         ids = np.ascontiguousarray(self.ids, np.int64)
@@ -80,19 +83,22 @@ class Items:
             raise ValueError(f"vectors must be ({len(ids)}, d), got {vectors.shape}")
         labels = list(self.labels) or [""] * len(ids)
         metadata = list(self.metadata) or [{}] * len(ids)
-        if len(labels) != len(ids) or len(metadata) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(labels)} labels, {len(metadata)} metadata")
+        contents = list(self.contents) or [""] * len(ids)
+        if len(labels) != len(ids) or len(metadata) != len(ids) or len(contents) != len(ids):
+            raise ValueError(f"{len(ids)} ids but {len(labels)} labels, {len(metadata)} "
+                             f"metadata, {len(contents)} contents")
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "vectors", vectors)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "contents", contents)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, rows: np.ndarray) -> Items:
         return Items(self.ids[rows], self.vectors[rows], [self.labels[i] for i in rows],
-                     [self.metadata[i] for i in rows])
+                     [self.metadata[i] for i in rows], [self.contents[i] for i in rows])
 
 
 @runtime_checkable
@@ -130,6 +136,11 @@ class VectorStore(Protocol):
 
     def stored_attributes(self, collection: str, ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
         """The (label, metadata) copies the store filters on, by id ({} where it keeps none)."""
+        ...
+
+    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
+        """The sha256 of the image each stored vector was embedded from, by id, where the
+        store knows it ({} where it keeps none; "" for a row written without one)."""
         ...
 
     def close(self) -> None: ...

@@ -24,10 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = st.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
     c = ssub.add_parser("check", help="report (and --repair) drift between catalogue and store",
                         description="Report ids catalogued but not stored (missing), stored but "
-                                    "not catalogued (extra) and stored with another label or "
-                                    "metadata (stale). --repair deletes extras, rewrites stale "
-                                    "rows, and with --checkpoint embeds and stores missing ones. "
-                                    "Exit status 1 while drift remains.")
+                                    "not catalogued (extra), stored with another label or "
+                                    "metadata (stale), and stored as the vector of another "
+                                    "image than the catalogue's (replaced: the content sha256 "
+                                    "differs). --repair deletes extras, rewrites stale rows, "
+                                    "and with --checkpoint embeds and stores missing and "
+                                    "replaced ones. Exit status 1 while drift remains.")
     add_store_argument(c)
     c.add_argument("--catalog", default=DEFAULT_CATALOG)
     c.add_argument("--index-root", default=DEFAULT_INDEX_ROOT)
@@ -120,7 +122,8 @@ def _publish(args: argparse.Namespace) -> int:
             ids, vectors = ids[keep], vectors[keep]
             desc = store.publish(collection, Items(ids, vectors,
                                                    [rows[int(i)].label for i in ids],
-                                                   [rows[int(i)].meta or {} for i in ids]),
+                                                   [rows[int(i)].meta or {} for i in ids],
+                                                   [rows[int(i)].sha256 for i in ids]),
                                  model=ModelIdentity.of_manifest(m), session=s,
                                  keep=args.keep_versions)
     finally:

@@ -233,5 +233,8 @@ class FaissStore:
                           ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
         return {}  # FAISS keeps ids only; filters read the catalogue
 
+    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
+        return {}  # the version's vectors are rebuilt from the catalogue's images on reindex
+
     def close(self) -> None:
         self._versions.clear()

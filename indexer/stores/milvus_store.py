@@ -44,6 +44,7 @@ from indexer.stores.base import (
 log = logging.getLogger(__name__)
 
 VECTOR, LABEL, META = "vector", "label", "meta"
+CONTENT = "content"  # sha256 of the image the vector was embedded from ("" unknown)
 MAX_LABEL = 512  # the catalogue's label column
 INSERT_BATCH = 5_000
 # filtered HNSW searches explore at least this many candidates per hit wanted (measured in the
@@ -149,6 +150,7 @@ class MilvusStore:
         self._lock = threading.Lock()
         self._described: dict[str, StoreDescription] = {}
         self._described_at: dict[str, float] = {}
+        self._content_field: dict[str, bool] = {}  # by Milvus collection name
         self.describe_ttl = describe_ttl
 
     # -- versions ----------------------------------------------------------------------------
@@ -172,6 +174,7 @@ class MilvusStore:
         schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field(LABEL, DataType.VARCHAR, max_length=MAX_LABEL)
         schema.add_field(META, DataType.JSON)
+        schema.add_field(CONTENT, DataType.VARCHAR, max_length=64)
         cfg = self.index_config
         if n < cfg.flat_below:
             index_type, build = "FLAT", {}
@@ -209,15 +212,32 @@ class MilvusStore:
             return False
         return bool(info) and str(info.get("index_type", "")).upper() == index_type.upper()
 
-    def _insert(self, name: str, items: Items, *, upsert: bool = False) -> None:
+    def _insert(self, name: str, items: Items, *, upsert: bool = False,
+                alias: bool = False) -> None:
         write = self.client.upsert if upsert else self.client.insert
+        content = self._has_content(self.serving_of_alias(name) if alias else name)
         for s in range(0, len(items), INSERT_BATCH):
+            part = slice(s, s + INSERT_BATCH)
             rows = [{"id": int(i), VECTOR: v, LABEL: str(lab), META: dict(m)}
-                    for i, v, lab, m in zip(items.ids[s:s + INSERT_BATCH],
-                                            items.vectors[s:s + INSERT_BATCH].tolist(),
-                                            items.labels[s:s + INSERT_BATCH],
-                                            items.metadata[s:s + INSERT_BATCH], strict=True)]
+                    for i, v, lab, m in zip(items.ids[part], items.vectors[part].tolist(),
+                                            items.labels[part], items.metadata[part],
+                                            strict=True)]
+            if content:
+                for row, sha in zip(rows, items.contents[part], strict=True):
+                    row[CONTENT] = str(sha)
             write(name, rows)
+
+    def _has_content(self, name: str) -> bool:
+        """Whether Milvus collection ``name`` has the content field: those published before
+        it existed do not (their rows' contents are unknown)."""
+        has = self._content_field.get(name)
+        if has is None:
+            fields = self.client.describe_collection(name)["fields"]
+            has = self._content_field[name] = any(f["name"] == CONTENT for f in fields)
+        return has
+
+    def serving_of_alias(self, alias: str) -> str:
+        return self.client.describe_alias(alias)["collection_name"]
 
     def publish(self, collection: str, items: Items, *, model: Any = None,
                 session: Any = None, keep: int = 2) -> StoreDescription:
@@ -361,7 +381,7 @@ class MilvusStore:
     # -- writes ------------------------------------------------------------------------------
 
     def add(self, collection: str, items: Items) -> None:
-        self._insert(alias_of(collection), items, upsert=True)
+        self._insert(alias_of(collection), items, upsert=True, alias=True)
         with self._lock:
             self._wrote.add(collection)
 
@@ -468,6 +488,18 @@ class MilvusStore:
                                        consistency_level="Strong"):
                 meta = r[META]
                 out[int(r["id"])] = (r[LABEL], json.loads(meta) if isinstance(meta, str) else meta)
+        return out
+
+    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
+        if not self._has_content(self.serving_of_alias(alias_of(collection))):
+            return {}
+        out: dict[int, str] = {}
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 1000):
+            for r in self.client.query(alias_of(collection), ids=ids[s:s + 1000],
+                                       output_fields=["id", CONTENT],
+                                       consistency_level="Strong"):
+                out[int(r["id"])] = r[CONTENT]
         return out
 
     def vectors(self, collection: str, ids: Sequence[int]) -> dict[int, np.ndarray]:

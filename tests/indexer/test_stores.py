@@ -241,21 +241,34 @@ def test_store_check_reports_and_repairs_drift(milvus_uri, tmp_path):
     rng = np.random.default_rng(3)
     vecs = rng.standard_normal((30, D)).astype(np.float32)
     store.publish("drift", Items(ids, vecs, [str(i % 3) for i in range(30)],
-                                 [{"n": str(i)} for i in range(30)]))
+                                 [{"n": str(i)} for i in range(30)],
+                                 [f"{i:064x}" for i in range(30)]))
     with sessions.begin() as s:
         assert check_store(s, store, "drift").clean
         victim = s.get(ImageRow, int(ids[0]))
         victim.label = 'renamed " label'  # catalogue changed, store not
         s.delete(s.get(ImageRow, int(ids[1])))  # deleted from the catalogue only
+        s.get(ImageRow, int(ids[3])).sha256 = "f" * 64  # new pixels, the store has the old
     store.remove("drift", [int(ids[2])])  # lost from the store only
+    new_pixels = rng.standard_normal(D).astype(np.float32)
     with sessions.begin() as s:
         drift = check_store(s, store, "drift")
-        assert (drift.missing, drift.extra, drift.stale) == ([ids[2]], [ids[1]], [ids[0]])
+        assert (drift.missing, drift.extra, drift.stale, drift.replaced) == \
+            ([ids[2]], [ids[1]], [ids[0]], [ids[3]])
+        assert "replaced 1" in drift.summary() and drift.unverified == 0
         left = repair_store(s, store, drift)
-        assert left.missing == [ids[2]] and not left.extra and not left.stale  # needs vectors
-        left = repair_store(s, store, left, embed=lambda rs: vecs[[2 for _ in rs]])
+        assert left.missing == [ids[2]] and left.replaced == [ids[3]]  # need vectors
+        assert not left.extra and not left.stale
+        left = repair_store(s, store, left, embed=lambda rs: np.stack(
+            [new_pixels if r.sha256 == "f" * 64 else vecs[2] for r in rs]))
         assert left.clean
         assert check_store(s, store, "drift").clean
+    assert store.search("drift", [StoreQuery(new_pixels, 1)])[0].ids.tolist() == [ids[3]]
+    store.add("drift", Items(ids[4:5], vecs[4:5], ["1"], [{"n": "4"}]))  # no content given
+    with sessions.begin() as s:
+        drift = check_store(s, store, "drift")
+    assert drift.clean and drift.unverified == 1 and "1 stored without a content hash" in \
+        drift.summary()
     hit = store.search("drift", [StoreQuery(vecs[0], 1,
                                             StoreFilter(labels=('renamed " label',)))])[0]
     assert hit.ids.tolist() == [ids[0]]
