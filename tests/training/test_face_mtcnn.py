@@ -113,3 +113,28 @@ def test_capping_pnet_proposals_keeps_the_faces(lfw_photos):
         ka = int(np.argmax((a.boxes[:, 2] - a.boxes[:, 0]) * (a.boxes[:, 3] - a.boxes[:, 1])))
         kb = int(np.argmax((b.boxes[:, 2] - b.boxes[:, 0]) * (b.boxes[:, 3] - b.boxes[:, 1])))
         assert np.abs(a.boxes[ka] - b.boxes[kb]).max() < 0.15 * (b.boxes[kb, 2] - b.boxes[kb, 0])
+
+
+def test_mtcnn_boxes_are_mapped_onto_dlib_hog_boxes(lfw_photos, mtcnn):
+    """dlib's landmark model was trained on HOG's boxes: the mapped MTCNN box (from its box and
+    its own 5 landmarks, fitted on View 1) overlaps HOG's closely, closer than fixed ratios."""
+    pytest.importorskip("dlib", reason="the HOG boxes need dlib-bin")
+    from training.face.aligners import MTCNN_TO_DLIB, dlib_box_of, fixed_ratio_box
+
+    def iou(a, b):
+        lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+        inter = np.prod(np.clip(rb - lt, 0, None))
+        return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+    hog = dlib_hog_detector(upsample=1)
+    mapped, ratios = [], []
+    for im, d in zip(lfw_photos, mtcnn([np.asarray(x) for x in lfw_photos]), strict=True):
+        boxes = hog(np.asarray(im))
+        if not boxes or not len(d):
+            continue
+        h = np.array(max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])), np.float64)
+        k = int(np.argmax([iou(b.astype(np.float64), h) for b in d.boxes]))
+        mapped.append(iou(dlib_box_of(d.boxes[k], d.points[k]), h))
+        ratios.append(iou(fixed_ratio_box(d.boxes[k], MTCNN_TO_DLIB), h))
+    assert len(mapped) >= 8
+    assert np.mean(mapped) > 0.8 and np.mean(mapped) > np.mean(ratios)
