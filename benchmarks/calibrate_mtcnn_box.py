@@ -60,9 +60,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a) + area(b) - inter)
 
 
-def pairs_of(paths: list[Path], hog, mtcnn: MTCNN):
-    """(MTCNN box, MTCNN points, HOG box, rgb) for photos where both find a face that overlap."""
-    rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+def pairs_of(paths: list[Path], hog, mtcnn: MTCNN, grey: bool = False):
+    """(MTCNN box, MTCNN points, HOG box, rgb) for photos where both find a face that overlap
+    (``grey``: the photos made greyscale first, as LFW's grey row)."""
+    rgbs = [np.asarray((Image.open(p).convert("L") if grey else Image.open(p)).convert("RGB"))
+            for p in paths]
     found = []
     for s in range(0, len(rgbs), 64):
         found += mtcnn(rgbs[s:s + 64])
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--data", default=str(data_root()))
     p.add_argument("--limit", type=int, default=None, help="photos per split (default: all)")
     p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--grey", action="store_true",
+                   help="fit and compare on greyscale versions of the photos")
     args = p.parse_args()
     import dlib
 
@@ -101,8 +105,9 @@ def main() -> None:
     sp = ShapePredictor.load(find_landmarks_file())
     data = Path(args.data)
     t0 = time.perf_counter()
-    train = pairs_of(view1_photos(data, "pairsDevTrain.txt")[:args.limit], hog, mtcnn)
-    test = pairs_of(view1_photos(data, "pairsDevTest.txt")[:args.limit], hog, mtcnn)
+    train = pairs_of(view1_photos(data, "pairsDevTrain.txt")[:args.limit], hog, mtcnn,
+                     args.grey)
+    test = pairs_of(view1_photos(data, "pairsDevTest.txt")[:args.limit], hog, mtcnn, args.grey)
     print(f"View 1: {len(train)} training photos, {len(test)} test photos with both faces "
           f"({time.perf_counter() - t0:.0f} s)")
     x = np.stack([box_features(m, pts) for m, pts, _, _ in train])
