@@ -20,7 +20,8 @@ RUN pip install . grpcio-tools==1.85.1 \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
       protos/imgsim/v1/similarity.proto protos/imgsim/v1/jobs.proto protos/imgsim/v1/catalog.proto \
  && touch imgsim/v1/__init__.py \
- && pip install --no-deps .
+ && pip install --no-deps . \
+ && pip install --no-deps facenet-pytorch==2.6.0
 
 RUN useradd --create-home --uid 10001 imgsim && mkdir -p /app/var && chown imgsim /app/var
 USER imgsim

@@ -17,6 +17,9 @@ $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	# MTCNN's weights (MIT): the facenet-pytorch wheel without its dependencies (it pins
+	# torch<2.3; nothing imports it, training/face/mtcnn.py reads its data/*.pt)
+	$(PY) -m pip install --quiet --no-deps 'facenet-pytorch==2.6.0'
 	touch $@
 
 $(STAMP): $(RUN_STAMP)

@@ -138,3 +138,21 @@ def test_mtcnn_boxes_are_mapped_onto_dlib_hog_boxes(lfw_photos, mtcnn):
         ratios.append(iou(fixed_ratio_box(d.boxes[k], MTCNN_TO_DLIB), h))
     assert len(mapped) >= 8
     assert np.mean(mapped) > 0.8 and np.mean(mapped) > np.mean(ratios)
+
+
+def test_weights_come_from_the_installed_wheel_or_a_named_folder(tmp_path, monkeypatch):
+    """MTCNN's weights are not in the repo: the facenet-pytorch wheel's data folder (installed
+    without its dependencies), or IMGSIM_MTCNN_WEIGHTS; a folder without them is a clear error."""
+    import shutil
+
+    from training.face.mtcnn import WEIGHTS_ENV, weights_dir
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    wheel = weights_dir()
+    assert wheel.parts[-2:] == ("facenet_pytorch", "data")
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pnet.pt, rnet.pt, onet.pt not found in"):
+        MTCNN()
+    for name in ("pnet.pt", "rnet.pt", "onet.pt"):
+        shutil.copy(wheel / name, tmp_path / name)
+    assert weights_dir() == tmp_path and len(MTCNN()([np.zeros((64, 64, 3), np.uint8)])) == 1

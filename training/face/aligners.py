@@ -170,7 +170,7 @@ def _to_dlib_box(box: np.ndarray, points: np.ndarray) -> tuple[int, int, int, in
 
 
 def mtcnn_detector(side: int | None = 128):
-    """MTCNN (training.face.mtcnn, weights shipped with the code), boxes mapped onto dlib's HOG
+    """MTCNN (training.face.mtcnn, weights from the facenet-pytorch wheel), boxes mapped onto dlib's HOG
     box geometry. ``detect(rgb)`` -> [(l, t, r, b)]; ``detect.many(list of rgb)`` -> a list of
     those per image, in one batch."""
     from training.face.mtcnn import MTCNN

@@ -1,8 +1,10 @@
 """MTCNN face detector (Zhang et al. 2016), batched in PyTorch: boxes, scores and 5 landmarks.
 
-A compact port of facenet-pytorch's ``detect_face`` (MIT, Timothy Esler); its P/R/O-Net weights
-ship in training/face/weights/ with that licence. facenet-pytorch itself cannot be a dependency:
-it pins torch<2.3 and numpy<2 (see docs/MODELS.md).
+A compact port of facenet-pytorch's ``detect_face`` (MIT, Timothy Esler). Its P/R/O-Net
+weights are read from the facenet-pytorch wheel, installed without its dependencies (it pins
+torch<2.3 and numpy<2, so it cannot be an ordinary dependency; the Makefile and Dockerfile run
+``pip install --no-deps facenet-pytorch==2.6.0``, and nothing here imports it), or from the
+folder ``IMGSIM_MTCNN_WEIGHTS`` names (pnet.pt, rnet.pt, onet.pt). See docs/MODELS.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,30 @@ from torch import nn
 from torch.nn.functional import interpolate
 from torchvision.ops import batched_nms
 
-WEIGHTS_DIR = Path(__file__).with_name("weights")
+WEIGHTS_ENV = "IMGSIM_MTCNN_WEIGHTS"
+WEIGHTS_PACKAGE = "facenet-pytorch==2.6.0"
+
+
+def weights_dir() -> Path:
+    """The folder of MTCNN's pnet.pt, rnet.pt and onet.pt: ``$IMGSIM_MTCNN_WEIGHTS``, else the
+    installed facenet_pytorch package's data folder (found, not imported)."""
+    import importlib.util
+    import os
+
+    if os.environ.get(WEIGHTS_ENV):
+        where = Path(os.environ[WEIGHTS_ENV])
+    else:
+        spec = importlib.util.find_spec("facenet_pytorch")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"MTCNN's weights are not installed: pip install --no-deps {WEIGHTS_PACKAGE} "
+                f"(make install does), or set {WEIGHTS_ENV} to a folder with pnet.pt, rnet.pt "
+                "and onet.pt")
+        where = Path(next(iter(spec.submodule_search_locations))) / "data"
+    missing = [n for n in ("pnet.pt", "rnet.pt", "onet.pt") if not (where / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"MTCNN weights {', '.join(missing)} not found in {where}")
+    return where
 
 
 class PNet(nn.Module):
@@ -85,7 +110,7 @@ class ONet(nn.Module):
 
 
 def _load(net: nn.Module, name: str) -> nn.Module:
-    net.load_state_dict(torch.load(WEIGHTS_DIR / f"mtcnn_{name}.pt", weights_only=True))
+    net.load_state_dict(torch.load(weights_dir() / f"{name}.pt", weights_only=True))
     return net.eval().requires_grad_(False)
 
 
