@@ -416,9 +416,8 @@ def _stored_rows(live: Served, ids: list[int]) -> Items | None:
         return None
     kept = np.array(sorted(before), np.int64)
     vecs, _ = live.reconstruct(kept)
-    contents = live.store.stored_contents(live.collection, kept.tolist())
-    return Items(kept, vecs, [before[int(i)][0] for i in kept], [before[int(i)][1] for i in kept],
-                 [contents.get(int(i), "") for i in kept])
+    label, meta, content = zip(*(before[int(i)] for i in kept), strict=True)
+    return Items(kept, vecs, label, meta, content)
 
 
 def _stage_store_delete(change: _Pending, live: Served, found: list[CatalogEntry]) -> int:

@@ -134,13 +134,11 @@ class VectorStore(Protocol):
         """(n,) int64 ids in the serving version."""
         ...
 
-    def stored_attributes(self, collection: str, ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
-        """The (label, metadata) copies the store filters on, by id ({} where it keeps none)."""
-        ...
-
-    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
-        """The sha256 of the image each stored vector was embedded from, by id, where the
-        store knows it ({} where it keeps none; "" for a row written without one)."""
+    def stored_attributes(self, collection: str,
+                          ids: Sequence[int]) -> dict[int, tuple[str, dict, str]]:
+        """By id, the (label, metadata) copies the store filters on and the sha256 of the
+        image the vector was embedded from ("" for a row written without one); {} where the
+        store keeps none."""
         ...
 
     def close(self) -> None: ...

@@ -61,11 +61,11 @@ def check_store(session: Session, store: VectorStore, collection: str) -> Drift:
                   missing=np.setdiff1d(cat, stored).tolist(),
                   extra=np.setdiff1d(stored, cat).tolist())
     copies = store.stored_attributes(collection, both.tolist())
-    drift.stale = sorted(i for i, (label, meta) in copies.items()
+    drift.stale = sorted(i for i, (label, meta, _) in copies.items()
                          if label != rows[i].label or dict(meta or {}) != dict(rows[i].meta or {}))
-    contents = store.stored_contents(collection, both.tolist())
-    drift.replaced = sorted(i for i, sha in contents.items() if sha and sha != rows[i].sha256)
-    drift.unverified = sum(1 for sha in contents.values() if not sha)
+    drift.replaced = sorted(i for i, (_, _, sha) in copies.items()
+                            if sha and sha != rows[i].sha256)
+    drift.unverified = sum(1 for _, _, sha in copies.values() if not sha)
     return drift
 
 
@@ -75,17 +75,18 @@ def repair_store(session: Session, store: VectorStore, drift: Drift, *,
     c = drift.collection
     if drift.extra:
         store.remove(c, drift.extra)
-    stale = [i for i in drift.stale if i not in set(drift.replaced)]  # re-embedded below
+    replaced_ids = set(drift.replaced)
+    stale = [i for i in drift.stale if i not in replaced_ids]  # those: re-embedded below
     todo_ids = stale + drift.missing + drift.replaced
     rows = {r.id: r for r in session.scalars(select(ImageRow).where(
         ImageRow.id.in_(todo_ids)))} if todo_ids else {}
     if stale:
         vectors = store.vectors(c, stale)  # type: ignore[attr-defined]  (Milvus only)
         ids = [i for i in stale if i in vectors]
-        contents = store.stored_contents(c, ids)
+        kept = store.stored_attributes(c, ids)  # their contents stay as stored
         store.add(c, Items(np.array(ids, np.int64), np.stack([vectors[i] for i in ids]),
                            [rows[i].label for i in ids], [rows[i].meta or {} for i in ids],
-                           [contents.get(i, "") for i in ids]))
+                           [kept[i][2] if i in kept else "" for i in ids]))
     missing, replaced = list(drift.missing), list(drift.replaced)
     if (missing or replaced) and embed is not None:
         todo = [rows[i] for i in missing + replaced]

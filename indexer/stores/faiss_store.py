@@ -230,11 +230,8 @@ class FaissStore:
         return np.sort(ids[ids >= 0])
 
     def stored_attributes(self, collection: str,
-                          ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
+                          ids: Sequence[int]) -> dict[int, tuple[str, dict, str]]:
         return {}  # FAISS keeps ids only; filters read the catalogue
-
-    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
-        return {}  # the version's vectors are rebuilt from the catalogue's images on reindex
 
     def close(self) -> None:
         self._versions.clear()

@@ -213,9 +213,10 @@ class MilvusStore:
         return bool(info) and str(info.get("index_type", "")).upper() == index_type.upper()
 
     def _insert(self, name: str, items: Items, *, upsert: bool = False,
-                alias: bool = False) -> None:
+                content: bool = True) -> None:
+        """Write ``items`` into ``name`` (a collection or an alias); ``content``: whether the
+        collection has the content field (every one this version creates does)."""
         write = self.client.upsert if upsert else self.client.insert
-        content = self._has_content(self.serving_of_alias(name) if alias else name)
         for s in range(0, len(items), INSERT_BATCH):
             part = slice(s, s + INSERT_BATCH)
             rows = [{"id": int(i), VECTOR: v, LABEL: str(lab), META: dict(m)}
@@ -235,9 +236,6 @@ class MilvusStore:
             fields = self.client.describe_collection(name)["fields"]
             has = self._content_field[name] = any(f["name"] == CONTENT for f in fields)
         return has
-
-    def serving_of_alias(self, alias: str) -> str:
-        return self.client.describe_alias(alias)["collection_name"]
 
     def publish(self, collection: str, items: Items, *, model: Any = None,
                 session: Any = None, keep: int = 2) -> StoreDescription:
@@ -302,16 +300,13 @@ class MilvusStore:
         the catch-up and the switch."""
         collection, name = staged.collection, staged.name
         count = staged.count
-        if len(remove):
-            ids = [int(i) for i in remove]
-            self.client.delete(name, ids=ids)
-            count -= len(ids)
-        if add is not None and len(add):
-            before = len(self._present(name, add.ids))
-            self._insert(name, add, upsert=True)
-            count += len(add) - before
         if len(remove) or (add is not None and len(add)):
+            if len(remove):
+                self.client.delete(name, ids=[int(i) for i in remove])
+            if add is not None and len(add):
+                self._insert(name, add, upsert=True)
             self.client.flush(name)
+            count = self._count(name)
         t1 = time.perf_counter()
         self._switch(collection, name)
         switch_s = time.perf_counter() - t1
@@ -346,14 +341,6 @@ class MilvusStore:
         except Exception as e:  # noqa: BLE001 - the error that got us here matters more
             log.warning("could not drop the unfinished Milvus collection %s: %s", name, e)
 
-    def _present(self, name: str, ids: np.ndarray) -> list[int]:
-        out: list[int] = []
-        ids = [int(i) for i in ids]
-        for s in range(0, len(ids), 1000):
-            out += [int(r["id"]) for r in self.client.query(
-                name, ids=ids[s:s + 1000], output_fields=["id"], consistency_level="Strong")]
-        return out
-
     def _switch(self, collection: str, name: str) -> None:
         alias = alias_of(collection)
         if self._has_alias(alias):
@@ -381,7 +368,8 @@ class MilvusStore:
     # -- writes ------------------------------------------------------------------------------
 
     def add(self, collection: str, items: Items) -> None:
-        self._insert(alias_of(collection), items, upsert=True, alias=True)
+        self._insert(alias_of(collection), items, upsert=True,
+                     content=self._has_content(self.serving(collection)))
         with self._lock:
             self._wrote.add(collection)
 
@@ -463,9 +451,20 @@ class MilvusStore:
                                 int(dim), index_type, params, None, f"{self.uri}#{name}")
 
     def count(self, collection: str) -> int:
-        r = self.client.query(alias_of(collection), filter="", output_fields=["count(*)"],
+        return self._count(alias_of(collection))
+
+    def _count(self, name: str) -> int:
+        r = self.client.query(name, filter="", output_fields=["count(*)"],
                               consistency_level="Strong")
         return int(r[0]["count(*)"])
+
+    def _rows(self, collection: str, ids: Sequence[int], fields: list[str]):
+        """The serving rows of ``ids`` with ``fields`` (and "id"), read in batches, Strong."""
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), 1000):
+            yield from self.client.query(alias_of(collection), ids=ids[s:s + 1000],
+                                         output_fields=["id", *fields],
+                                         consistency_level="Strong")
 
     def stored_ids(self, collection: str) -> np.ndarray:
         it = self.client.query_iterator(alias_of(collection), batch_size=10_000, filter="id >= 0",
@@ -479,38 +478,19 @@ class MilvusStore:
         return np.sort(np.array(ids, np.int64))
 
     def stored_attributes(self, collection: str,
-                          ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
-        out: dict[int, tuple[str, dict]] = {}
-        ids = [int(i) for i in ids]
-        for s in range(0, len(ids), 1000):
-            for r in self.client.query(alias_of(collection), ids=ids[s:s + 1000],
-                                       output_fields=["id", LABEL, META],
-                                       consistency_level="Strong"):
-                meta = r[META]
-                out[int(r["id"])] = (r[LABEL], json.loads(meta) if isinstance(meta, str) else meta)
-        return out
-
-    def stored_contents(self, collection: str, ids: Sequence[int]) -> dict[int, str]:
-        if not self._has_content(self.serving_of_alias(alias_of(collection))):
-            return {}
-        out: dict[int, str] = {}
-        ids = [int(i) for i in ids]
-        for s in range(0, len(ids), 1000):
-            for r in self.client.query(alias_of(collection), ids=ids[s:s + 1000],
-                                       output_fields=["id", CONTENT],
-                                       consistency_level="Strong"):
-                out[int(r["id"])] = r[CONTENT]
+                          ids: Sequence[int]) -> dict[int, tuple[str, dict, str]]:
+        content = self._has_content(self.serving(collection))
+        out: dict[int, tuple[str, dict, str]] = {}
+        for r in self._rows(collection, ids, [LABEL, META, *([CONTENT] if content else [])]):
+            meta = r[META]
+            out[int(r["id"])] = (r[LABEL], json.loads(meta) if isinstance(meta, str) else meta,
+                                 r.get(CONTENT, "") if content else "")
         return out
 
     def vectors(self, collection: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by id (a repair re-labels a row without re-embedding it)."""
-        out = {}
-        ids = [int(i) for i in ids]
-        for s in range(0, len(ids), 1000):
-            for r in self.client.query(alias_of(collection), ids=ids[s:s + 1000],
-                                       output_fields=["id", VECTOR], consistency_level="Strong"):
-                out[int(r["id"])] = np.asarray(r[VECTOR], np.float32)
-        return out
+        return {int(r["id"]): np.asarray(r[VECTOR], np.float32)
+                for r in self._rows(collection, ids, [VECTOR])}
 
     def close(self) -> None:
         self.client.close()
