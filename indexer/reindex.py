@@ -470,7 +470,7 @@ def merge_into_store(cfg: ReindexConfig):
         attrs = [seen.get(int(i), ("", {})) for i in ids]
         items = Items(ids, vectors, [a[0] for a in attrs], [a[1] for a in attrs],
                       [known.get(int(i), "") for i in ids])  # the images embedded
-        staged = store.stage(cfg.collection, items) if hasattr(store, "stage") else None
+        staged = store.stage(cfg.collection, items)  # no lock: minutes at 1M rows
         try:
             with publish_lock(cfg.index_root), Session.begin() as session:
                 lock_collection(session, cfg.collection)
@@ -480,26 +480,15 @@ def merge_into_store(cfg: ReindexConfig):
                              "while embedding and staging", len(gone), len(new))
                 caught, caught_ids = drop_faceless(
                     _embed_rows(embedder, new, cfg), np.array([r[0] for r in new], np.int64))
-                sha_of = {**known, **{r[0]: r[2] for r in new}}
                 model_row(session, embedder, cfg.checkpoint)  # the version's model
                 model = ModelIdentity.of_embedder(embedder)
-                if staged is None:  # a store without staging: everything under the lock
-                    keep = ~np.isin(ids, np.array(gone, np.int64))
-                    all_ids = np.concatenate([ids[keep], caught_ids])
-                    now = _attributes(session, cfg.collection)
-                    desc = store.publish(cfg.collection, Items(
-                        all_ids, np.concatenate([vectors[keep], caught]),
-                        [now[int(i)][0] for i in all_ids], [now[int(i)][1] for i in all_ids],
-                        [sha_of[int(i)] for i in all_ids]),
-                        model=model, session=session, keep=cfg.keep_versions)
-                else:
-                    add = _catch_up_rows(_attributes(session, cfg.collection), items, seen,
-                                         gone, caught_ids, caught, sha_of)
-                    desc = store.commit(staged, add=add, remove=gone, model=model,
-                                        session=session, keep=cfg.keep_versions)
+                add = _catch_up_rows(_attributes(session, cfg.collection), items, seen, gone,
+                                     caught_ids, caught, {r[0]: r[2] for r in new}, known)
+                desc = store.commit(staged, add=add, remove=gone, model=model,
+                                    session=session, keep=cfg.keep_versions)
                 fault_point(AFTER_INDEX_PUBLISH)  # crash tests: published, not yet recorded
         except BaseException:
-            if staged is not None and not _serving(store, staged):
+            if not _serving(store, staged):
                 store.abandon(staged)
             raise
     finally:
@@ -527,9 +516,10 @@ def _attributes(session, collection: str) -> dict[int, tuple[str, dict]]:
 
 def _catch_up_rows(now: dict[int, tuple[str, dict]], items, seen: dict[int, tuple[str, dict]],
                    gone: list[int], caught_ids: np.ndarray, caught: np.ndarray,
-                   sha_of: dict[int, str]):
+                   new_sha: dict[int, str], known: dict[int, str]):
     """The rows a staged version must get at commit: the images added or replaced since it
-    was staged (new vectors), and those whose label or metadata changed (their vectors)."""
+    was staged (new vectors, their ``new_sha``), and those whose label or metadata changed
+    (their staged vectors, of the images in ``known``)."""
     from indexer.stores import Items
 
     skip = set(gone) | set(caught_ids.tolist())
@@ -541,7 +531,7 @@ def _catch_up_rows(now: dict[int, tuple[str, dict]], items, seen: dict[int, tupl
     vectors = np.concatenate([caught, items.vectors[np.searchsorted(items.ids, changed)]])
     return Items(add_ids, vectors.astype(np.float32, copy=False),
                  [now[int(i)][0] for i in add_ids], [now[int(i)][1] for i in add_ids],
-                 [sha_of.get(int(i), "") for i in add_ids])
+                 [new_sha.get(int(i)) or known.get(int(i), "") for i in add_ids])
 
 
 def _embed_rows(embedder: Embedder, rows: list[tuple], cfg: ReindexConfig) -> np.ndarray:
