@@ -18,7 +18,6 @@ from service.errors import DeadlineExceeded, InvalidInput
 from service.face import check_face_matches_spec
 from service.limits import DEFAULT_FORMATS
 from training.data.transforms import ImageDecodeError, decode_image
-from training.face import FaceNotFoundError
 from training.models.embedder import Embedder
 
 log = logging.getLogger(__name__)
@@ -113,15 +112,9 @@ class ImagePipeline:
 
     def preprocess(self, data: bytes) -> torch.Tensor:
         """Encoded bytes -> (C, H, W) uint8 pixels of the model's preprocessing (normalised
-        a whole batch at a time in the forward pass; a quarter of float32's memory queued).
-
-        The face step, if any, is the spec's (``spec.face_align``); with
-        ``face_on_miss = "require"`` an image without a face is INVALID_ARGUMENT."""
-        img = self.decode(data)
-        try:
-            return self.embedder.pixels(img)
-        except FaceNotFoundError as e:  # the spec's face step found none and requires one
-            raise InvalidInput(NO_FACE) from e
+        a whole batch at a time in the forward pass; a quarter of float32's memory queued),
+        for a model without a detecting face step (those go through the face batcher)."""
+        return self.embedder.pixels(self.decode(data))
 
     def _decode_then_queue(self, data: bytes, deadline: float | None) -> Future:
         """Decode (in a pool thread), then queue the image for the face step at once: its

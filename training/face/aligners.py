@@ -11,7 +11,7 @@ from PIL import Image
 
 from training.dlib.paths import models_dir
 from training.face.chips import face_chip
-from training.face.haar import FaceNotFoundError, HaarCrop, check_on_miss
+from training.face.haar import FaceNotFoundError, HaarCrop, check_on_miss, chips_or_fallback
 from training.face.landmarks import ShapePredictor
 from training.face.stages import FACE_STAGES
 from training.models.spec import DETECTING_FACE_STEPS
@@ -266,18 +266,10 @@ class LandmarkAligner:
     def align_many(self, images: list[Image.Image]) -> list[tuple[Image.Image, bool]]:
         """(chip, found) per image, detected in one batch. found False: no face, the chip is
         the fixed-crop fallback (with ``fallback``; else FaceNotFoundError is raised)."""
-        chips = self.find_many(images)
-        misses = sum(c is None for c in chips)
-        if misses:
-            if not self.fallback:
-                FACE_STAGES.miss("refused")
-                raise FaceNotFoundError("no face found in the image")
-            for _ in range(misses):
-                FACE_STAGES.miss("fallback")
-            log.debug("no face found in %d of %d images: using the fixed crop", misses,
-                      len(images))
-        return [(c, True) if c is not None else (self.fallback_for(im), False)
-                for c, im in zip(chips, images, strict=True)]
+        out = chips_or_fallback(self, images)
+        if any(chip is None for chip, _ in out):
+            raise FaceNotFoundError("no face found in the image")
+        return out  # type: ignore[return-value]
 
 
 def _haar_aligner(**kwargs) -> LandmarkAligner:

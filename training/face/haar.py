@@ -25,6 +25,24 @@ class FaceNotFoundError(ValueError):
     """No face was detected in the image."""
 
 
+def chips_or_fallback(step, images: list[Image.Image]) -> list[tuple[Image.Image | None, bool]]:
+    """(chip, found) per image: ``step.find_many`` on the whole batch; where no face was found,
+    ``step.fallback_for(image)`` if ``step.fallback`` (counted in FACE_STAGES as "fallback"),
+    else None (counted as "refused": the caller refuses that image). The one place a face
+    step's miss is decided and counted."""
+    out: list[tuple[Image.Image | None, bool]] = []
+    for image, chip in zip(images, step.find_many(images), strict=True):
+        if chip is not None:
+            out.append((chip, True))
+        elif step.fallback:
+            FACE_STAGES.miss("fallback")
+            out.append((step.fallback_for(image), False))
+        else:
+            FACE_STAGES.miss("refused")
+            out.append((None, False))
+    return out
+
+
 def check_on_miss(on_miss: str) -> str:
     if on_miss not in ON_MISS:
         raise ValueError(f"unknown face_on_miss {on_miss!r}; valid: {', '.join(ON_MISS)}")
@@ -88,10 +106,7 @@ class HaarCrop:
         return image
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        face = crop_largest_face(image, margin=self.margin)
-        if face is not None:
-            return face
-        if not self.fallback:
+        chip, _ = chips_or_fallback(self, [image])[0]
+        if chip is None:
             raise FaceNotFoundError("no face found in the image")
-        log.debug("no face found: using the whole image")
-        return image
+        return chip

@@ -17,7 +17,7 @@ from torchvision import transforms as T
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from training.data.folders import ImagePaths
 from training.data.transforms import NormalizePixels, eval_pixels_transform, normalize_pixels
-from training.face.haar import FaceNotFoundError
+from training.face.haar import FaceNotFoundError, chips_or_fallback
 from training.face.stages import FACE_STAGES
 from training.models.spec import ModelSpec
 from training.progress import ProgressBar
@@ -84,17 +84,8 @@ class Embedder:
         if self.face_step is None:
             return [(self.pixels(im), None) for im in images]
         ready = [self._before_face(im) for im in images]
-        out: list[tuple[torch.Tensor | None, bool | None]] = []
-        for im, chip in zip(ready, self.face_step.find_many(ready), strict=True):
-            if chip is not None:
-                out.append((self._after_face(chip), True))
-            elif self.face_step.fallback:
-                FACE_STAGES.miss("fallback")
-                out.append((self._after_face(self.face_step.fallback_for(im)), False))
-            else:
-                FACE_STAGES.miss("refused")
-                out.append((None, False))
-        return out
+        return [(self._after_face(chip) if chip is not None else None, found)
+                for chip, found in chips_or_fallback(self.face_step, ready)]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> Embedder:
