@@ -71,6 +71,7 @@ def test_verify_two_images_shows_the_verdict_and_the_heatmap(web, page, digits_d
     assert verdict == ("SAME" if want["same"] else "DIFFERENT")
     numbers = page.text_content("#verify-numbers")
     assert f"{want['distance']:.4f}" in numbers and f"threshold {want['threshold']:.4f}" in numbers
+    assert "no face found" not in numbers  # the digits model has no face step
     page.wait_for_selector("#verify-heatmap:not([hidden])", timeout=120_000)
     page.wait_for_function("document.querySelector('#verify-heatmap-img').naturalWidth > 200")
     assert "regions" in page.text_content("#verify-heatmap-caption")
@@ -200,3 +201,43 @@ def test_hostile_labels_and_metadata_are_shown_as_text_never_run(web, page, digi
     finally:
         with httpx.Client(base_url=web.url) as c:
             c.post("/v1/delete", json={"keys": ["evil"]})
+
+
+def test_a_face_model_that_found_no_face_says_so(golden, tmp_path, tiny_checkpoint, digits_dir,
+                                                 page, monkeypatch):
+    """A face model with face_on_miss = fallback answers for a photo without a face, and the
+    console says the answer came from the fallback crop, for the query and for each side of a
+    verification; the digits model above has no face step and says nothing of the kind."""
+    from dataclasses import replace
+
+    import training.face.haar
+    from indexer.build import BuildConfig, build_index
+    from tests.service.web.conftest import serve
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    monkeypatch.setattr(training.face.haar, "detect_faces", lambda img: [])  # no face anywhere
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt.spec = replace(ckpt.spec, face_align="haar-crop", face_on_miss="fallback")
+    face = save_checkpoint(tmp_path / "face.pt", ckpt)
+    build_index(BuildConfig(checkpoint=str(face), images=str(digits_dir),
+                            index_root=str(tmp_path / "idx"),
+                            catalog_url=f"sqlite:///{tmp_path / 'cat.db'}", num_workers=0,
+                            progress=False, factory="Flat"))
+    monkeypatch.setenv("IMGSIM_JOBS_ROOT", str(tmp_path / "jobs"))
+    served = serve(tmp_path, face)
+    try:
+        open_console(page, served.url)
+        page.set_input_files("#search-file", str(digit(digits_dir, "2")))
+        page.wait_for_selector("#search-results .card")
+        assert "no face found in the query" in page.text_content("#search-info")
+        page.click("#tabs button[data-tab=verify]")
+        page.set_input_files("#verify-file-a", str(digit(digits_dir, "4", 0)))
+        page.set_input_files("#verify-file-b", str(digit(digits_dir, "4", 1)))
+        page.uncheck("#verify-explain")
+        page.click("#verify-go")
+        page.wait_for_selector("#verify-result:not([hidden])")
+        numbers = page.text_content("#verify-numbers")
+        assert "no face found in image A" in numbers and "no face found in image B" in numbers
+        screenshot(page, tmp_path, "verify-no-face")
+    finally:
+        served.server.stop(0)
