@@ -77,6 +77,12 @@ class IndexVersion:
     manifest: Manifest
     index: faiss.Index
 
+    def __post_init__(self) -> None:
+        # searchers trust manifest.dimension for the index's (a cheaper read than index.d)
+        if self.index.d != self.manifest.dimension:
+            raise ValueError(f"index {self.path}: {self.index.d}-d, its manifest says "
+                             f"{self.manifest.dimension}")
+
 
 def new_version_name() -> str:
     return datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ")

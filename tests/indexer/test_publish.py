@@ -97,3 +97,15 @@ def test_the_rebuild_command_records_its_version_when_given_the_catalogue(publis
                          "--catalog", f"sqlite:///{tmp_path / 'c.db'}"])
     assert args.func(args) == 0
     assert _rows_of(Session)[-1] == (current_version_name(root), "published", 50)
+
+
+def test_a_version_whose_manifest_misstates_the_dimension_is_refused(published):
+    """Searchers trust the manifest's dimension (the FAISS store's fast path reads that many
+    floats), so no version may be built whose index has another."""
+    from dataclasses import replace
+
+    from indexer.versions import IndexVersion
+
+    _, _, v, _, _ = published
+    with pytest.raises(ValueError, match=f"{D}-d, its manifest says {D + 1}"):
+        IndexVersion(v.path, replace(v.manifest, dimension=D + 1), v.index)

@@ -374,11 +374,30 @@ def test_store_commands_parse_without_torch_faiss_or_pymilvus():
 
 
 def test_a_query_of_the_wrong_size_is_a_clear_error(tmp_path):
-    """The FAISS backend's single-query fast path calls FAISS directly; a bad query still gets
-    the explained error."""
+    """The FAISS backend's single-query fast path calls FAISS's C++ search itself; a bad query
+    still gets the explained error, and every query the fast path must not take (another
+    dtype, a strided view, a numpy k, a tombstoned index) gets the same hits through FAISS's
+    wrapper as a contiguous float32 row gets through the fast path."""
     s = open_vector_store("faiss", index_root=tmp_path)
     items = _data()
     s.publish("c", items)
     with pytest.raises(ValueError, match=f"queries must be \\(n, {D}\\), got \\(1, {D + 1}\\)"):
         s.search("c", [StoreQuery(np.zeros(D + 1, np.float32), 3)])
+    with pytest.raises(ValueError, match=f"queries must be \\(n, {D}\\), got \\(1, {D - 1}\\)"):
+        s.search("c", [StoreQuery(np.zeros(D - 1, np.float32), 3)])  # would read past the row
+    with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+        s.search("c", [StoreQuery(items.vectors[0], 0)])
     assert s.search("c", [StoreQuery(items.vectors[0], 1)])[0].ids[0] == items.ids[0]
+    q = items.vectors[5] + 0.01
+    want = s.search("c", [StoreQuery(q, 10)])[0]
+    wide = np.zeros((D, 2), np.float32)
+    wide[:, 0] = q
+    for other in (StoreQuery(q.astype(np.float64), 10), StoreQuery(wide[:, 0], 10),
+                  StoreQuery(q.astype(">f4"), 10), StoreQuery(q, np.int64(10))):
+        got = s.search("c", [other])[0]
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-5)
+    s.remove("c", [int(want.ids[0])])  # tombstoned: the wrapper with its id selector
+    after = s.search("c", [StoreQuery(q, 10)])[0]
+    assert int(want.ids[0]) not in after.ids.tolist()
+    np.testing.assert_array_equal(after.ids[:9], want.ids[1:])
