@@ -5,7 +5,14 @@ View 2 accuracy with per-fold thresholds as shipped and degraded, detection rate
 accuracy on the pairs where a detector found no face.
 
 Per-image embeddings are cached per (pipeline, row) under --cache, so rows can be computed in
-pieces (the face_recognition side runs at ~20 images/s on this box)."""
+pieces (the face_recognition side runs at ~20 images/s on this box).
+
+``--view 1`` scores View 1 instead (pairsDevTrain's 2,200 pairs and pairsDevTest's 1,000 as two
+folds, each one's threshold chosen on the other): LFW's development view, where choices about
+the pipeline are made before View 2 is looked at. ``--box-map ratio`` embeds with the earlier
+fixed-ratio MTCNN -> dlib box map instead of the least-squares one (give it its own --cache).
+
+    .venv/bin/python benchmarks/face_pipeline.py --view 1 --speed-images 0 --cache runs/face_view1 --rows grey"""
 
 from __future__ import annotations
 
@@ -26,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from face_robustness import degrade, subset  # noqa: E402
 
 from training.checkpoint import load_checkpoint  # noqa: E402
-from training.evaluation.lfw import load_view2, view2_accuracy  # noqa: E402
+from training.evaluation.lfw import (  # noqa: E402
+    LfwPairs,
+    load_view2,
+    read_lfw_pairs,
+    resolve_lfw_root,
+    view2_accuracy,
+)
 from training.face.aligners import FixedAligner, LandmarkAligner, find_landmarks_file  # noqa: E402
 from training.models.embedder import Embedder  # noqa: E402
 from training.settings import data_root  # noqa: E402
@@ -165,8 +178,27 @@ def speed(pipes: Pipelines, paths: list[str], rounds: int) -> dict[str, tuple[fl
     return best
 
 
+def load_view1(data: str) -> LfwPairs:
+    """View 1 as two folds: pairsDevTrain (fold 1) and pairsDevTest (fold 2)."""
+    root = resolve_lfw_root(data)
+    train, test = (read_lfw_pairs(root / f, root / "lfw-deepfunneled")
+                   for f in ("pairsDevTrain.txt", "pairsDevTest.txt"))
+    return LfwPairs(train.paths_a + test.paths_a, train.paths_b + test.paths_b,
+                    np.concatenate([train.same, test.same]),
+                    np.concatenate([np.ones(len(train), int), np.full(len(test), 2)]))
+
+
+def use_ratio_box_map() -> None:
+    """MTCNN boxes mapped to dlib's by the earlier fixed ratios (MTCNN_TO_DLIB), for comparing
+    maps: the detector looks the module's _to_dlib_box up at each call."""
+    from training.face import aligners
+
+    aligners._to_dlib_box = lambda box, points: tuple(
+        int(round(float(v))) for v in aligners.fixed_ratio_box(box))
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="var/issue16/dlib.pt", help="imgsim import-dlib output")
     p.add_argument("--data", default=str(data_root()))
     p.add_argument("--cache", default="runs/face_pipeline")
@@ -180,7 +212,15 @@ def main() -> None:
                    help="which of the pipelines get accuracy rows (their caches fill in pieces)")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--view", type=int, choices=(1, 2), default=2,
+                   help="2: View 2's 10 folds (the reported figures); 1: View 1's DevTrain and "
+                        "DevTest as two folds (for development choices)")
+    p.add_argument("--box-map", choices=("lsq", "ratio"), default="lsq",
+                   help="MTCNN -> dlib box map: the least-squares fit (shipped) or the earlier "
+                        "fixed ratios")
     args = p.parse_args()
+    if args.box_map == "ratio":
+        use_ratio_box_map()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -206,13 +246,21 @@ def main() -> None:
     if not args.rows:
         return
 
-    pairs = subset(pairs, list(range(1, 11)), args.limit)
+    if args.view == 1:
+        pairs = load_view1(args.data)
+    else:
+        pairs = subset(pairs, list(range(1, 11)), args.limit)
     paths = pairs.unique_paths()
     row_of = {q: i for i, q in enumerate(paths)}
     ia = np.array([row_of[q] for q in pairs.paths_a])
     ib = np.array([row_of[q] for q in pairs.paths_b])
-    print(f"\naccuracy: View 2, 10 folds, {len(pairs)} pairs ({len(paths)} images), "
-          f"{'all 600' if args.limit is None else args.limit} pairs per fold\n")
+    if args.view == 1:
+        print(f"\naccuracy: View 1, DevTrain and DevTest as two folds, {len(pairs)} pairs "
+              f"({len(paths)} images), box map {args.box_map}\n")
+    else:
+        print(f"\naccuracy: View 2, 10 folds, {len(pairs)} pairs ({len(paths)} images), "
+              f"{'all 600' if args.limit is None else args.limit} pairs per fold, box map "
+              f"{args.box_map}\n")
     print("| row | pipeline | pairs | detected | accuracy | pairs with a miss | accuracy on them |")
     print("|---|---|---|---|---|---|---|")
     verdicts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
