@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Store a face step in the checkpoint's spec (spec.face_align, "
                     "spec.face_on_miss): the one eval transform applies it before resizing, so "
                     "index build, reindex, Upsert and every query (Search, Verify, Embed) get "
-                    "it alike. haar-crop cuts the largest face (OpenCV's Haar cascade) with a "
+                    "it alike. haar-crop cuts the main face (OpenCV's Haar cascade) with a "
                     "margin of a quarter of its size; dlib5, haar5 and lfw-fixed cut aligned "
                     "chips; none removes the step. --on-miss: fallback embeds the whole image "
                     "(the aligners: a fixed chip) when no face is found; require refuses it "

@@ -21,7 +21,7 @@ from training.face import (
     HaarCrop,
     LandmarkAligner,
     chip_to_image_affine,
-    crop_largest_face,
+    crop_main_face,
     detect_faces,
     extract_chip,
     face_chip,
@@ -31,6 +31,7 @@ from training.face import (
 from training.face.aligners import LFW_DEEPFUNNELED_LANDMARKS, find_landmarks_file
 from training.face.chips import face_chip_points
 from training.face.landmarks import ShapePredictor
+from training.face.main_face import main_face_first
 from training.models.spec import ModelSpec
 
 
@@ -220,14 +221,42 @@ def test_landmark_aligner_without_a_face_raises_or_falls_back():
     assert LandmarkAligner(fallback=True)(blank).size == (150, 150)
 
 
-def test_haar_crop_is_the_largest_detection_with_a_margin(monkeypatch):
+SIDE = (0, 70, 110, 180)  # a bystander cut by the frame: 110 px, centre 70 px left of the middle
+CENTRAL = (75, 75, 175, 175)  # the subject: 100 px, in the middle of a 250 x 250 photo
+
+
+def test_the_main_face_is_the_largest_less_twice_its_squared_distance_from_the_centre():
+    assert main_face_first([SIDE, CENTRAL], 250, 250) == [CENTRAL, SIDE]  # 10000 vs 12100 - 9800
+    big = (0, 0, 200, 200)  # a close-up 25 px off centre on each axis: 40000 - 2500 wins
+    assert main_face_first([CENTRAL, big], 250, 250) == [big, CENTRAL]
+    twice = [tuple(2 * v for v in b) for b in (SIDE, CENTRAL)]
+    assert main_face_first(twice, 500, 500) == twice[::-1]  # the same order at any scale
+    assert main_face_first([SIDE, CENTRAL], 250, 500)[0] == CENTRAL  # the centre is (125, 250)
+    assert main_face_first([], 250, 250) == []
+
+
+def test_every_face_step_takes_the_main_face(monkeypatch):
+    aligner = LandmarkAligner(detector="mtcnn")
+    aligner._detect, aligner._predictor = (lambda rgb: [SIDE, CENTRAL]), object()
+    assert aligner.detect(np.zeros((250, 250, 3), np.uint8)) == [CENTRAL, SIDE]
+
+    class Cascade:
+        def detectMultiScale(self, *args, **kwargs):
+            return np.array([[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in (SIDE, CENTRAL)])
+
+    monkeypatch.setattr(training.face.haar, "_cascade", lambda: Cascade())
+    assert detect_faces(Image.new("RGB", (250, 250))) == [(75, 75, 100, 100), (0, 70, 110, 110)]
+    assert crop_main_face(Image.new("RGB", (250, 250)), margin=0.25).size == (150, 150)
+
+
+def test_haar_crop_is_the_main_detection_with_a_margin(monkeypatch):
     img = Image.new("RGB", (200, 100))
     monkeypatch.setattr(training.face.haar, "detect_faces",
                         lambda im: [(50, 20, 40, 40), (0, 0, 10, 10)])
-    assert crop_largest_face(img, margin=0.25).size == (60, 60)  # 40 + 2 * 10 margin
+    assert crop_main_face(img, margin=0.25).size == (60, 60)  # 40 + 2 * 10 margin
     assert HaarCrop()(img).size == (60, 60)
     monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [(180, 80, 40, 40)])
-    assert crop_largest_face(img, margin=0.25).size == (30, 30)  # clipped at the border
+    assert crop_main_face(img, margin=0.25).size == (30, 30)  # clipped at the border
     monkeypatch.setattr(training.face.haar, "detect_faces", lambda im: [])
     assert HaarCrop()(img) is img  # fallback: the whole image
     with pytest.raises(FaceNotFoundError, match="no face found"):
@@ -294,6 +323,6 @@ def test_haar_finds_the_faces_of_lfw_photos():
             x, y, w, h = boxes[0]  # deep-funneled LFW centres the face
             assert abs(x + w / 2 - img.width / 2) < 0.2 * img.width
             assert abs(y + h / 2 - img.height / 2) < 0.2 * img.height
-            face = crop_largest_face(img)
+            face = crop_main_face(img)
             assert face.width < img.width and face.height < img.height
     assert found >= 4

@@ -156,3 +156,20 @@ def test_weights_come_from_the_installed_wheel_or_a_named_folder(tmp_path, monke
     for name in ("pnet.pt", "rnet.pt", "onet.pt"):
         shutil.copy(wheel / name, tmp_path / name)
     assert weights_dir() == tmp_path and len(MTCNN()([np.zeros((64, 64, 3), np.uint8)])) == 1
+
+
+def test_a_bigger_bystander_cut_by_the_frame_is_not_the_face_aligned():
+    """Doug_Duncan_0001: MTCNN also finds a bystander at the bottom left, larger than the
+    subject; taking the largest face aligned the bystander in colour and the subject in grey."""
+    path = shared_data("lfw") / "lfw-deepfunneled" / "Doug_Duncan" / "Doug_Duncan_0001.jpg"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    d = MTCNN()([rgb])[0]
+    areas = (d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])
+    x0, t, r, b = d.boxes[int(np.argmax(areas))]
+    assert len(d) >= 2 and (x0 + r) / 2 < 60  # the photo still shows what this test is about
+    aligner = get_face_aligner("mtcnn5", on_miss="require")
+    grey = np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
+    for img in (rgb, grey):
+        x0, t, r, b = aligner.detect(img)[0]
+        assert abs((x0 + r) / 2 - 125) < 20 and abs((t + b) / 2 - 125) < 25
+

@@ -9,8 +9,8 @@ from training.face.aligners import (
     get_face_aligner,
 )
 from training.face.chips import chip_to_image_affine, extract_chip, face_chip, similarity_transform
-from training.face.haar import ON_MISS, HaarCrop, crop_largest_face, detect_faces
+from training.face.haar import ON_MISS, HaarCrop, crop_main_face, detect_faces
 
 __all__ = ["FACE_ALIGNERS", "ON_MISS", "FaceNotFoundError", "FixedAligner", "HaarCrop",
-           "LandmarkAligner", "chip_to_image_affine", "crop_largest_face", "detect_faces",
+           "LandmarkAligner", "chip_to_image_affine", "crop_main_face", "detect_faces",
            "extract_chip", "face_chip", "get_face_aligner", "similarity_transform"]

@@ -13,6 +13,7 @@ from training.dlib.paths import models_dir
 from training.face.chips import face_chip
 from training.face.haar import FaceNotFoundError, HaarCrop, check_on_miss, chips_or_fallback
 from training.face.landmarks import ShapePredictor
+from training.face.main_face import main_face_first
 from training.face.stages import FACE_STAGES
 from training.models.spec import DETECTING_FACE_STEPS
 
@@ -192,7 +193,8 @@ DETECTORS = {"dlib-hog": dlib_hog_detector, "haar": haar_detector, "mtcnn": mtcn
 
 
 class LandmarkAligner:
-    """Detect the largest face, find its 5 landmarks with our numpy port of dlib's 5-point
+    """Detect the photo's main face (by area, less a penalty for distance from the centre:
+    :func:`main_face_first`), find its 5 landmarks with our numpy port of dlib's 5-point
     shape predictor, and cut dlib's face chip with our own similarity alignment and sampling.
 
     ``detector``: "mtcnn" (batched MTCNN, every image resized to a 128 px shorter side first,
@@ -225,7 +227,8 @@ class LandmarkAligner:
             self._detect = DETECTORS[self.detector]()
 
     def detect(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes (left, top, right, bottom), largest first. rgb: (H, W, 3) uint8."""
+        """Face boxes (left, top, right, bottom), the photo's subject first
+        (:func:`main_face_first`). rgb: (H, W, 3) uint8."""
         return self.detect_many([rgb])[0]
 
     def detect_many(self, images: list[np.ndarray]) -> list[list[tuple[int, int, int, int]]]:
@@ -234,7 +237,8 @@ class LandmarkAligner:
         with FACE_STAGES.timed("detect", len(images)):
             many = getattr(self._detect, "many", None)
             found = many(images) if many else [self._detect(rgb) for rgb in images]
-        return [sorted(b, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])) for b in found]
+        return [main_face_first(b, rgb.shape[1], rgb.shape[0])
+                for b, rgb in zip(found, images, strict=True)]
 
     def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """The 5 landmarks inside ``box``: (5, 2) float64 (x, y), dlib's order."""
@@ -245,7 +249,7 @@ class LandmarkAligner:
         return self.align_many([image])[0][0]
 
     def find_many(self, images: list[Image.Image]) -> list[Image.Image | None]:
-        """The aligned chip of each image's largest face, None where no face was found;
+        """The aligned chip of each image's main face, None where no face was found;
         detection and landmarks each run once for the whole batch. Counts no misses: the
         caller decides what a miss does (:meth:`align_many`, ``Embedder.face_pixels``)."""
         rgbs = [_rgb(im) for im in images]

@@ -1,4 +1,4 @@
-"""The Haar face crop: OpenCV's frontal-face cascade finds the largest face, cut with a margin."""
+"""The Haar face crop: OpenCV's frontal-face cascade finds the photo's main face, cut with a margin."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import numpy as np
 from PIL import Image
 
+from training.face.main_face import main_face_first
 from training.face.stages import FACE_STAGES
 from training.models.spec import FACE_ON_MISS
 
@@ -63,18 +64,20 @@ def _cascade():
 
 
 def detect_faces(img: Image.Image) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h) in pixels, largest first."""
+    """Face boxes (x, y, w, h) in pixels, the photo's subject first (main_face_first)."""
     import cv2
 
     gray = np.asarray(img.convert("L"))
     side = min(gray.shape)
     boxes = _cascade().detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
                                         minSize=(max(20, side // 10),) * 2)
-    return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
+    ltrb = main_face_first([(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in boxes],
+                           gray.shape[1], gray.shape[0])
+    return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in ltrb]
 
 
-def crop_largest_face(img: Image.Image, *, margin: float = 0.25) -> Image.Image | None:
-    """The largest face with ``margin`` (fraction of its size) around it, or None."""
+def crop_main_face(img: Image.Image, *, margin: float = 0.25) -> Image.Image | None:
+    """The photo's main face (:func:`detect_faces`' first) with ``margin`` (fraction of its size) around it, or None."""
     boxes = detect_faces(img)
     if not boxes:
         return None
@@ -85,7 +88,7 @@ def crop_largest_face(img: Image.Image, *, margin: float = 0.25) -> Image.Image 
 
 
 class HaarCrop:
-    """A face step (``spec.face_align = "haar-crop"``): the largest face and a margin of a
+    """A face step (``spec.face_align = "haar-crop"``): the main face and a margin of a
     quarter of its size, no alignment; the model's resize and centre crop follow. For models
     of ordinary photos whose subject is a face. No face: the whole image (``fallback``) or
     FaceNotFoundError (``fallback=False``, ``face_on_miss = "require"``).
@@ -99,7 +102,7 @@ class HaarCrop:
     def find_many(self, images: list[Image.Image]) -> list[Image.Image | None]:
         """The face crop of each image, None where no face was found (no misses counted)."""
         with FACE_STAGES.timed("detect", len(images)):
-            return [crop_largest_face(im, margin=self.margin) for im in images]
+            return [crop_main_face(im, margin=self.margin) for im in images]
 
     def fallback_for(self, image: Image.Image) -> Image.Image:
         """What is embedded for an image without a face (with ``fallback``): all of it."""
