@@ -173,3 +173,16 @@ def test_a_bigger_bystander_cut_by_the_frame_is_not_the_face_aligned():
         x0, t, r, b = aligner.detect(img)[0]
         assert abs((x0 + r) / 2 - 125) < 20 and abs((t + b) / 2 - 125) < 25
 
+
+def test_o_net_scores_distinct_faces_so_a_subject_behind_a_bystander_is_kept():
+    """Elvis_Costello_0001 in grey: R-Net's best two boxes are both on the man at the right
+    edge, so cutting to two without the distinct-face NMS loses the subject at the centre."""
+    path = shared_data("lfw") / "lfw-deepfunneled" / "Elvis_Costello" / "Elvis_Costello_0001.jpg"
+    grey = np.asarray(Image.open(path).convert("L").convert("RGB"))
+    centres = lambda d: sorted(round((b[0] + b[2]) / 2) for b in d.boxes)  # noqa: E731
+    pruned = MTCNN(distinct_iou=None)([grey])[0]
+    assert len(pruned) == 1 and centres(pruned)[0] > 190  # only the bystander survives
+    d = MTCNN()([grey])[0]
+    assert len(d) == 2 and abs(centres(d)[0] - 125) < 20 and centres(d)[1] > 190
+    x0, _, r, _ = get_face_aligner("mtcnn5", on_miss="require").detect(grey)[0]
+    assert abs((x0 + r) / 2 - 125) < 20
