@@ -20,6 +20,7 @@ from training.checkpoint import load_checkpoint
 from training.evaluation.lfw import LfwPairs, load_view2, view2_accuracy
 from training.face.aligners import FixedAligner, LandmarkAligner, find_landmarks_file
 from training.face.chips import face_chip
+from training.face.main_face import main_face_first
 from training.models.embedder import Embedder
 from training.settings import data_root
 
@@ -118,10 +119,11 @@ def main() -> None:
             found[i] = len(dets) > 0
             if not found[i]:  # would a second upsampling find it? (cause: small faces)
                 found_up2[i] = upsample < 2 and len(detector(rgb, 2)) > 0
-            # ours: the same detector call as dlib5 (largest box), our landmarks and chip;
-            # on a miss, dlib5 with face_on_miss=fallback uses the fixed LFW chip
-            boxes = sorted([(d.left(), d.top(), d.right(), d.bottom()) for d in dets],
-                           key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+            # ours: the same detector call as dlib5 and its choice of face (main_face_first),
+            # our landmarks and chip; on a miss, dlib5 with face_on_miss=fallback uses the
+            # fixed LFW chip
+            boxes = main_face_first([(d.left(), d.top(), d.right(), d.bottom()) for d in dets],
+                                    rgb.shape[1], rgb.shape[0])
             if boxes:
                 lm = aligner.landmarks(rgb, boxes[0])
                 chips.append(Image.fromarray(face_chip(rgb, lm, size=150, padding=0.25)))

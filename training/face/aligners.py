@@ -285,7 +285,7 @@ def _mtcnn_aligner(**kwargs) -> LandmarkAligner:
 
 
 # Face steps by ``spec.face_align``: the aligners cut a size x size chip; haar-crop cuts the
-# largest face out of the image (the spec's resize and centre crop follow).
+# photo's main face out of the image (the spec's resize and centre crop follow).
 # mtcnn5: MTCNN boxes refined by the same 5-point model as dlib5 (no dlib needed at all).
 FACE_ALIGNERS = {"dlib5": LandmarkAligner, "haar5": _haar_aligner, "mtcnn5": _mtcnn_aligner,
                  "lfw-fixed": FixedAligner,
